@@ -1,0 +1,3 @@
+from ember.agent.main import main
+
+main()

@@ -1,0 +1,254 @@
+"""File operations inside the guest: streamed reads and writes, listings, metadata.
+
+Writes land in a temporary file beside the target and replace it only once the
+whole body has arrived, so an interrupted upload never leaves half a file where
+a good one was. Paths may be relative to the working directory /app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import shutil
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from ember.agent._errors import AgentError, from_os_error
+from ember.agent.paths import WORKDIR
+from ember.protocol.codes import ErrorCode
+from ember.protocol.framing import DATA_CHUNK_BYTES
+from ember.protocol.messages import FileInfo
+
+MAX_LIST_DEPTH = 16
+MAX_LIST_ENTRIES = 100_000
+
+
+def resolve(path: str) -> str:
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise AgentError(ErrorCode.INVALID_REQUEST, "path must be a non-empty string without NUL bytes")
+    if len(path.encode()) > 4096:
+        raise AgentError(ErrorCode.INVALID_REQUEST, "path is longer than 4096 bytes")
+    return os.path.normpath(os.path.join(WORKDIR, path))
+
+
+def _name_of(table: Callable[[int], object], ident: int) -> str:
+    try:
+        return table(ident)[0]  # type: ignore[index]
+    except KeyError:
+        return str(ident)
+
+
+def info(path: str, st: os.stat_result | None = None) -> FileInfo:
+    try:
+        st = st or os.lstat(path)
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    target = None
+    if stat.S_ISDIR(st.st_mode):
+        kind = "dir"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    elif stat.S_ISLNK(st.st_mode):
+        kind = "symlink"
+        with contextlib.suppress(OSError):
+            target = os.readlink(path)
+    else:
+        kind = "other"
+    return FileInfo(
+        path=path,
+        name=os.path.basename(path) or "/",
+        type=kind,
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime=st.st_mtime,
+        owner=_name_of(pwd.getpwuid, st.st_uid),
+        group=_name_of(grp.getgrgid, st.st_gid),
+        symlink_target=target,
+    )
+
+
+async def write(
+    path: str, body: AsyncIterator[bytes], mode: int | None, append: bool, make_parents: bool
+) -> FileInfo:
+    path = resolve(path)
+    if mode is not None and not 0 <= mode <= 0o7777:
+        raise AgentError(ErrorCode.INVALID_REQUEST, "mode must be between 0 and 0o7777")
+    directory = os.path.dirname(path)
+    try:
+        if make_parents:
+            os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(path):
+            raise AgentError(ErrorCode.IS_A_DIRECTORY, f"{path} is a directory")
+        if append:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            temp = None
+        else:
+            temp = os.path.join(directory, f".{os.path.basename(path)}.ember-{os.getpid()}-{id(body)}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    try:
+        try:
+            async for chunk in body:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if temp is not None:
+                _keep_metadata(path, fd)
+            if mode is not None:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        if temp is not None:
+            os.rename(temp, path)
+            temp = None
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+    return info(path)
+
+
+def _keep_metadata(path: str, fd: int) -> None:
+    """A replaced file keeps its mode and owner, as an in-place write would."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(PermissionError):
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
+async def read(
+    path: str,
+    offset: int,
+    length: int | None,
+    send_info: Callable[[FileInfo], None],
+    send: Callable[[bytes], Awaitable[None]],
+) -> FileInfo:
+    path = resolve(path)
+    if offset < 0 or (length is not None and length < 0):
+        raise AgentError(ErrorCode.INVALID_REQUEST, "offset and length must not be negative")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise AgentError(ErrorCode.IS_A_DIRECTORY, f"{path} is a directory")
+        file_info = info(path, st)
+        send_info(file_info)
+        remaining = length
+        os.lseek(fd, offset, os.SEEK_SET)
+        while remaining is None or remaining > 0:
+            size = DATA_CHUNK_BYTES if remaining is None else min(DATA_CHUNK_BYTES, remaining)
+            chunk = os.read(fd, size)
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            await send(chunk)
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    finally:
+        os.close(fd)
+    return file_info
+
+
+def _list_sync(root: str, depth: int) -> list[FileInfo]:
+    entries: list[FileInfo] = []
+    pending = [(root, 1)]
+    while pending:
+        directory, level = pending.pop()
+        try:
+            with os.scandir(directory) as scan:
+                items = sorted(scan, key=lambda entry: entry.name)
+        except OSError as exc:
+            if directory == root:
+                raise from_os_error(exc, root) from exc
+            continue
+        for entry in items:
+            try:
+                entry_info = info(entry.path, entry.stat(follow_symlinks=False))
+            except (OSError, AgentError):
+                continue
+            entries.append(entry_info)
+            if len(entries) >= MAX_LIST_ENTRIES:
+                return entries
+            if entry_info.type == "dir" and level < depth:
+                pending.append((entry.path, level + 1))
+    return entries
+
+
+async def list_dir(path: str, depth: int) -> list[FileInfo]:
+    path = resolve(path)
+    if not 1 <= depth <= MAX_LIST_DEPTH:
+        raise AgentError(ErrorCode.INVALID_REQUEST, f"depth must be 1..{MAX_LIST_DEPTH}")
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise AgentError(ErrorCode.NOT_A_DIRECTORY, f"{path} is not a directory")
+        raise AgentError(ErrorCode.FILE_NOT_FOUND, f"{path}: no such directory")
+    return await asyncio.to_thread(_list_sync, path, depth)
+
+
+def stat_path(path: str) -> FileInfo:
+    return info(resolve(path))
+
+
+def mkdir(path: str, parents: bool, exist_ok: bool) -> FileInfo:
+    path = resolve(path)
+    try:
+        if parents:
+            os.makedirs(path, exist_ok=exist_ok)
+        else:
+            os.mkdir(path)
+    except FileExistsError as exc:
+        if not (exist_ok and os.path.isdir(path)):
+            raise AgentError(ErrorCode.ALREADY_EXISTS, f"{path} already exists") from exc
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+    if not os.path.isdir(path):
+        raise AgentError(ErrorCode.ALREADY_EXISTS, f"{path} exists and is not a directory")
+    return info(path)
+
+
+async def remove(path: str, recursive: bool) -> None:
+    path = resolve(path)
+    if path == "/":
+        raise AgentError(ErrorCode.PERMISSION_DENIED, "refusing to remove /")
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            if recursive:
+                await asyncio.to_thread(shutil.rmtree, path)
+            else:
+                os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
+
+
+async def rename(source: str, destination: str, overwrite: bool) -> FileInfo:
+    source, destination = resolve(source), resolve(destination)
+    try:
+        os.lstat(source)
+        if not overwrite and os.path.lexists(destination):
+            raise AgentError(ErrorCode.ALREADY_EXISTS, f"{destination} already exists")
+        try:
+            os.rename(source, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # across filesystems: copy, then delete
+                raise
+            await asyncio.to_thread(shutil.move, source, destination)
+    except OSError as exc:
+        raise from_os_error(exc) from exc
+    return info(destination)

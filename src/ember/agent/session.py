@@ -1,0 +1,270 @@
+"""One host connection: frames in, requests dispatched as tasks, frames out.
+
+The session owns the decoder, the per-request contexts and the single writer task.
+A host disconnect (EOF on the port) or a new sync preamble ends the session's
+requests: their tasks are cancelled and nothing they send afterwards reaches the
+new connection. Processes they started keep running; the host reattaches to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from ember.agent._errors import AgentError
+from ember.protocol.codes import ErrorCode
+from ember.protocol.framing import (
+    AGENT_SYNC_MAGIC,
+    DATA_CHUNK_BYTES,
+    HOST_SYNC_MAGIC,
+    INITIAL_WINDOW,
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    ProtocolError,
+    SyncScanner,
+    encode_credit,
+    encode_frame,
+    encode_message,
+)
+from ember.protocol.messages import (
+    Request,
+    error_message,
+    event_message,
+    parse_request,
+    result_message,
+)
+from ember.protocol.pulse import Pulse
+from ember.protocol.wire import WireError, WireModel
+
+log = logging.getLogger("ember.agent")
+
+# Return credit once a quarter of the window is consumed: few CREDIT frames, no stalls.
+_CREDIT_BATCH = INITIAL_WINDOW // 4
+_WRITE_BATCH = 1 << 20
+
+
+class Port(Protocol):
+    async def read(self) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def wait_for_host(self) -> None: ...
+
+
+Handler = Callable[["RequestContext", Request], Awaitable[WireModel | None]]
+
+
+class RequestContext:
+    """What a handler sees of its request's stream: send events and data, read its body."""
+
+    def __init__(self, session: Session, stream_id: int, expects_body: bool) -> None:
+        self.stream_id = stream_id
+        self._session = session
+        self._generation = session.generation
+        self._credit = INITIAL_WINDOW
+        self._credit_pulse = Pulse()
+        self._expects_body = expects_body
+        self._body: deque[bytes] = deque()
+        self._body_ended = False
+        self._body_pulse = Pulse()
+        self._unacknowledged = 0
+        self._outstanding_body = 0
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        return self._generation == self._session.generation
+
+    def event(self, name: str, data: WireModel | dict[str, Any] | None = None) -> None:
+        self._send(encode_message(self.stream_id, event_message(name, data)))
+
+    async def stdout(self, data: bytes) -> None:
+        await self._send_raw(FrameKind.STDOUT, data)
+
+    async def stderr(self, data: bytes) -> None:
+        await self._send_raw(FrameKind.STDERR, data)
+
+    async def data(self, data: bytes) -> None:
+        await self._send_raw(FrameKind.DATA, data)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request's DATA frames until the host's END, returning credit as they are used."""
+        while True:
+            if self._body:
+                chunk = self._body.popleft()
+                self._outstanding_body -= len(chunk)
+                self._acknowledge(len(chunk))
+                yield chunk
+            elif self._body_ended:
+                return
+            else:
+                await self._body_pulse.wait()
+
+    def _send(self, frame: bytes) -> None:
+        if self.live:
+            self._session.enqueue(frame)
+
+    async def _send_raw(self, kind: FrameKind, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            while self._credit <= 0:
+                if not self.live:
+                    raise asyncio.CancelledError
+                await self._credit_pulse.wait()
+            size = min(len(view), self._credit, DATA_CHUNK_BYTES)
+            self._credit -= size
+            self._send(encode_frame(kind, self.stream_id, bytes(view[:size])))
+            view = view[size:]
+
+    def _acknowledge(self, size: int) -> None:
+        self._unacknowledged += size
+        if self._unacknowledged >= _CREDIT_BATCH:
+            self._send(encode_credit(self.stream_id, self._unacknowledged))
+            self._unacknowledged = 0
+
+    def add_credit(self, amount: int) -> None:
+        self._credit += amount
+        self._credit_pulse.fire()
+
+    def feed_body(self, frame: Frame) -> None:
+        if not self._expects_body or self._body_ended:
+            raise ProtocolError(f"unexpected body frame on stream {self.stream_id}")
+        if frame.kind == FrameKind.END:
+            self._body_ended = True
+        else:
+            self._outstanding_body += len(frame.payload)
+            if self._outstanding_body > INITIAL_WINDOW:
+                raise ProtocolError(f"host overran the flow-control window on stream {self.stream_id}")
+            self._body.append(frame.payload)
+        self._body_pulse.fire()
+
+
+class Session:
+    """Reads the port forever; every session ends at a disconnect or a new sync."""
+
+    def __init__(self, port: Port, handler: Handler) -> None:
+        self._port = port
+        self._handler = handler
+        self._scanner = SyncScanner(HOST_SYNC_MAGIC)
+        self._decoder = FrameDecoder()
+        self._synced = False
+        self.generation = 0
+        self._requests: dict[int, RequestContext] = {}
+        self._out: deque[bytes] = deque()
+        self._out_pulse = Pulse()
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write_loop(), name="agent-writer")
+        try:
+            while True:
+                data = await self._port.read()
+                if data:
+                    self._receive(data)
+                else:
+                    if self._synced:
+                        log.info("host disconnected")
+                    self._reset()
+                    await self._port.wait_for_host()
+        finally:
+            self._reset()
+            writer.cancel()
+
+    def enqueue(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_pulse.fire()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._out:
+                await self._out_pulse.wait()
+                continue
+            batch = [self._out.popleft()]
+            size = len(batch[0])
+            while self._out and size < _WRITE_BATCH:
+                batch.append(self._out.popleft())
+                size += len(batch[-1])
+            await self._port.write(b"".join(batch))
+
+    def _receive(self, data: bytes) -> None:
+        while (found := self._scanner.feed(data)) is not None:
+            nonce, data = found
+            self._reset()
+            self._synced = True
+            # Anything the writer still had in flight precedes this on the wire;
+            # the host skips up to the reply magic.
+            self.enqueue(AGENT_SYNC_MAGIC + nonce)
+        if not self._synced:
+            return
+        try:
+            for frame in self._decoder.feed(data):
+                self._on_frame(frame)
+        except ProtocolError as exc:
+            log.warning("protocol error, waiting for a new sync: %s", exc)
+            self.enqueue(encode_message(0, error_message(ErrorCode.PROTOCOL_ERROR, str(exc))))
+            self._reset()
+
+    def _reset(self) -> None:
+        self.generation += 1
+        self._synced = False
+        self._decoder.reset()
+        self._out.clear()
+        requests, self._requests = self._requests, {}
+        for context in requests.values():
+            if context.task is not None:
+                context.task.cancel()
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.kind == FrameKind.MESSAGE:
+            self._start_request(frame)
+            return
+        context = self._requests.get(frame.stream_id)
+        if frame.kind in (FrameKind.DATA, FrameKind.END):
+            if context is not None:
+                context.feed_body(frame)
+        elif frame.kind == FrameKind.CREDIT:
+            if context is not None:
+                context.add_credit(frame.credit())
+        elif frame.kind == FrameKind.CANCEL:
+            if context is not None and context.task is not None:
+                context.task.cancel()
+        else:
+            raise ProtocolError(f"the host may not send {frame.kind.name} frames")
+
+    def _start_request(self, frame: Frame) -> None:
+        stream_id = frame.stream_id
+        if stream_id == 0 or stream_id in self._requests:
+            raise ProtocolError(f"stream id {stream_id} is reserved or already in use")
+        try:
+            request = parse_request(frame.json())
+        except (ProtocolError, WireError) as exc:
+            self.enqueue(encode_message(stream_id, error_message(exc.code, str(exc))))
+            return
+        context = RequestContext(self, stream_id, request.has_body)
+        self._requests[stream_id] = context
+        context.task = asyncio.create_task(self._serve(context, request), name=f"req-{request.op}")
+
+    async def _serve(self, context: RequestContext, request: Request) -> None:
+        try:
+            result = await self._handler(context, request)
+            reply = result_message(result)
+        except AgentError as exc:
+            reply = error_message(exc.code, exc.message)
+        except WireError as exc:
+            reply = error_message(exc.code, str(exc))
+        except asyncio.CancelledError:
+            reply = error_message(ErrorCode.CANCELLED, "request cancelled")
+        except Exception as exc:
+            log.error("request %s failed:\n%s", request.op, traceback.format_exc())
+            reply = error_message(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        try:
+            context._send(encode_message(context.stream_id, reply))
+        except ProtocolError as exc:
+            # A result too big for one frame (a huge rich result): say so instead.
+            context._send(
+                encode_message(context.stream_id, error_message(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))
+            )
+        if self._requests.get(context.stream_id) is context:
+            del self._requests[context.stream_id]

@@ -1,0 +1,213 @@
+"""The exceptions Ember raises: one class per stable error code.
+
+The same tree serves the engine, the HTTP API (``status``) and the SDK, so an
+error raised inside a guest reaches a user's ``except`` clause with its code::
+
+    EmberError                          code            status
+    ├── InvalidRequestError             invalid_request   400
+    │   ├── PayloadTooLargeError        payload_too_large 413
+    │   └── UnknownOperationError       unknown_operation 400
+    ├── AuthenticationError             unauthorized      401
+    ├── PermissionDeniedError           permission_denied 403
+    ├── NotFoundError                                     404
+    │   ├── SandboxNotFoundError        sandbox_not_found
+    │   ├── PathNotFoundError           file_not_found
+    │   ├── ProcessNotFoundError        process_not_found
+    │   └── ContextNotFoundError        context_not_found
+    ├── ConflictError                                     409
+    │   ├── AlreadyExistsError          already_exists
+    │   ├── NotADirectoryError          not_a_directory
+    │   ├── IsADirectoryError           is_a_directory
+    │   ├── DirectoryNotEmptyError      directory_not_empty
+    │   └── SandboxNotRunningError      sandbox_not_running
+    ├── SandboxDeadError                sandbox_dead      410
+    ├── TimeoutError                    exec_timeout      408
+    ├── CancelledError                  cancelled         499
+    ├── ResourceExhaustedError          resource_exhausted 507
+    ├── DiskFullError                   disk_full         507
+    ├── ExecFailedError                 exec_failed       422
+    └── ServerError                                       500/502/503
+        ├── InternalError               internal_error
+        ├── ProtocolError               protocol_error    502
+        ├── IOError                     io_error
+        ├── BootFailedError             boot_failed
+        ├── AgentUnavailableError       agent_unavailable 503
+        ├── ImagesMissingError          images_missing    503
+        └── VmmError                    vmm_error
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from ember.protocol.codes import ErrorCode
+
+
+class EmberError(Exception):
+    """Base of every Ember error: a stable ``code``, an HTTP ``status`` and a message."""
+
+    code: str = ErrorCode.INTERNAL_ERROR.value
+    status: int = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+class InvalidRequestError(EmberError):
+    code = ErrorCode.INVALID_REQUEST.value
+    status = 400
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE.value
+    status = 413
+
+
+class UnknownOperationError(InvalidRequestError):
+    code = ErrorCode.UNKNOWN_OPERATION.value
+
+
+class AuthenticationError(EmberError):
+    code = "unauthorized"
+    status = 401
+
+
+class PermissionDeniedError(EmberError):
+    code = ErrorCode.PERMISSION_DENIED.value
+    status = 403
+
+
+class NotFoundError(EmberError):
+    status = 404
+
+
+class SandboxNotFoundError(NotFoundError):
+    code = ErrorCode.SANDBOX_NOT_FOUND.value
+
+
+class PathNotFoundError(NotFoundError):
+    code = ErrorCode.FILE_NOT_FOUND.value
+
+
+class ProcessNotFoundError(NotFoundError):
+    code = ErrorCode.PROCESS_NOT_FOUND.value
+
+
+class ContextNotFoundError(NotFoundError):
+    code = ErrorCode.CONTEXT_NOT_FOUND.value
+
+
+class ConflictError(EmberError):
+    status = 409
+
+
+class AlreadyExistsError(ConflictError):
+    code = ErrorCode.ALREADY_EXISTS.value
+
+
+class NotADirectoryError(ConflictError):
+    code = ErrorCode.NOT_A_DIRECTORY.value
+
+
+class IsADirectoryError(ConflictError):
+    code = ErrorCode.IS_A_DIRECTORY.value
+
+
+class DirectoryNotEmptyError(ConflictError):
+    code = ErrorCode.DIRECTORY_NOT_EMPTY.value
+
+
+class SandboxNotRunningError(ConflictError):
+    code = ErrorCode.SANDBOX_NOT_RUNNING.value
+
+
+class SandboxDeadError(EmberError):
+    code = ErrorCode.SANDBOX_DEAD.value
+    status = 410
+
+
+class TimeoutError(EmberError, builtins.TimeoutError):
+    code = ErrorCode.EXEC_TIMEOUT.value
+    status = 408
+
+
+class CancelledError(EmberError):
+    code = ErrorCode.CANCELLED.value
+    status = 499
+
+
+class ResourceExhaustedError(EmberError):
+    code = ErrorCode.RESOURCE_EXHAUSTED.value
+    status = 507
+
+
+class DiskFullError(EmberError):
+    code = ErrorCode.DISK_FULL.value
+    status = 507
+
+
+class ExecFailedError(EmberError):
+    code = ErrorCode.EXEC_FAILED.value
+    status = 422
+
+
+class ServerError(EmberError):
+    status = 500
+
+
+class InternalError(ServerError):
+    code = ErrorCode.INTERNAL_ERROR.value
+
+
+class ProtocolError(ServerError):
+    code = ErrorCode.PROTOCOL_ERROR.value
+    status = 502
+
+
+class IOError(ServerError):
+    code = ErrorCode.IO_ERROR.value
+
+
+class BootFailedError(ServerError):
+    code = ErrorCode.BOOT_FAILED.value
+
+
+class AgentUnavailableError(ServerError):
+    code = ErrorCode.AGENT_UNAVAILABLE.value
+    status = 503
+
+
+class ImagesMissingError(ServerError):
+    code = ErrorCode.IMAGES_MISSING.value
+    status = 503
+
+
+class VmmError(ServerError):
+    code = ErrorCode.VMM_ERROR.value
+
+
+def _leaves(cls: type[EmberError]) -> list[type[EmberError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_leaves(sub))
+    return found
+
+
+_BY_CODE: dict[str, type[EmberError]] = {}
+for _cls in _leaves(EmberError)[1:]:
+    if "code" in vars(_cls):
+        _BY_CODE.setdefault(_cls.code, _cls)
+
+
+def error_for(code: str, message: str) -> EmberError:
+    """The exception for a code received over the wire; unknown codes keep their code."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return EmberError(message, code=code)
+    return cls(message)

@@ -1,0 +1,235 @@
+"""The Debian tree under the guest's root filesystem: debootstrap plus Ember's packages.
+
+This is the slow part of the rootfs (a minute or two, network bound), so it is
+its own cached artifact, keyed by suite, mirror and package list only. The
+rootfs image is assembled from it in seconds, so a change to the agent never
+re-runs debootstrap. Building needs root (debootstrap, chroot).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ember.images._workspace import Workspace
+from ember.images.cache import ArtifactKey
+from ember.images.progress import BuildProgress
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = (
+    "bash",
+    "ca-certificates",
+    "coreutils",
+    "curl",
+    "git",
+    "gzip",
+    "iproute2",
+    "nodejs",
+    "npm",
+    "procps",
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "tar",
+    "util-linux",
+)
+# Bump when the steps below change what ends up in the tree.
+TREE_BUILDER_VERSION = "1"
+TREE_DIR = "tree"
+PACKAGES_FILE = "packages.txt"
+GUEST_HOSTNAME = "ember"
+GUEST_USER = "user"
+GUEST_UID = 1000
+APP_DIR = "app"
+
+_CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
+
+# Documentation, manual pages and translations are never read in a sandbox;
+# dpkg skips them for the packages installed here and for any a sandbox installs
+# later. Copyright files stay.
+_DPKG_EXCLUDES = """\
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+path-exclude=/usr/share/lintian/*
+"""
+
+# A sandbox is its own throw-away machine: let `pip install` work system-wide
+# (PEP 668 would refuse it) and without the warning about running as root.
+_PIP_CONF = """\
+[global]
+break-system-packages = true
+root-user-action = ignore
+"""
+
+
+def debian_tree_key(mirror: str) -> ArtifactKey:
+    """The tree's cache key: suite, mirror, package list and builder version."""
+    return ArtifactKey(
+        "debian-tree",
+        {
+            "builder": TREE_BUILDER_VERSION,
+            "mirror": mirror,
+            "packages": " ".join(sorted(DEBIAN_PACKAGES)),
+            "suite": DEBIAN_SUITE,
+        },
+    )
+
+
+def build_debian_tree(workspace: Workspace, mirror: str) -> None:
+    """debootstrap `DEBIAN_SUITE` into ``workspace.out/tree`` and make it an Ember guest."""
+    if os.geteuid() != 0:
+        raise workspace.failure("building the root filesystem needs root (debootstrap, chroot)")
+    tree = workspace.out / TREE_DIR
+    chroot = ["chroot", tree]
+
+    workspace.stage(f"debootstrap {DEBIAN_SUITE} minbase from {mirror}")
+    workspace.run(["debootstrap", "--variant=minbase", DEBIAN_SUITE, tree, mirror])
+
+    workspace.stage("installing guest packages", total=_AptStatus.TOTAL)
+    _write(tree / "etc/dpkg/dpkg.cfg.d/ember-slim", _DPKG_EXCLUDES)
+    # No service may start inside the chroot while packages are configured.
+    _write(tree / "usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", mode=0o755)
+    _write_apt_sources(tree, mirror)
+    workspace.run([*chroot, "apt-get", "update"], env=_CHROOT_ENV)
+    workspace.run(
+        [
+            *chroot,
+            "apt-get",
+            "install",
+            "--yes",
+            "--no-install-recommends",
+            # dpkg on a pty of its own fails inside a chroot without /dev/pts.
+            "-o",
+            "Dpkg::Use-Pty=0",
+            "-o",
+            "APT::Status-Fd=1",
+            *DEBIAN_PACKAGES,
+        ],
+        env=_CHROOT_ENV,
+        on_line=_AptStatus(workspace.progress),
+    )
+
+    workspace.stage("configuring guest")
+    workspace.run(
+        [
+            *chroot,
+            "useradd",
+            "--create-home",
+            "--uid",
+            str(GUEST_UID),
+            "--user-group",
+            "--shell",
+            "/bin/bash",
+            GUEST_USER,
+        ],
+        env=_CHROOT_ENV,
+    )
+    app = tree / APP_DIR
+    app.mkdir(mode=0o755, exist_ok=True)
+    os.chown(app, GUEST_UID, GUEST_UID)
+    _write(tree / "etc/hostname", f"{GUEST_HOSTNAME}\n")
+    _write(
+        tree / "etc/hosts",
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{GUEST_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    # debootstrap copied the build host's resolver; a sandbox has no DNS until
+    # it is given a network.
+    _write(tree / "etc/resolv.conf", "")
+    _write(tree / "etc/pip.conf", _PIP_CONF)
+    workspace.run([*chroot, "apt-get", "clean"], env=_CHROOT_ENV)
+    (tree / "usr/sbin/policy-rc.d").unlink()
+    _remove_droppable(tree)
+    _write(workspace.out / PACKAGES_FILE, _package_list(tree))
+
+
+def _write_apt_sources(tree: Path, mirror: str) -> None:
+    (tree / "etc/apt/sources.list").unlink(missing_ok=True)
+    _write(
+        tree / "etc/apt/sources.list.d/debian.sources",
+        f"Types: deb\nURIs: {mirror}\nSuites: {DEBIAN_SUITE} {DEBIAN_SUITE}-updates\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+
+
+def _remove_droppable(tree: Path) -> None:
+    """Delete what dpkg's excludes could not keep out (minbase came first), caches and logs."""
+    for package_doc in (tree / "usr/share/doc").iterdir():
+        if package_doc.is_dir() and not package_doc.is_symlink():
+            for entry in package_doc.iterdir():
+                if entry.name != "copyright":
+                    _remove(entry)
+    for directory, keep in (
+        ("usr/share/man", ()),
+        ("usr/share/info", ()),
+        ("usr/share/lintian", ()),
+        ("usr/share/locale", ("locale.alias",)),
+        ("var/lib/apt/lists", ("partial", "lock")),
+        ("var/cache/apt", ("archives",)),
+    ):
+        path = tree / directory
+        if path.is_dir():
+            for entry in path.iterdir():
+                if entry.name not in keep:
+                    _remove(entry)
+    for old in (tree / "var/cache/debconf").glob("*-old"):
+        old.unlink()
+    for log in (tree / "var/log").rglob("*"):
+        if log.is_file() and not log.is_symlink():
+            log.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _package_list(tree: Path) -> str:
+    return subprocess.run(
+        [
+            "dpkg-query",
+            f"--admindir={tree / 'var/lib/dpkg'}",
+            "--show",
+            "--showformat=${Package}\t${Version}\t${Installed-Size}\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def _write(path: Path, content: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # may be a symlink (resolv.conf): never write through it
+    path.write_text(content, encoding="utf-8")
+    path.chmod(mode)
+
+
+class _AptStatus:
+    """Turns apt's ``APT::Status-Fd`` lines into one progress count: download, then install."""
+
+    TOTAL = 200
+
+    def __init__(self, progress: BuildProgress) -> None:
+        self._progress = progress
+        self._reported = 0
+
+    def __call__(self, line: str) -> None:
+        kind, _, rest = line.partition(":")
+        if kind not in ("dlstatus", "pmstatus"):
+            return
+        try:
+            percent = float(rest.split(":")[1])
+        except (IndexError, ValueError):
+            return
+        reached = int(percent) + (100 if kind == "pmstatus" else 0)
+        if reached > self._reported:
+            self._progress.advance(reached - self._reported)
+            self._reported = reached

@@ -1,0 +1,43 @@
+"""Stable error codes shared by the guest agent, the engine, the HTTP API and the SDK.
+
+A code is part of Ember's public contract: clients branch on it, so a code is never
+renamed or reused for another meaning. The guest reports the codes it can know
+about (files, processes, REPL); the host adds the ones about sandboxes and VMs.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(str, enum.Enum):
+    # Request shape and transport.
+    INVALID_REQUEST = "invalid_request"
+    PROTOCOL_ERROR = "protocol_error"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNKNOWN_OPERATION = "unknown_operation"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+    # Files inside the guest.
+    FILE_NOT_FOUND = "file_not_found"
+    NOT_A_DIRECTORY = "not_a_directory"
+    IS_A_DIRECTORY = "is_a_directory"
+    ALREADY_EXISTS = "already_exists"
+    DIRECTORY_NOT_EMPTY = "directory_not_empty"
+    PERMISSION_DENIED = "permission_denied"
+    DISK_FULL = "disk_full"
+    IO_ERROR = "io_error"
+    # Processes, terminals and REPL contexts inside the guest.
+    PROCESS_NOT_FOUND = "process_not_found"
+    CONTEXT_NOT_FOUND = "context_not_found"
+    EXEC_FAILED = "exec_failed"
+    EXEC_TIMEOUT = "exec_timeout"
+    # Sandboxes and their VMs, on the host.
+    SANDBOX_NOT_FOUND = "sandbox_not_found"
+    SANDBOX_NOT_RUNNING = "sandbox_not_running"
+    SANDBOX_DEAD = "sandbox_dead"
+    BOOT_FAILED = "boot_failed"
+    AGENT_UNAVAILABLE = "agent_unavailable"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    IMAGES_MISSING = "images_missing"
+    VMM_ERROR = "vmm_error"
