@@ -111,6 +111,10 @@ class ExecutionError(WireModel):
 
 @dataclass
 class Execution(WireModel):
+    """A cell's outcome. The guest streams stdout/stderr; the host fills them in here."""
+
+    stdout: str = ""
+    stderr: str = ""
     results: list[RichResult] = field(default_factory=list)
     error: ExecutionError | None = None
     execution_count: int = 0
@@ -202,12 +206,16 @@ class ProcessStarted(WireModel):
 
 @dataclass
 class ProcessExit(WireModel):
+    """How a process ended. The guest streams its output; the host fills in stdout/stderr."""
+
     pid: int
     exit_code: int | None
     signal: int | None = None
     timed_out: bool = False
     #: Output beyond the request's limit (or lost from the buffer) was dropped.
     truncated: bool = False
+    stdout: str = ""
+    stderr: str = ""
 
 
 @_request

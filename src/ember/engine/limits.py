@@ -1,0 +1,75 @@
+"""Checking a requested sandbox shape against the rules and against this host.
+
+Everything is checked before any VM exists, so bad input creates nothing: a
+vCPU count outside 1-8 or beyond the host's CPUs, memory outside 128-8192 MiB or
+beyond what the host has available, malformed environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ember.engine.sandbox import SandboxConfig
+from ember.errors import InvalidRequestError, ResourceExhaustedError
+from ember.vmm.base import MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS
+
+MIN_DISK_MIB, MAX_DISK_MIB = 256, 1024 * 1024
+MAX_ENV_ENTRIES = 1000
+MAX_ENV_BYTES = 256 * 1024
+MAX_METADATA_ENTRIES = 64
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Host memory kept free for QEMU's own overhead and the host itself.
+_HOST_RESERVE_MIB = 256
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def available_memory_mib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def validate(config: SandboxConfig) -> SandboxConfig:
+    """Return the config if the host can run it; raise a 4xx-class error otherwise."""
+    if not _is_int(config.vcpus) or not MIN_VCPUS <= config.vcpus <= MAX_VCPUS:
+        raise InvalidRequestError(f"vcpus must be an integer from {MIN_VCPUS} to {MAX_VCPUS}")
+    host_cpus = os.cpu_count() or 1
+    if config.vcpus > host_cpus:
+        raise InvalidRequestError(f"vcpus={config.vcpus} but this host has only {host_cpus} CPUs")
+    if not _is_int(config.memory_mib) or not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
+        raise InvalidRequestError(f"memory_mb must be an integer from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}")
+    if not _is_int(config.disk_mib) or not MIN_DISK_MIB <= config.disk_mib <= MAX_DISK_MIB:
+        raise InvalidRequestError(f"disk_mb must be an integer from {MIN_DISK_MIB} to {MAX_DISK_MIB}")
+    free = available_memory_mib() - _HOST_RESERVE_MIB
+    if config.memory_mib > free:
+        raise ResourceExhaustedError(
+            f"memory_mb={config.memory_mib} but this host has only {max(free, 0)} MiB available; "
+            "ask for less or end other sandboxes"
+        )
+    _check_strings("env", config.env, MAX_ENV_ENTRIES, names=True)
+    _check_strings("metadata", config.metadata, MAX_METADATA_ENTRIES, names=False)
+    return config
+
+
+def _check_strings(what: str, values: object, max_entries: int, names: bool) -> None:
+    if not isinstance(values, dict):
+        raise InvalidRequestError(f"{what} must be an object of strings")
+    if len(values) > max_entries:
+        raise InvalidRequestError(f"{what} has more than {max_entries} entries")
+    size = 0
+    for key, value in values.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidRequestError(f"{what} keys and values must be strings")
+        if "\0" in key or "\0" in value:
+            raise InvalidRequestError(f"{what} entries must not contain NUL bytes")
+        if names and not _ENV_NAME.match(key):
+            raise InvalidRequestError(f"{key!r} is not a valid environment variable name")
+        size += len(key) + len(value)
+    if size > MAX_ENV_BYTES:
+        raise InvalidRequestError(f"{what} is larger than {MAX_ENV_BYTES} bytes")

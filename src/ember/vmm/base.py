@@ -1,0 +1,100 @@
+"""What every VMM driver offers the engine: start a VM from a spec, control it, end it.
+
+A driver knows its VMM's command line or API; the engine only sees ``VmSpec`` in
+and a ``VirtualMachine`` out, with the path of the agent channel's socket and the
+guest console log. One small state enum per VM, one guard for operations.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ember.errors import SandboxNotRunningError
+
+MIN_VCPUS, MAX_VCPUS = 1, 8
+MIN_MEMORY_MIB, MAX_MEMORY_MIB = 128, 8192
+AGENT_PORT_NAME = "ember.agent"
+
+
+class VmState(enum.Enum):
+    BOOTING = "booting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything needed to start one VM. Paths are owned by the caller."""
+
+    vcpus: int
+    memory_mib: int
+    kernel: Path
+    rootfs: Path
+    writable_disk: Path
+    run_dir: Path
+    kernel_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+class VirtualMachine(abc.ABC):
+    """One running (or ended) VM. ``state`` says which operations fit."""
+
+    spec: VmSpec
+    state: VmState
+
+    @property
+    @abc.abstractmethod
+    def agent_socket(self) -> Path:
+        """Unix socket on which the host reaches the guest agent."""
+
+    @property
+    @abc.abstractmethod
+    def console_log(self) -> Path: ...
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int | None: ...
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Launch the VMM; returns once it runs (the guest may still be booting)."""
+
+    @abc.abstractmethod
+    async def pause(self) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """End the VM at once and release what the VMM held. Idempotent."""
+
+    @abc.abstractmethod
+    async def wait_exit(self) -> int:
+        """Wait until the VMM process has exited; returns its exit status."""
+
+    def require(self, *states: VmState) -> None:
+        """The one guard: raise a clear error when an operation does not fit the state."""
+        if self.state not in states:
+            allowed = ", ".join(s.value for s in states)
+            raise SandboxNotRunningError(f"VM is {self.state.value}; this needs it {allowed}")
+
+    def console_tail(self, max_bytes: int = 4096) -> str:
+        """The last lines the guest printed, for error messages."""
+        try:
+            with self.console_log.open("rb") as handle:
+                handle.seek(0, 2)
+                size = handle.tell()
+                handle.seek(max(0, size - max_bytes))
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def failure_report(self, what: str) -> str:
+        """An error message with the guest console's last lines; drivers add their own logs."""
+        console = self.console_tail().strip()
+        return f"{what}\nguest console (last lines):\n{console}" if console else what

@@ -1,0 +1,258 @@
+"""The QEMU driver: a ``microvm`` machine controlled over QMP.
+
+Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
+- ``-M microvm,acpi=off``: our kernel has no ACPI, and only with ACPI off does
+  QEMU put the virtio-mmio devices on the kernel command line.
+- guest RAM is a ``memory-backend-file`` in the VM's run directory, shared, so a
+  snapshot can later keep the file itself as the memory image.
+- the base image is attached read-only and shared by every VM; the per-VM disk
+  is the overlay's upper layer.
+- the agent channel is a virtio-serial port named ``ember.agent`` on a unix
+  socket; the console goes to a log file read back for error messages.
+- ``-no-reboot`` plus ``panic=-1``: when the agent (PID 1) dies the guest panics,
+  reboots, and QEMU exits instead of hanging.
+- ``tsc=reliable``: under TCG with several vCPUs the kernel otherwise distrusts
+  the TSC and loses its tickless idle (5x the idle CPU).
+QEMU runs in its own session so that it outlives a daemon crash; the daemon finds
+it again through the pid file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from qemu.qmp import QMPClient, QMPError
+
+from ember.errors import BootFailedError, VmmError
+from ember.settings import Settings
+from ember.vmm.accel import Acceleration
+from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
+
+KERNEL_ARGS = (
+    "console=ttyS0",
+    "root=/dev/vda",
+    "ro",
+    "rootfstype=ext4",
+    "init=/sbin/ember-init",
+    "quiet",
+    "tsc=reliable",
+    "panic=-1",
+)
+_QMP_CONNECT_TIMEOUT_S = 10.0
+
+
+class QemuVM(VirtualMachine):
+    """One QEMU process running one microVM."""
+
+    def __init__(self, spec: VmSpec, settings: Settings, accel: Acceleration) -> None:
+        self.spec = spec
+        self.state = VmState.STOPPED
+        self._settings = settings
+        self._accel = accel
+        self._process: subprocess.Popen[bytes] | None = None
+        self._qmp: QMPClient | None = None
+        self._exit_status: int | None = None
+        self._exited = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.spec.run_dir / "agent.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.spec.run_dir / "console.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.spec.run_dir / "qmp.sock"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.spec.run_dir / "qemu.log"
+
+    @property
+    def memory_file(self) -> Path:
+        return self.spec.run_dir / "memory"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # ------------------------------------------------------------ command line
+
+    def command_line(self) -> list[str]:
+        spec = self.spec
+        if self._accel.kind == "kvm":
+            accel, cpu = "kvm", "host"
+        else:
+            accel, cpu = f"tcg,tb-size={self._settings.tcg_tb_size_mib}", "max"
+        memory = f"{spec.memory_mib}M"
+        return [
+            self._settings.qemu_binary,
+            "-name", f"ember,process=ember-{spec.run_dir.name}",
+            "-M", "microvm,acpi=off,memory-backend=mem",
+            "-accel", accel,
+            "-cpu", cpu,
+            "-m", memory,
+            "-smp", str(spec.vcpus),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-object", f"memory-backend-file,id=mem,size={memory},mem-path={self.memory_file},share=on",
+            "-kernel", str(spec.kernel),
+            "-append", " ".join((*KERNEL_ARGS, *spec.kernel_args)),
+            "-chardev", f"file,id=console,path={self.console_log},append=on",
+            "-serial", "chardev:console",
+            "-drive", f"id=root,file={spec.rootfs},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=root",
+            "-drive", f"id=rw,file={spec.writable_disk},format=raw,if=none,cache=unsafe,discard=unmap",
+            "-device", "virtio-blk-device,drive=rw",
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
+            "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-device,rng=rng0",
+            "-device", "virtio-balloon-device",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-pidfile", str(spec.run_dir / "qemu.pid"),
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.require(VmState.STOPPED)
+        if shutil.which(self._settings.qemu_binary) is None:
+            raise VmmError(
+                f"{self._settings.qemu_binary} not found; install Debian's qemu-system-x86 package"
+            )
+        self.spec.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state = VmState.BOOTING
+        with self.qemu_log.open("wb") as log:
+            self._process = subprocess.Popen(
+                self.command_line(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._watch = asyncio.create_task(self._watch_exit(), name=f"qemu-{self._process.pid}")
+        try:
+            self._qmp = await self._connect_qmp()
+        except BaseException:
+            await self.stop()
+            raise
+        self.state = VmState.RUNNING
+
+    async def _connect_qmp(self) -> QMPClient:
+        deadline = time.monotonic() + _QMP_CONNECT_TIMEOUT_S
+        while True:
+            if self._exited.is_set():
+                raise BootFailedError(self.failure_report("QEMU exited while starting"))
+            if self.qmp_socket.exists():
+                client = QMPClient(f"qmp-{self.spec.run_dir.name}")
+                try:
+                    await client.connect(str(self.qmp_socket))
+                    return client
+                except (QMPError, OSError):
+                    await client.disconnect()
+            if time.monotonic() > deadline:
+                raise BootFailedError(self.failure_report("QEMU did not open its QMP socket in time"))
+            await asyncio.sleep(0.005)
+
+    async def _watch_exit(self) -> None:
+        """Wait for QEMU to exit without a thread: poll its pidfd from the event loop."""
+        assert self._process is not None
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(self._process.pid)
+        try:
+            exited = loop.create_future()
+            loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+            try:
+                await exited
+            finally:
+                loop.remove_reader(pidfd)
+        finally:
+            os.close(pidfd)
+        self._exit_status = self._process.wait()
+        if self.state is not VmState.STOPPED:
+            self.state = VmState.DEAD
+        self._exited.set()
+
+    async def qmp(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        self.require(VmState.RUNNING, VmState.PAUSED, VmState.BOOTING)
+        assert self._qmp is not None
+        try:
+            return await self._qmp.execute(command, arguments)
+        except QMPError as exc:
+            raise VmmError(f"QMP {command} failed: {exc}") from exc
+
+    async def pause(self) -> None:
+        self.require(VmState.RUNNING)
+        await self.qmp("stop")
+        self.state = VmState.PAUSED
+
+    async def resume(self) -> None:
+        self.require(VmState.PAUSED)
+        await self.qmp("cont")
+        self.state = VmState.RUNNING
+
+    async def stop(self) -> None:
+        if self.state is VmState.STOPPED and self._process is None:
+            return
+        alive = not self._exited.is_set()
+        self.state = VmState.STOPPED
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                await self._qmp.disconnect()
+            self._qmp = None
+        if self._process is not None and alive:
+            # Guest state is being discarded: no need to ask QEMU nicely.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGKILL)
+        if self._watch is not None:
+            await self._watch
+
+    async def wait_exit(self) -> int:
+        await self._exited.wait()
+        assert self._exit_status is not None
+        return self._exit_status
+
+    @property
+    def exited(self) -> asyncio.Event:
+        return self._exited
+
+    def failure_report(self, what: str) -> str:
+        """An error message with what QEMU and the guest console said last."""
+        parts = [what]
+        if self._exit_status is not None:
+            parts[0] += f" (exit status {self._exit_status})"
+        with contextlib.suppress(OSError):
+            qemu_said = self.qemu_log.read_text(errors="replace").strip()[-2000:]
+            if qemu_said:
+                parts.append(f"QEMU said:\n{qemu_said}")
+        console = self.console_tail().strip()
+        if console:
+            parts.append(f"guest console (last lines):\n{console}")
+        return "\n".join(parts)
+
+
+class QemuDriver:
+    """Makes QEMU VMs with the acceleration chosen once for this host."""
+
+    name = "qemu"
+
+    def __init__(self, settings: Settings, accel: Acceleration) -> None:
+        self.settings = settings
+        self.accel = accel
+
+    def create(self, spec: VmSpec) -> QemuVM:
+        return QemuVM(spec, self.settings, self.accel)
