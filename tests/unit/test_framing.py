@@ -90,7 +90,8 @@ def test_sync_magics_differ_and_never_appear_in_the_source():
     assert HOST_SYNC_MAGIC != AGENT_SYNC_MAGIC
     import ember.protocol.framing as module
 
-    source = open(module.__file__, "rb").read()
+    with open(module.__file__, "rb") as handle:
+        source = handle.read()
     assert HOST_SYNC_MAGIC not in source and AGENT_SYNC_MAGIC not in source
 
 

@@ -128,8 +128,7 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     counter = tmp_path / "counter"
     root = tmp_path / "cache"
     children = [
-        multiprocessing.Process(target=_build_in_child, args=(str(root), str(counter)))
-        for _ in range(3)
+        multiprocessing.Process(target=_build_in_child, args=(str(root), str(counter))) for _ in range(3)
     ]
     for child in children:
         child.start()

@@ -89,9 +89,7 @@ def test_rootfs_key_follows_tree_and_agent(fake_ember: Path) -> None:
     assert rootfs_key(tree).name != original
 
 
-def test_find_guest_images_says_how_to_build_them(
-    tmp_path: Path, source_version: list[str]
-) -> None:
+def test_find_guest_images_says_how_to_build_them(tmp_path: Path, source_version: list[str]) -> None:
     settings = Settings(data_dir=tmp_path, debian_mirror="http://a.example/debian")
     with pytest.raises(ImagesMissing, match="run `ember image build`"):
         find_guest_images(settings)

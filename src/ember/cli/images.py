@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from ember.cli._build_progress import RichBuildProgress
 from ember.images import ImagesError, ensure_guest_images
@@ -29,7 +28,9 @@ def build(
     except ImagesError as exc:
         console.print(f"[bold red]image build failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
-    table = Table(show_header=False, box=None)
-    table.add_row("kernel", str(images.kernel), images.kernel_id)
-    table.add_row("rootfs", str(images.rootfs), images.rootfs_id)
-    console.print(table)
+    except KeyboardInterrupt as exc:
+        console.print("interrupted: nothing half-built was published")
+        raise typer.Exit(130) from exc
+    # Whole paths on their own lines, never shortened: they get copied into commands.
+    console.print(f"kernel {images.kernel}", soft_wrap=True, highlight=False)
+    console.print(f"rootfs {images.rootfs}", soft_wrap=True, highlight=False)

@@ -264,7 +264,8 @@ class AgentClient:
                         await call.send(chunk)
                 await call.end()
             return await call.result()
-        except asyncio.CancelledError:
+        except BaseException:
+            # The guest abandons it too: an interrupted upload leaves the old file.
             await call.cancel()
             raise
 

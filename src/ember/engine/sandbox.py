@@ -126,6 +126,16 @@ class Sandbox:
         info = await self._agent.request(self._identity())
         self.agent_info = AgentInfo.from_wire(info)
 
+    async def reconnect(self) -> None:
+        """Drop the agent connection and open a fresh one, as a restarted daemon does.
+
+        Processes in the guest keep running across it; their output waits in the
+        guest's buffers for the next ``attach``.
+        """
+        self.require_running()
+        await self._agent.close()
+        await self._agent.connect(str(self.vm.agent_socket))
+
     def _identity(self) -> Configure:
         return Configure(
             env=dict(self.config.env),

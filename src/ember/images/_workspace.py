@@ -58,9 +58,13 @@ class Workspace:
         self._inherited_fds = tuple(inherited_fds)
         self._started = time.monotonic()
 
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
     def stage(self, name: str, total: int | None = None) -> None:
         """Start a named step, in the log (with the time since the build began) and on screen."""
-        self.note(f"== {name} (at {time.monotonic() - self._started:.1f} s)")
+        self.note(f"== {name} (at {self.elapsed_s:.1f} s)")
         self.progress.stage(name, total)
 
     def note(self, text: str) -> None:

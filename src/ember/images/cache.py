@@ -97,8 +97,10 @@ class ArtifactCache:
             out.mkdir(parents=True)
             scratch.mkdir()
             (out / "inputs.json").write_text(json.dumps(dict(key.inputs), indent=2) + "\n")
+            workspace = Workspace(out, scratch, progress, inherited_fds=(lock_fd,))
             try:
-                build(Workspace(out, scratch, progress, inherited_fds=(lock_fd,)))
+                build(workspace)
+                workspace.note(f"== built in {workspace.elapsed_s:.1f} s")
             finally:
                 # Free the space now; on failure out/ stays for its build.log
                 # until the next build removes it as stale.

@@ -29,7 +29,7 @@ CONFIG_FILE = "config"
 # (6.1.192) with this fragment: `CC`/`LD` lines printed by `make vmlinux`, and
 # tar checkpoints (every 1000 records of 10 KiB) while extracting the source.
 MAKE_OBJECT_LINES = 1030
-TAR_CHECKPOINTS = 133
+TAR_CHECKPOINTS = 134
 _OBJECT_LINE = re.compile(r"^\s+(CC|LD)\s")
 _TAR_CHECKPOINT = 1000
 

@@ -1,0 +1,129 @@
+"""Real microVMs for integration tests: one factory makes them, tracks them, ends them.
+
+Every VM a test makes is destroyed at teardown, and the teardown checks that its
+QEMU process, run directory and disk are gone. On failure the guest console is
+attached to the test report. A session-wide check fails the run if any QEMU
+process of this run outlived the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ember.engine import Sandbox, SandboxManager
+from ember.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _qemu_pids_under(path: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and str(path).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def test_settings() -> Settings:
+    base = Settings.from_env()
+    run_dir = Path(tempfile.mkdtemp(prefix="ember-test-", dir="/dev/shm"))
+    data_dir = Path(tempfile.mkdtemp(prefix="ember-test-data-"))
+    # Share the built images; keep everything a sandbox makes in this run's own dirs.
+    (data_dir / "images").symlink_to(base.images_dir)
+    settings = replace(base, run_dir=run_dir, data_dir=data_dir)
+    yield settings
+    leaked = _qemu_pids_under(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    assert not leaked, f"QEMU processes outlived the test session: {leaked}"
+
+
+@pytest.fixture(scope="session")
+async def manager(test_settings: Settings) -> AsyncIterator[SandboxManager]:
+    engine = SandboxManager(test_settings)
+    yield engine
+    await engine.close()
+
+
+SandboxFactory = Callable[..., Awaitable[Sandbox]]
+
+
+@pytest.fixture
+async def sandbox_factory(
+    manager: SandboxManager, request: pytest.FixtureRequest
+) -> AsyncIterator[SandboxFactory]:
+    made: list[Sandbox] = []
+
+    async def make(**kwargs: object) -> Sandbox:
+        kwargs.setdefault("vcpus", 1)
+        kwargs.setdefault("memory_mb", 512)
+        sandbox = await manager.create(**kwargs)  # type: ignore[arg-type]
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in made:
+        _attach_console(request, sandbox)
+        pid = sandbox.vm.pid
+        if sandbox.id in {s.id for s in manager.list(include_ended=True)}:
+            await manager.destroy(sandbox.id)
+        else:
+            await sandbox.destroy()
+        assert not sandbox.vm.spec.run_dir.exists(), "run directory left behind"
+        assert not sandbox.data_dir.exists(), "sandbox data (disk) left behind"
+        if pid is not None:
+            assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"QEMU {pid} still running"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _attach_console(request: pytest.FixtureRequest, sandbox: Sandbox) -> None:
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        request.node.add_report_section("call", f"console of {sandbox.id}", sandbox.vm.console_tail(16384))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="module")
+async def shared_sandbox(manager: SandboxManager) -> AsyncIterator[Sandbox]:
+    """One sandbox for a module's tests that only add state of their own."""
+    sandbox = await manager.create(vcpus=2, memory_mb=512, env={"MODE": "test"})
+    yield sandbox
+    await manager.destroy(sandbox.id)
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+__all__ = ["SandboxFactory", "os", "wait_for"]
