@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ember.engine import Sandbox, SandboxManager
+from ember.images import ensure_guest_images
 from ember.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -41,6 +42,8 @@ def _qemu_pids_under(path: Path) -> list[int]:
 @pytest.fixture(scope="session")
 def test_settings() -> Settings:
     base = Settings.from_env()
+    # Fast when built (and a few seconds after an agent edit); setup builds the rest.
+    ensure_guest_images(base)
     run_dir = Path(tempfile.mkdtemp(prefix="ember-test-", dir="/dev/shm"))
     data_dir = Path(tempfile.mkdtemp(prefix="ember-test-data-"))
     # Share the built images; keep everything a sandbox makes in this run's own dirs.

@@ -99,16 +99,22 @@ async def test_invalid_shapes_create_nothing(manager, test_settings):
 
 
 def _raw_agent_exchange(path: str, payload: bytes) -> list:
-    """Connect to the agent socket directly, sync, send raw bytes, read frames for a moment."""
-    nonce = b"N" * 16
+    """Connect to the agent socket directly, sync (retrying as the engine does), send raw bytes."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(path)
-        sock.settimeout(10)
-        sock.sendall(HOST_SYNC_MAGIC + nonce)
         received = b""
-        while AGENT_SYNC_MAGIC + nonce not in received:
-            received += sock.recv(65536)
+        for attempt in range(10):
+            nonce = bytes([attempt]) * 16
+            sock.sendall(HOST_SYNC_MAGIC + nonce)
+            sock.settimeout(1)
+            try:
+                while AGENT_SYNC_MAGIC + nonce not in received:
+                    received += sock.recv(65536)
+                break
+            except TimeoutError:
+                continue
         received = received.split(AGENT_SYNC_MAGIC + nonce, 1)[1]
+        sock.settimeout(10)
         sock.sendall(payload)
         decoder = FrameDecoder()
         frames = decoder.feed(received)

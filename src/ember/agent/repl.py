@@ -94,7 +94,8 @@ class ReplContext:
                 argv = ["python3", "-u", "-c", _BOOTSTRAP, str(_WORKER), str(request_read), str(reply_write)]
                 env = {"MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1"}
             else:
-                argv = ["bash", "--noprofile", "--norc", f"/dev/fd/{request_read}"]
+                # /proc/self/fd, not /dev/fd: without udev the guest has no /dev/fd link.
+                argv = ["bash", "--noprofile", "--norc", f"/proc/self/fd/{request_read}"]
                 env = {}
             self._process = self._table.spawn(
                 argv, env=env, cwd=self.cwd, internal=True, pass_fds=(request_read, reply_write)

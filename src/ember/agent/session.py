@@ -203,8 +203,8 @@ class Session:
                 self._on_frame(frame)
         except ProtocolError as exc:
             log.warning("protocol error, waiting for a new sync: %s", exc)
-            self.enqueue(encode_message(0, error_message(ErrorCode.PROTOCOL_ERROR, str(exc))))
             self._reset()
+            self.enqueue(encode_message(0, error_message(ErrorCode.PROTOCOL_ERROR, str(exc))))
 
     def _reset(self) -> None:
         self.generation += 1

@@ -42,6 +42,7 @@ _CREDIT_BATCH = INITIAL_WINDOW // 4
 _READ_BYTES = 1 << 20
 # Events are not flow-controlled; a guest flooding them must not grow host memory.
 _MAX_QUEUED_EVENTS = 10_000
+SYNC_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,29 +203,44 @@ class AgentClient:
         return self._reader_task is not None and not self._reader_task.done()
 
     async def connect(self, socket_path: str) -> None:
-        """Open the socket and sync with the agent; waits as long as the guest takes to boot."""
+        """Open the socket and sync with the agent; waits as long as the guest takes to boot.
+
+        The preamble is repeated with a fresh nonce every ``SYNC_RETRY_S``: bytes
+        crossing virtio-serial while a previous connection closes can be lost,
+        and a booting guest only starts reading once its agent is up. Only the
+        reply to the latest nonce counts.
+        """
         reader, writer = await asyncio.open_unix_connection(socket_path, limit=_READ_BYTES)
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        writer.write(HOST_SYNC_MAGIC + nonce)
-        await writer.drain()
-        scanner = SyncScanner(AGENT_SYNC_MAGIC)
-        rest = b""
-        while True:
-            data = await reader.read(_READ_BYTES)
-            if not data:
-                writer.close()
-                raise errors.AgentUnavailableError(f"{self.name}: the agent channel closed during sync")
-            found = scanner.feed(data)
-            while found is not None and found[0] != nonce:
-                found = scanner.feed(found[1])
-            if found is not None:
-                rest = found[1]
-                break
+        try:
+            rest = await self._sync(reader, writer)
+        except BaseException:
+            writer.close()
+            raise
         self._reader, self._writer = reader, writer
         self._failure = None
         self.closed.clear()
         self._decoder.reset()
         self._reader_task = asyncio.create_task(self._read_loop(rest), name=f"{self.name}-reader")
+
+    async def _sync(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        scanner = SyncScanner(AGENT_SYNC_MAGIC)
+        while True:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            writer.write(HOST_SYNC_MAGIC + nonce)
+            await writer.drain()
+            deadline = asyncio.get_running_loop().time() + SYNC_RETRY_S
+            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    data = await asyncio.wait_for(reader.read(_READ_BYTES), remaining)
+                except TimeoutError:
+                    break
+                if not data:
+                    raise errors.AgentUnavailableError(f"{self.name}: the agent channel closed during sync")
+                found = scanner.feed(data)
+                while found is not None and found[0] != nonce:
+                    found = scanner.feed(found[1])
+                if found is not None:
+                    return found[1]
 
     async def close(self) -> None:
         task, self._reader_task = self._reader_task, None
