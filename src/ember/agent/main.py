@@ -6,7 +6,6 @@ named for what they own (processes, repl, files, system).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -223,9 +222,13 @@ async def serve(listen: str | None) -> None:
 
 
 def main() -> None:
-    """In the guest: serve the virtio port. ``--listen PATH``: a unix socket, for tests."""
-    parser = argparse.ArgumentParser(prog="ember-agent")
-    parser.add_argument("--listen", help="serve a unix socket instead of the virtio port")
-    options = parser.parse_args()
+    """In the guest: serve the virtio port. ``--listen PATH``: a unix socket, for tests.
+
+    (No argparse: every import costs boot time under TCG.)
+    """
+    arguments = sys.argv[1:]
+    listen = arguments[1] if arguments[:1] == ["--listen"] and len(arguments) == 2 else None
+    if arguments and listen is None:
+        sys.exit("usage: python -m ember.agent [--listen SOCKET_PATH]")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="ember-agent: %(message)s")
-    asyncio.run(serve(options.listen))
+    asyncio.run(serve(listen))

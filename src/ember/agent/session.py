@@ -45,13 +45,12 @@ log = logging.getLogger("ember.agent")
 
 # Return credit once a quarter of the window is consumed: few CREDIT frames, no stalls.
 _CREDIT_BATCH = INITIAL_WINDOW // 4
-_WRITE_BATCH = 1 << 20
 
 
 class Port(Protocol):
-    async def read(self) -> bytes: ...
-    async def write(self, data: bytes) -> None: ...
-    async def wait_for_host(self) -> None: ...
+    def start(self, on_data: Callable[[bytes], None], on_disconnect: Callable[[], None]) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def discard_pending(self) -> None: ...
 
 
 Handler = Callable[["RequestContext", Request], Awaitable[WireModel | None]]
@@ -143,7 +142,7 @@ class RequestContext:
 
 
 class Session:
-    """Reads the port forever; every session ends at a disconnect or a new sync."""
+    """Serves the port forever; every session ends at a disconnect or a new sync."""
 
     def __init__(self, port: Port, handler: Handler) -> None:
         self._port = port
@@ -153,40 +152,21 @@ class Session:
         self._synced = False
         self.generation = 0
         self._requests: dict[int, RequestContext] = {}
-        self._out: deque[bytes] = deque()
-        self._out_pulse = Pulse()
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write_loop(), name="agent-writer")
+        self._port.start(self._receive, self._disconnected)
         try:
-            while True:
-                data = await self._port.read()
-                if data:
-                    self._receive(data)
-                else:
-                    if self._synced:
-                        log.info("host disconnected")
-                    self._reset()
-                    await self._port.wait_for_host()
+            await asyncio.Event().wait()
         finally:
             self._reset()
-            writer.cancel()
 
     def enqueue(self, frame: bytes) -> None:
-        self._out.append(frame)
-        self._out_pulse.fire()
+        self._port.write(frame)
 
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._out:
-                await self._out_pulse.wait()
-                continue
-            batch = [self._out.popleft()]
-            size = len(batch[0])
-            while self._out and size < _WRITE_BATCH:
-                batch.append(self._out.popleft())
-                size += len(batch[-1])
-            await self._port.write(b"".join(batch))
+    def _disconnected(self) -> None:
+        if self._synced:
+            log.info("host disconnected")
+        self._reset()
 
     def _receive(self, data: bytes) -> None:
         while (found := self._scanner.feed(data)) is not None:
@@ -210,7 +190,7 @@ class Session:
         self.generation += 1
         self._synced = False
         self._decoder.reset()
-        self._out.clear()
+        self._port.discard_pending()
         requests, self._requests = self._requests, {}
         for context in requests.values():
             if context.task is not None:

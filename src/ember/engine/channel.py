@@ -25,6 +25,7 @@ from ember.protocol.framing import (
     HOST_SYNC_MAGIC,
     INITIAL_WINDOW,
     NONCE_BYTES,
+    Frame,
     FrameDecoder,
     FrameKind,
     ProtocolError,
@@ -39,7 +40,6 @@ from ember.protocol.pulse import Pulse
 log = logging.getLogger("ember.engine.channel")
 
 _CREDIT_BATCH = INITIAL_WINDOW // 4
-_READ_BYTES = 1 << 20
 # Events are not flow-controlled; a guest flooding them must not grow host memory.
 _MAX_QUEUED_EVENTS = 10_000
 SYNC_RETRY_S = 1.0
@@ -183,24 +183,53 @@ class AgentCall:
         self._credit_pulse.fire()
 
 
+class _ChannelProtocol(asyncio.Protocol):
+    """Hands bytes to the client as they arrive: no reader task, no extra loop hop."""
+
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self._client._protocol is self:
+            self._client._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
+        # A connection the client already replaced must not fail the new one.
+        if self._client._protocol is self:
+            self._client._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+
+
 class AgentClient:
     """A connection to one guest agent over its unix socket."""
 
     def __init__(self, name: str = "agent") -> None:
         self.name = name
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._protocol: _ChannelProtocol | None = None
         self._pending: dict[int, AgentCall] = {}
         self._next_id = 1
         self._decoder = FrameDecoder()
-        self._write_lock = asyncio.Lock()
+        self._scanner = SyncScanner(AGENT_SYNC_MAGIC)
+        self._nonce = b""
+        self._synced: asyncio.Future[None] | None = None
         self._failure: errors.EmberError | None = None
         self.closed = asyncio.Event()
 
     @property
     def connected(self) -> bool:
-        return self._reader_task is not None and not self._reader_task.done()
+        return self._transport is not None and self._synced is not None and self._synced.done()
 
     async def connect(self, socket_path: str) -> None:
         """Open the socket and sync with the agent; waits as long as the guest takes to boot.
@@ -210,50 +239,42 @@ class AgentClient:
         and a booting guest only starts reading once its agent is up. Only the
         reply to the latest nonce counts.
         """
-        reader, writer = await asyncio.open_unix_connection(socket_path, limit=_READ_BYTES)
-        try:
-            rest = await self._sync(reader, writer)
-        except BaseException:
-            writer.close()
-            raise
-        self._reader, self._writer = reader, writer
+        loop = asyncio.get_running_loop()
+        self._protocol = None
         self._failure = None
         self.closed.clear()
         self._decoder.reset()
-        self._reader_task = asyncio.create_task(self._read_loop(rest), name=f"{self.name}-reader")
+        self._scanner.reset()
+        self._synced = loop.create_future()
 
-    async def _sync(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        scanner = SyncScanner(AGENT_SYNC_MAGIC)
-        while True:
-            nonce = secrets.token_bytes(NONCE_BYTES)
-            writer.write(HOST_SYNC_MAGIC + nonce)
-            await writer.drain()
-            deadline = asyncio.get_running_loop().time() + SYNC_RETRY_S
-            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-                try:
-                    data = await asyncio.wait_for(reader.read(_READ_BYTES), remaining)
-                except TimeoutError:
-                    break
-                if not data:
-                    raise errors.AgentUnavailableError(f"{self.name}: the agent channel closed during sync")
-                found = scanner.feed(data)
-                while found is not None and found[0] != nonce:
-                    found = scanner.feed(found[1])
-                if found is not None:
-                    return found[1]
+        def make_protocol() -> _ChannelProtocol:
+            self._protocol = _ChannelProtocol(self)
+            return self._protocol
+
+        try:
+            transport, _ = await loop.create_unix_connection(make_protocol, socket_path)
+        except OSError as exc:
+            raise errors.AgentUnavailableError(f"{self.name}: cannot connect: {exc}") from exc
+        self._transport = transport
+        try:
+            while True:
+                self._nonce = secrets.token_bytes(NONCE_BYTES)
+                transport.write(HOST_SYNC_MAGIC + self._nonce)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._synced), SYNC_RETRY_S)
+                    return
+        except BaseException:
+            transport.abort()
+            self._transport = None
+            raise
 
     async def close(self) -> None:
-        task, self._reader_task = self._reader_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        transport, self._transport = self._transport, None
+        self._protocol = None
         self._fail_all(errors.AgentUnavailableError(f"{self.name}: connection closed"))
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await self._writer.wait_closed()
-            self._writer = None
+        if transport is not None:
+            transport.abort()
+        self.closed.set()
 
     def start(self, request: Request) -> AgentCall:
         """Send a request and return its call; the caller iterates or awaits it."""
@@ -289,42 +310,50 @@ class AgentClient:
         self._pending.pop(call.stream_id, None)
 
     def _write_nowait(self, frame: bytes) -> None:
-        if self._writer is None or self._writer.is_closing():
+        if self._transport is None or self._transport.is_closing():
             raise self._failure or errors.AgentUnavailableError(f"{self.name}: not connected")
-        self._writer.write(frame)
+        self._transport.write(frame)
 
     async def _write(self, frame: bytes) -> None:
         self._write_nowait(frame)
-        async with self._write_lock:
-            try:
-                await self._writer.drain()  # type: ignore[union-attr]
-            except (ConnectionError, OSError) as exc:
-                raise errors.AgentUnavailableError(f"{self.name}: {exc}") from exc
+        assert self._protocol is not None
+        await self._protocol.drain()
+        if self._failure is not None:
+            raise self._failure
 
-    async def _read_loop(self, initial: bytes) -> None:
-        assert self._reader is not None
-        error: errors.EmberError
+    def _on_data(self, data: bytes) -> None:
+        synced = self._synced
+        if synced is None:
+            return
+        if not synced.done():
+            found = self._scanner.feed(data)
+            while found is not None and found[0] != self._nonce:
+                found = self._scanner.feed(found[1])
+            if found is None:
+                return
+            synced.set_result(None)
+            data = found[1]
         try:
-            data = initial
-            while True:
-                for frame in self._decoder.feed(data):
-                    self._route(frame)
-                data = await self._reader.read(_READ_BYTES)
-                if not data:
-                    error = errors.AgentUnavailableError(f"{self.name}: the agent channel closed")
-                    break
+            for frame in self._decoder.feed(data):
+                self._route(frame)
         except ProtocolError as exc:
             log.warning("%s: protocol violation from the guest: %s", self.name, exc)
-            error = errors.ProtocolError(f"{self.name}: {exc}")
-        except (ConnectionError, OSError) as exc:
-            error = errors.AgentUnavailableError(f"{self.name}: {exc}")
-        self._failure = error
+            self._fail(errors.ProtocolError(f"{self.name}: {exc}"))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        detail = f": {exc}" if exc else ""
+        self._fail(errors.AgentUnavailableError(f"{self.name}: the agent channel closed{detail}"))
+
+    def _fail(self, error: errors.EmberError) -> None:
+        if self._failure is None:
+            self._failure = error
         self._fail_all(error)
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
         self.closed.set()
 
-    def _route(self, frame: Any) -> None:
+    def _route(self, frame: Frame) -> None:
         if frame.stream_id == 0:
             raise ProtocolError(f"agent reported a connection error: {frame.payload[:500]!r}")
         call = self._pending.get(frame.stream_id)
