@@ -11,6 +11,7 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     ├── PermissionDeniedError           permission_denied 403
     ├── NotFoundError                                     404
     │   ├── SandboxNotFoundError        sandbox_not_found
+    │   ├── TemplateNotFoundError       template_not_found
     │   ├── PathNotFoundError           file_not_found
     │   ├── ProcessNotFoundError        process_not_found
     │   └── ContextNotFoundError        context_not_found
@@ -74,7 +75,7 @@ class UnknownOperationError(InvalidRequestError):
 
 
 class AuthenticationError(EmberError):
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED.value
     status = 401
 
 
@@ -89,6 +90,10 @@ class NotFoundError(EmberError):
 
 class SandboxNotFoundError(NotFoundError):
     code = ErrorCode.SANDBOX_NOT_FOUND.value
+
+
+class TemplateNotFoundError(NotFoundError):
+    code = ErrorCode.TEMPLATE_NOT_FOUND.value
 
 
 class PathNotFoundError(NotFoundError):

@@ -4,6 +4,7 @@ The sandbox owns its VM, its agent client and the task that watches the VM; it
 groups its abilities as sub-objects (``code``, ``commands``, ``pty``, ``files``)
 that all reach the guest through ``agent_call``, the one place that turns a
 lost connection into "the sandbox died" with the guest console's last words.
+Every change of state is written to the store as it happens.
 """
 
 from __future__ import annotations
@@ -25,19 +26,21 @@ from ember.engine.channel import AgentClient
 from ember.engine.code import Code
 from ember.engine.commands import Commands, Pty
 from ember.engine.files import Files
+from ember.engine.store import SandboxRecord, Store
 from ember.protocol.messages import AgentInfo, Configure
 from ember.vmm.base import VirtualMachine, VmSpec
 
 log = logging.getLogger("ember.engine")
 
 BOOT_TIMEOUT_S = 90.0
+RECONNECT_TIMEOUT_S = 15.0
 
 
 class SandboxState(enum.Enum):
     BOOTING = "booting"
     RUNNING = "running"
-    STOPPED = "stopped"
-    DEAD = "dead"
+    STOPPED = "stopped"  # ended on purpose: deleted, lifetime over, shut down
+    DEAD = "dead"  # ended by a failure
 
 
 @dataclass(frozen=True)
@@ -49,32 +52,61 @@ class SandboxConfig:
     disk_mib: int = 4096
     env: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    owner: str | None = None
+    template: str | None = None
 
 
 class Sandbox:
     """One live (or ended) sandbox; see the module docstring."""
 
-    def __init__(self, sandbox_id: str, config: SandboxConfig, vm: VirtualMachine, data_dir: Path) -> None:
-        self.id = sandbox_id
-        self.config = config
+    def __init__(self, record: SandboxRecord, vm: VirtualMachine, store: Store, env: dict[str, str]) -> None:
+        self.record = record
         self.vm = vm
-        self.data_dir = data_dir
-        self.state = SandboxState.BOOTING
-        self.created_at = time.time()
-        self.ended_at: float | None = None
-        self.end_reason: str | None = None
-        self.boot_seconds: float | None = None
+        self.env = env
         self.agent_info: AgentInfo | None = None
-        self._agent = AgentClient(f"sandbox {sandbox_id}")
+        self.last_active = time.monotonic()
+        self._store = store
+        self._agent = AgentClient(f"sandbox {record.id}")
         self._watch: asyncio.Task[None] | None = None
         self.code = Code(self)
         self.commands = Commands(self)
         self.pty = Pty(self)
         self.files = Files(self)
 
+    # ------------------------------------------------------------ identity and state
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> SandboxState:
+        return SandboxState(self.record.state)
+
     @property
     def hostname(self) -> str:
-        return f"ember-{self.id[:12]}"
+        return self.record.hostname
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.record.data_dir)
+
+    @property
+    def end_reason(self) -> str | None:
+        return self.record.end_reason
+
+    @property
+    def boot_seconds(self) -> float | None:
+        return self.record.boot_seconds
+
+    def _set_state(self, state: SandboxState, reason: str | None = None) -> None:
+        self.record.state = state.value
+        if state in (SandboxState.STOPPED, SandboxState.DEAD):
+            self.record.ended_at = self.record.ended_at or time.time()
+            self.record.end_reason = self.record.end_reason or reason
+        self._store.save(self.record)
 
     def require_running(self) -> None:
         if self.state is SandboxState.RUNNING:
@@ -88,20 +120,33 @@ class Sandbox:
     async def boot(self) -> None:
         """Start the VM and wait for the agent; on any failure leave nothing running."""
         started = time.perf_counter()
+        self._store.save(self.record)
         try:
             await self.vm.start()
             self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
             await self._connect(BOOT_TIMEOUT_S)
+            self.agent_info = AgentInfo.from_wire(await self._agent.request(self._identity()))
         except BaseException as exc:
-            report = self._vm_report("boot failed")
-            await self.destroy("boot failed")
-            if isinstance(exc, errors.EmberError) and not isinstance(exc, errors.AgentUnavailableError):
-                raise
+            report = self.vm.failure_report("boot failed")
+            await self.destroy("boot failed", dead=True)
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
                 raise
+            if isinstance(exc, errors.EmberError) and not isinstance(exc, errors.AgentUnavailableError):
+                raise
             raise errors.BootFailedError(f"{report}\n(cause: {exc})") from exc
-        self.boot_seconds = time.perf_counter() - started
-        self.state = SandboxState.RUNNING
+        self.record.boot_seconds = time.perf_counter() - started
+        self._set_state(SandboxState.RUNNING)
+
+    async def adopt(self) -> None:
+        """Take over a VM a previous daemon started: watch it and reconnect to its agent."""
+        self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
+        try:
+            await self._connect(RECONNECT_TIMEOUT_S)
+            self.agent_info = AgentInfo.from_wire(await self._agent.request(self._probe()))
+        except BaseException:
+            await self.destroy("the daemon restarted and the guest agent no longer answered", dead=True)
+            raise
+        self._set_state(SandboxState.RUNNING)
 
     async def _connect(self, timeout_s: float) -> None:
         connect = asyncio.create_task(self._agent.connect(str(self.vm.agent_socket)))
@@ -116,15 +161,25 @@ class Sandbox:
             connect.cancel()
             with contextlib.suppress(BaseException):
                 await connect
-            what = (
-                "the VM exited before its agent answered"
-                if died in done
-                else (f"the guest agent did not answer within {timeout_s:.0f} s")
-            )
-            raise errors.BootFailedError(self._vm_report(what))
+            if died in done:
+                what = "the VM exited before its agent answered"
+            else:
+                what = f"the guest agent did not answer within {timeout_s:.0f} s"
+            raise errors.BootFailedError(self.vm.failure_report(what))
         connect.result()
-        info = await self._agent.request(self._identity())
-        self.agent_info = AgentInfo.from_wire(info)
+
+    def _identity(self) -> Configure:
+        return Configure(
+            env=dict(self.env),
+            hostname=self.hostname,
+            time_ns=time.time_ns(),
+            entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
+        )
+
+    @staticmethod
+    def _probe() -> Configure:
+        # Changes nothing in the guest; answers with the agent's info.
+        return Configure()
 
     async def reconnect(self) -> None:
         """Drop the agent connection and open a fresh one, as a restarted daemon does.
@@ -136,32 +191,18 @@ class Sandbox:
         await self._agent.close()
         await self._agent.connect(str(self.vm.agent_socket))
 
-    def _identity(self) -> Configure:
-        return Configure(
-            env=dict(self.config.env),
-            hostname=self.hostname,
-            time_ns=time.time_ns(),
-            entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
-        )
-
     async def _watch_vm(self) -> None:
         status = await self.vm.wait_exit()
         if self.state in (SandboxState.RUNNING, SandboxState.BOOTING):
-            self.state = SandboxState.DEAD
-            self.ended_at = time.time()
-            self.end_reason = self._vm_report(f"the VM exited unexpectedly (status {status})")
-            log.warning("sandbox %s died: %s", self.id, self.end_reason)
+            reason = self.vm.failure_report(f"the VM exited unexpectedly (status {status})")
+            self._set_state(SandboxState.DEAD, reason)
+            log.warning("sandbox %s died: %s", self.id, reason)
         await self._agent.close()
 
-    def _vm_report(self, what: str) -> str:
-        return self.vm.failure_report(what)
-
-    async def destroy(self, reason: str = "deleted") -> None:
+    async def destroy(self, reason: str = "deleted", *, dead: bool = False) -> None:
         """End the sandbox and remove everything it had on the host. Idempotent."""
-        if self.state is not SandboxState.DEAD:
-            self.state = SandboxState.STOPPED
-            self.end_reason = self.end_reason or reason
-        self.ended_at = self.ended_at or time.time()
+        if self.state in (SandboxState.BOOTING, SandboxState.RUNNING):
+            self._set_state(SandboxState.DEAD if dead else SandboxState.STOPPED, reason)
         await self._agent.close()
         await self.vm.stop()
         if self._watch is not None:
@@ -178,6 +219,7 @@ class Sandbox:
     async def agent_call(self) -> AsyncIterator[AgentClient]:
         """The agent client, for one operation; a lost connection becomes SandboxDeadError."""
         self.require_running()
+        self.last_active = time.monotonic()
         try:
             yield self._agent
         except (errors.AgentUnavailableError, errors.ProtocolError) as exc:
@@ -187,14 +229,16 @@ class Sandbox:
             if self.state is SandboxState.DEAD:
                 raise errors.SandboxDeadError(f"sandbox {self.id} died: {self.end_reason}") from exc
             raise
+        finally:
+            self.last_active = time.monotonic()
 
-    @staticmethod
-    def vm_spec(config: SandboxConfig, kernel: Path, rootfs: Path, disk: Path, run_dir: Path) -> VmSpec:
-        return VmSpec(
-            vcpus=config.vcpus,
-            memory_mib=config.memory_mib,
-            kernel=kernel,
-            rootfs=rootfs,
-            writable_disk=disk,
-            run_dir=run_dir,
-        )
+
+def vm_spec(record: SandboxRecord) -> VmSpec:
+    return VmSpec(
+        vcpus=record.vcpus,
+        memory_mib=record.memory_mib,
+        kernel=Path(record.kernel),
+        rootfs=Path(record.rootfs),
+        writable_disk=Path(record.writable_disk),
+        run_dir=Path(record.run_dir),
+    )

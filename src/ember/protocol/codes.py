@@ -33,7 +33,9 @@ class ErrorCode(str, enum.Enum):
     EXEC_FAILED = "exec_failed"
     EXEC_TIMEOUT = "exec_timeout"
     # Sandboxes and their VMs, on the host.
+    UNAUTHORIZED = "unauthorized"
     SANDBOX_NOT_FOUND = "sandbox_not_found"
+    TEMPLATE_NOT_FOUND = "template_not_found"
     SANDBOX_NOT_RUNNING = "sandbox_not_running"
     SANDBOX_DEAD = "sandbox_dead"
     BOOT_FAILED = "boot_failed"

@@ -64,6 +64,10 @@ class VirtualMachine(abc.ABC):
         """Launch the VMM; returns once it runs (the guest may still be booting)."""
 
     @abc.abstractmethod
+    async def adopt(self) -> None:
+        """Take over this spec's VM, started by a previous daemon; VmmError if it is gone."""
+
+    @abc.abstractmethod
     async def pause(self) -> None: ...
 
     @abc.abstractmethod

@@ -57,6 +57,7 @@ class QemuVM(VirtualMachine):
         self._settings = settings
         self._accel = accel
         self._process: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
         self._qmp: QMPClient | None = None
         self._exit_status: int | None = None
         self._exited = asyncio.Event()
@@ -86,7 +87,7 @@ class QemuVM(VirtualMachine):
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._pid
 
     # ------------------------------------------------------------ command line
 
@@ -144,7 +145,25 @@ class QemuVM(VirtualMachine):
                 start_new_session=True,
                 close_fds=True,
             )
-        self._watch = asyncio.create_task(self._watch_exit(), name=f"qemu-{self._process.pid}")
+        self._pid = self._process.pid
+        await self._take_control()
+
+    async def adopt(self) -> None:
+        """Take over the QEMU a previous daemon started for this spec (found by its pid file).
+
+        Raises VmmError when no such QEMU is running; the caller then cleans up.
+        """
+        self.require(VmState.STOPPED)
+        pid = running_qemu_pid(self.spec.run_dir)
+        if pid is None:
+            raise VmmError(f"no QEMU is running for {self.spec.run_dir}")
+        self._pid = pid
+        self.state = VmState.BOOTING
+        await self._take_control()
+
+    async def _take_control(self) -> None:
+        assert self._pid is not None
+        self._watch = asyncio.create_task(self._watch_exit(), name=f"qemu-{self._pid}")
         try:
             self._qmp = await self._connect_qmp()
         except BaseException:
@@ -169,20 +188,32 @@ class QemuVM(VirtualMachine):
             await asyncio.sleep(0.005)
 
     async def _watch_exit(self) -> None:
-        """Wait for QEMU to exit without a thread: poll its pidfd from the event loop."""
-        assert self._process is not None
+        """Wait for QEMU to exit without a thread: poll its pidfd from the event loop.
+
+        A pidfd works for an adopted QEMU too, which is not our child; its exit
+        status is then unknown (-1).
+        """
+        assert self._pid is not None
         loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(self._process.pid)
         try:
+            pidfd = os.pidfd_open(self._pid)
+        except ProcessLookupError:
+            pidfd = None
+        try:
+            if pidfd is None:
+                raise ProcessLookupError
             exited = loop.create_future()
             loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
             try:
                 await exited
             finally:
                 loop.remove_reader(pidfd)
+        except ProcessLookupError:
+            pass
         finally:
-            os.close(pidfd)
-        self._exit_status = self._process.wait()
+            if pidfd is not None:
+                os.close(pidfd)
+        self._exit_status = self._process.wait() if self._process is not None else -1
         if self.state is not VmState.STOPPED:
             self.state = VmState.DEAD
         self._exited.set()
@@ -206,7 +237,7 @@ class QemuVM(VirtualMachine):
         self.state = VmState.RUNNING
 
     async def stop(self) -> None:
-        if self.state is VmState.STOPPED and self._process is None:
+        if self.state is VmState.STOPPED and self._pid is None:
             return
         alive = not self._exited.is_set()
         self.state = VmState.STOPPED
@@ -214,10 +245,10 @@ class QemuVM(VirtualMachine):
             with contextlib.suppress(Exception):
                 await self._qmp.disconnect()
             self._qmp = None
-        if self._process is not None and alive:
+        if self._pid is not None and alive:
             # Guest state is being discarded: no need to ask QEMU nicely.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._process.pid, signal.SIGKILL)
+                os.kill(self._pid, signal.SIGKILL)
         if self._watch is not None:
             await self._watch
 
@@ -243,6 +274,16 @@ class QemuVM(VirtualMachine):
         if console:
             parts.append(f"guest console (last lines):\n{console}")
         return "\n".join(parts)
+
+
+def running_qemu_pid(run_dir: Path) -> int | None:
+    """The pid of the QEMU serving ``run_dir``, if one is alive (checked by its command line)."""
+    try:
+        pid = int((run_dir / "qemu.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"qemu" in cmdline and str(run_dir).encode() in cmdline else None
 
 
 class QemuDriver:

@@ -1,0 +1,116 @@
+"""The FastAPI application: wiring, authentication, error bodies, body-size limits.
+
+Routes live in ``ember.server.routes``, one module per resource; they call the
+engine and translate. Every error leaves as ``{"code", "message"}`` with the
+status of its class in ``ember.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ember.errors import EmberError, PayloadTooLargeError
+from ember.server.deps import Service, ember_version
+from ember.server.routes import code, commands, files, keys, pty, sandboxes
+
+log = logging.getLogger("ember.server")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: refuses request bodies over the limit, streamed or not.
+
+    File uploads (PUT .../files) get the upload limit; every other body the
+    (small) JSON limit. A Content-Length over the limit is refused before any
+    byte is read; a streamed body is cut off when it crosses the limit.
+    """
+
+    def __init__(self, app: Any, get_service: Callable[[], Service]) -> None:
+        self.app = app
+        self._service = get_service
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = self._service()
+        is_upload = scope["method"] == "PUT" and scope["path"].endswith("/files")
+        limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _error(413, "payload_too_large", f"request body over {limit} bytes")(
+                    scope, receive, send
+                )
+                return
+        received = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLargeError(f"request body over {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(service_: Service) -> FastAPI:
+    """The ASGI app over an engine that this app starts and stops with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service_.manager.start()
+        try:
+            yield
+        finally:
+            await service_.manager.close()
+
+    app = FastAPI(
+        title="Ember",
+        version=ember_version(),
+        summary="Self-hosted microVM sandboxes for AI agents",
+        lifespan=lifespan,
+    )
+    app.state.service = service_
+
+    @app.exception_handler(EmberError)
+    async def ember_error(request: Request, exc: EmberError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return _error(400, "invalid_request", problems or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    for module in (sandboxes, code, commands, files, pty, keys):
+        app.include_router(module.router)
+    app.add_middleware(_BodyLimit, get_service=lambda: service_)
+    return app

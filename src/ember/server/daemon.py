@@ -1,0 +1,53 @@
+"""``ember serve``: the engine and the HTTP API in one process, on uvicorn.
+
+On start it makes sure there is a way in: ``EMBER_API_KEY`` becomes an admin key
+(stored as a hash); without it, a first start creates an admin key and prints it
+once. SIGINT/SIGTERM shut down cleanly: in-flight requests finish, then every
+sandbox ends (a crashed daemon instead leaves them running, and the next start
+reattaches to them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+
+from ember.engine import SandboxManager
+from ember.server.app import create_app
+from ember.server.deps import Service
+from ember.server.keys import KeyStore
+from ember.settings import Settings
+
+log = logging.getLogger("ember.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7070
+
+
+def bootstrap_keys(keys: KeyStore) -> None:
+    configured = os.environ.get("EMBER_API_KEY")
+    if configured:
+        keys.ensure(configured, name="EMBER_API_KEY")
+        return
+    if not keys.has_admin():
+        _, secret = keys.create("admin", admin=True)
+        print(
+            "Created the first admin API key (shown only now; store it safely):\n"
+            f"    export EMBER_API_KEY={secret}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings | None = None) -> None:
+    """Run the daemon until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    manager = SandboxManager(settings or Settings.from_env())
+    keys = KeyStore(manager.store)
+    bootstrap_keys(keys)
+    log.info("acceleration: %s (%s)", manager.acceleration.kind, manager.acceleration.reason)
+    app = create_app(Service(manager=manager, keys=keys))
+    uvicorn.run(app, host=host, port=port, log_level="info", ws="websockets", timeout_graceful_shutdown=10)

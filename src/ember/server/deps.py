@@ -1,0 +1,59 @@
+"""What routes depend on: the service (engine + keys), the caller's key, the caller's sandbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import Depends, Request
+
+from ember.engine import SandboxManager
+from ember.engine.sandbox import Sandbox
+from ember.errors import PermissionDeniedError
+from ember.server.keys import ApiKey, KeyStore
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024 * 1024
+
+
+@dataclass
+class Service:
+    """What every route needs: the engine and the key store."""
+
+    manager: SandboxManager
+    keys: KeyStore
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+
+def ember_version() -> str:
+    try:
+        return version("ember")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+def caller(request: Request) -> ApiKey:
+    """The API key of the request; 401 for none, unknown or revoked."""
+    return service(request).keys.verify(bearer_token(request.headers.get("authorization")))
+
+
+def sandbox(sandbox_id: str, request: Request, key: ApiKey = Depends(caller)) -> Sandbox:
+    """The caller's running sandbox ``sandbox_id`` (another key's is not found)."""
+    return service(request).manager.get(sandbox_id, owner=key.id)
+
+
+def require_admin(key: ApiKey = Depends(caller)) -> ApiKey:
+    if not key.admin:
+        raise PermissionDeniedError("this needs an admin API key")
+    return key

@@ -1,0 +1,271 @@
+"""The HTTP API's request and response bodies (pydantic), and their mapping from engine types.
+
+Request models forbid unknown fields and check types strictly, so a typo in a
+parameter is a 400 rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from ember.engine.store import SandboxRecord
+from ember.protocol import messages as m
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Seconds = float | int
+
+
+class CreateSandbox(_Request):
+    vcpus: StrictInt = 2
+    memory_mb: StrictInt = 512
+    disk_mb: StrictInt = 4096
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: Seconds | None = 300
+    idle_timeout: Seconds | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    template: str | None = None
+
+
+class SetTimeout(_Request):
+    timeout: Seconds | None
+
+
+class SandboxInfo(BaseModel):
+    id: str
+    state: str
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    metadata: dict[str, str]
+    template: str | None
+    hostname: str
+    created_at: float
+    expires_at: float | None
+    idle_timeout: float | None
+    ended_at: float | None
+    end_reason: str | None
+    boot_seconds: float | None
+
+    @classmethod
+    def of(cls, record: SandboxRecord) -> SandboxInfo:
+        return cls(
+            id=record.id,
+            state=record.state,
+            vcpus=record.vcpus,
+            memory_mb=record.memory_mib,
+            disk_mb=record.disk_mib,
+            metadata=record.metadata,
+            template=record.template,
+            hostname=record.hostname,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            idle_timeout=record.idle_timeout_s,
+            ended_at=record.ended_at,
+            end_reason=record.end_reason,
+            boot_seconds=record.boot_seconds,
+        )
+
+
+class SandboxList(BaseModel):
+    sandboxes: list[SandboxInfo]
+
+
+# ---------------------------------------------------------------- code
+
+
+class RunCode(_Request):
+    code: str
+    language: Literal["python", "bash"] = "python"
+    context_id: str | None = None
+    timeout: Seconds | None = None
+    env: dict[str, str] | None = None
+
+
+class RichResult(BaseModel):
+    data: dict[str, str]
+    is_main_result: bool
+
+
+class ExecutionError(BaseModel):
+    name: str
+    value: str
+    traceback: str
+
+
+class Execution(BaseModel):
+    stdout: str
+    stderr: str
+    results: list[RichResult]
+    error: ExecutionError | None
+    execution_count: int
+    execution_time: float
+    timed_out: bool
+    restarted: bool
+    exit_code: int | None
+
+    @classmethod
+    def of(cls, execution: m.Execution) -> Execution:
+        return cls(
+            stdout=execution.stdout,
+            stderr=execution.stderr,
+            results=[RichResult(data=r.data, is_main_result=r.is_main_result) for r in execution.results],
+            error=ExecutionError(**execution.error.to_wire()) if execution.error else None,
+            execution_count=execution.execution_count,
+            execution_time=execution.execution_time_s,
+            timed_out=execution.timed_out,
+            restarted=execution.restarted,
+            exit_code=execution.exit_code,
+        )
+
+
+class CreateContext(_Request):
+    language: Literal["python", "bash"] = "python"
+    cwd: str | None = None
+
+
+class Context(BaseModel):
+    context_id: str
+    language: str
+    cwd: str
+
+
+class ContextList(BaseModel):
+    contexts: list[Context]
+
+
+# ---------------------------------------------------------------- commands
+
+
+class RunCommand(_Request):
+    cmd: str | None = None
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    user: str | None = None
+    timeout: Seconds | None = 60
+    background: StrictBool = False
+    stdin: StrictBool = False
+    tag: str | None = None
+
+
+class CommandResult(BaseModel):
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    truncated: bool
+    stdout: str
+    stderr: str
+
+    @classmethod
+    def of(cls, result: m.ProcessExit) -> CommandResult:
+        return cls(**result.to_wire())
+
+
+class Started(BaseModel):
+    pid: int
+
+
+class ProcessInfo(BaseModel):
+    pid: int
+    argv: list[str]
+    cmd: str | None
+    cwd: str
+    pty: bool
+    running: bool
+    exit_code: int | None
+    tag: str | None
+    started_at: float
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessInfo]
+
+
+class Signal(_Request):
+    signal: str = "SIGKILL"
+
+
+class CreatePty(_Request):
+    cmd: str | None = None
+    cols: StrictInt = 80
+    rows: StrictInt = 24
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    user: str | None = None
+
+
+# ---------------------------------------------------------------- files
+
+
+class FileInfo(BaseModel):
+    path: str
+    name: str
+    type: str
+    size: int
+    mode: int
+    mtime: float
+    owner: str
+    group: str
+    symlink_target: str | None
+
+
+class FileList(BaseModel):
+    entries: list[FileInfo]
+
+
+class MakeDirectory(_Request):
+    path: str
+    parents: StrictBool = True
+
+
+class Rename(_Request):
+    source: str
+    destination: str
+    overwrite: StrictBool = True
+
+
+# ---------------------------------------------------------------- keys and service
+
+
+class CreateKey(_Request):
+    name: str
+    admin: StrictBool = False
+
+
+class KeyInfo(BaseModel):
+    id: str
+    name: str
+    admin: bool
+    created_at: float
+    revoked_at: float | None = None
+
+
+class NewKey(KeyInfo):
+    key: str
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    acceleration: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+def wire(model: m.WireModel) -> dict[str, Any]:
+    """An engine/wire dataclass as a plain dict, for response models built from it."""
+    return model.to_wire()
