@@ -96,6 +96,10 @@ class TemplateNotFoundError(NotFoundError):
     code = ErrorCode.TEMPLATE_NOT_FOUND.value
 
 
+class SnapshotNotFoundError(NotFoundError):
+    code = ErrorCode.SNAPSHOT_NOT_FOUND.value
+
+
 class PathNotFoundError(NotFoundError):
     code = ErrorCode.FILE_NOT_FOUND.value
 
@@ -110,6 +114,18 @@ class ContextNotFoundError(NotFoundError):
 
 class ConflictError(EmberError):
     status = 409
+
+
+class SnapshotIncompatibleError(ConflictError):
+    """The snapshot was taken on guest images this host no longer has."""
+
+    code = ErrorCode.SNAPSHOT_INCOMPATIBLE.value
+
+
+class TemplateBuildFailedError(ConflictError):
+    """A template step failed; the message carries its output."""
+
+    code = ErrorCode.TEMPLATE_BUILD_FAILED.value
 
 
 class AlreadyExistsError(ConflictError):

@@ -60,7 +60,10 @@ def test_settings() -> Settings:
 async def manager(test_settings: Settings) -> AsyncIterator[SandboxManager]:
     engine = SandboxManager(test_settings)
     yield engine
+    kept = {Path(layer).name for s in engine.store.snapshots(include_deleted=True) for layer in s.disk_chain}
     await engine.close()
+    stray = {p.name for p in engine.layers.directory.iterdir()} - kept
+    assert not stray, f"disk layers that no snapshot holds were left behind: {stray}"
 
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]
@@ -88,7 +91,7 @@ async def sandbox_factory(
         else:
             await sandbox.destroy()
         assert not sandbox.vm.spec.run_dir.exists(), "run directory left behind"
-        assert not sandbox.data_dir.exists(), "sandbox data (disk) left behind"
+        assert not Path(sandbox.record.disk_chain[0]).exists(), "the sandbox's disk layer left behind"
         if pid is not None:
             assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"QEMU {pid} still running"
 

@@ -72,6 +72,7 @@ class Agent:
             system.set_clock(request.time_ns)
         if request.entropy_b64 is not None:
             system.add_entropy(request.entropy_b64)
+            self.contexts.reseed()
         if request.hostname is not None:
             system.set_hostname(request.hostname)
         if request.env is not None:

@@ -78,6 +78,7 @@ class ReplContext:
         self._child_reply_fd = -1
         self._replies: _LineReader | None = None
         self._env_updates: dict[str, str] = {}
+        self._reseed = False
 
     def info(self) -> ContextInfo:
         return ContextInfo(context_id=self.context_id, language=self.language, cwd=self.cwd)
@@ -136,6 +137,10 @@ class ReplContext:
         self.stop()
         with contextlib.suppress(OSError):
             self._state_file.unlink()
+
+    def reseed(self) -> None:
+        """The guest got new entropy (a restore): the interpreter reseeds before its next cell."""
+        self._reseed = True
 
     def set_env(self, env: dict[str, str]) -> None:
         """New sandbox-wide variables (after a restore) reach the interpreter with its next cell."""
@@ -213,11 +218,15 @@ class ReplContext:
     def _request_line(self, code: str, env: dict[str, str], marker: str) -> bytes:
         env_updates, self._env_updates = self._env_updates, {}
         if self.language == "python":
-            request = {"code": code, "env": env, "set_env": env_updates, "marker": marker}
+            reseed, self._reseed = self._reseed, False
+            request = {"code": code, "env": env, "set_env": env_updates, "marker": marker, "reseed": reseed}
             return json.dumps(request).encode() + b"\n"
         script = STATE_DIR / f"{self.context_id}.sh"
         script.write_text(code + "\n")
         exports = "".join(f"export {key}={shlex.quote(value)}; " for key, value in env_updates.items())
+        if self._reseed:
+            self._reseed = False
+            exports += "RANDOM=$SRANDOM; "
         cell_env = "".join(f"export {key}={shlex.quote(value)}; " for key, value in env.items())
         source = f"source {shlex.quote(str(script))}"
         # Per-cell variables live in a subshell so that they end with the cell.
@@ -316,3 +325,7 @@ class ReplContexts:
     def set_env(self, env: dict[str, str]) -> None:
         for context in self._contexts.values():
             context.set_env(env)
+
+    def reseed(self) -> None:
+        for context in self._contexts.values():
+            context.reseed()

@@ -168,6 +168,16 @@ def _clear_pending_sigint():
         signal.sigtimedwait([signal.SIGINT], 0)
 
 
+def _reseed():
+    """Fresh seeds after a restore: forks of one snapshot must not draw the same numbers."""
+    random_module = sys.modules.get("random")
+    if random_module is not None:
+        random_module.seed()
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+
+
 def main(request_fd, reply_fd):
     os.set_inheritable(request_fd, False)
     os.set_inheritable(reply_fd, False)
@@ -186,6 +196,8 @@ def main(request_fd, reply_fd):
         request = json.loads(line)
         marker = request["marker"].encode()
         os.environ.update(request.get("set_env") or {})
+        if request.get("reseed"):
+            _reseed()
         count += 1
         saved_env = {key: os.environ.get(key) for key in request.get("env") or {}}
         os.environ.update(request.get("env") or {})

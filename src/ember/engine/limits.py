@@ -53,8 +53,12 @@ def validate(config: SandboxConfig) -> SandboxConfig:
             "ask for less or end other sandboxes"
         )
     _check_strings("env", config.env, MAX_ENV_ENTRIES, names=True)
-    _check_strings("metadata", config.metadata, MAX_METADATA_ENTRIES, names=False)
+    check_metadata(config.metadata)
     return config
+
+
+def check_metadata(metadata: object) -> None:
+    _check_strings("metadata", metadata, MAX_METADATA_ENTRIES, names=False)
 
 
 def _check_strings(what: str, values: object, max_entries: int, names: bool) -> None:

@@ -1,12 +1,12 @@
-"""SandboxManager: creates, finds, lists and ends sandboxes on this host.
+"""SandboxManager: creates, finds, lists, snapshots, forks and ends sandboxes on this host.
 
 The manager picks the VMM driver and acceleration once, checks every request
 against the host before a VM exists, and gives each sandbox its own run
-directory (sockets, console, memory file; on tmpfs) and data directory (its
-writable disk). It keeps every sandbox's record in the store, ends sandboxes
-whose lifetime or idle time is over (the reaper), and on ``start`` finds the
-sandboxes a previous daemon left: it reattaches to those still running and
-cleans up the rest, recording why.
+directory (sockets, console, memory file; on tmpfs) and its own top disk layer
+(``disks``); taking and restoring snapshots is ``snapshots``' business. It keeps
+every sandbox's record in the store, ends sandboxes whose lifetime or idle time
+is over (the reaper), and on ``start`` finds the sandboxes a previous daemon
+left: it reattaches to those still running and cleans up the rest, recording why.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -21,9 +22,11 @@ from pathlib import Path
 
 from ember import errors
 from ember.engine import limits
+from ember.engine.disks import Layers
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
-from ember.engine.store import SandboxRecord, Store
-from ember.images import GuestImages, ImagesMissing, create_writable_disk, find_guest_images
+from ember.engine.snapshots import Snapshots
+from ember.engine.store import SandboxRecord, SnapshotRecord, Store
+from ember.images import GuestImages, ImagesMissing, find_guest_images
 from ember.settings import Settings
 from ember.vmm import QemuDriver, detect
 
@@ -31,6 +34,8 @@ log = logging.getLogger("ember.engine")
 
 REAPER_INTERVAL_S = 1.0
 MAX_LIFETIME_S = 30 * 24 * 3600
+MAX_FORKS = 16
+TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 class SandboxManager:
@@ -41,6 +46,8 @@ class SandboxManager:
         self.acceleration = detect(self.settings)
         self.driver = QemuDriver(self.settings, self.acceleration)
         self.store = Store(self.settings.data_dir / "ember.db")
+        self.layers = Layers(self.settings)
+        self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -72,6 +79,7 @@ class SandboxManager:
         sandboxes = list(self._sandboxes.values())
         self._sandboxes.clear()
         await asyncio.gather(*(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True)
+        await self.collect()
         self.store.close()
 
     # ------------------------------------------------------------ sandboxes
@@ -87,8 +95,22 @@ class SandboxManager:
         timeout_s: float | None = None,
         idle_timeout_s: float | None = None,
         owner: str | None = None,
+        template: str | None = None,
+        snapshot: str | None = None,
     ) -> Sandbox:
-        """Boot a new sandbox and return it once its agent answers."""
+        """Start a new sandbox and return it once its agent answers.
+
+        From ``snapshot`` (an id) or ``template`` (a name) it resumes that saved
+        VM, with its vCPUs, memory and disk; otherwise it boots a fresh one.
+        """
+        source = None
+        if snapshot is not None:
+            source = self.snapshots.get(snapshot, owner)
+        elif template is not None:
+            source = self.snapshots.template(template)
+        if source is not None:
+            Snapshots.check_restorable(source)
+            vcpus, memory_mb, disk_mb = source.vcpus, source.memory_mib, source.disk_mib
         config = limits.validate(
             SandboxConfig(
                 vcpus=vcpus,
@@ -99,6 +121,7 @@ class SandboxManager:
                 timeout_s=timeout_s,
                 idle_timeout_s=idle_timeout_s,
                 owner=owner,
+                template=template,
             )
         )
         _check_duration("timeout", timeout_s)
@@ -106,7 +129,6 @@ class SandboxManager:
         images = self.images
         sandbox_id = secrets.token_hex(8)
         run_dir = self.settings.run_dir / sandbox_id
-        data_dir = self.settings.data_dir / "sandboxes" / sandbox_id
         now = time.time()
         record = SandboxRecord(
             id=sandbox_id,
@@ -116,35 +138,117 @@ class SandboxManager:
             memory_mib=config.memory_mib,
             disk_mib=config.disk_mib,
             metadata=config.metadata,
+            template=template,
             created_at=now,
             expires_at=now + timeout_s if timeout_s is not None else None,
             idle_timeout_s=idle_timeout_s,
             hostname=f"ember-{sandbox_id[:12]}",
             run_dir=str(run_dir),
-            data_dir=str(data_dir),
-            kernel=str(images.kernel),
-            rootfs=str(images.rootfs),
-            writable_disk=str(data_dir / "disk.ext4"),
+            kernel=source.kernel if source else str(images.kernel),
+            rootfs=source.rootfs if source else str(images.rootfs),
+            memory_file=str(source.memory_file if source else run_dir / "memory"),
+            memory_shared=source is None,
+            snapshot_id=source.id if source else None,
         )
         run_dir.mkdir(parents=True)
-        data_dir.mkdir(parents=True)
         try:
-            await asyncio.to_thread(
-                create_writable_disk, self.settings, Path(record.writable_disk), config.disk_mib
-            )
+            async with self.layers.lock:
+                if source is None:
+                    top = await self.layers.base(config.disk_mib)
+                else:
+                    top = await self.layers.overlay(Path(source.disk_chain[0]))
+                record.disk_chain = [str(top), *(source.disk_chain if source else [])]
+                self.store.save(record)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
-            shutil.rmtree(data_dir, ignore_errors=True)
             raise
-        sandbox = Sandbox(record, self.driver.create(vm_spec(record)), self.store, config.env)
+        spec = vm_spec(record) if source is None else Snapshots.restore_spec(source, run_dir, top)
+        # A restored guest keeps the environment it was saved with unless the caller gives one.
+        sandbox_env = config.env if source is None or env else None
+        sandbox = Sandbox(record, self.driver.create(spec), self.store, sandbox_env)
         self._sandboxes[sandbox_id] = sandbox
         try:
             await sandbox.boot()
         finally:
             if sandbox.state is not SandboxState.RUNNING:
                 self._sandboxes.pop(sandbox_id, None)
-        log.info("sandbox %s ready in %.2f s", sandbox_id, sandbox.boot_seconds or 0)
+                await self.collect()
+        how = f"restored from {source.kind} {source.id}" if source else "booted"
+        log.info("sandbox %s %s, ready in %.3f s", sandbox_id, how, sandbox.boot_seconds or 0)
         return sandbox
+
+    # ------------------------------------------------------------ snapshots and forks
+
+    async def snapshot(
+        self, sandbox_id: str, owner: str | None = None, metadata: dict[str, str] | None = None
+    ) -> SnapshotRecord:
+        """Snapshot a running sandbox, which runs on; restore it with ``create(snapshot=id)``."""
+        limits.check_metadata(metadata or {})
+        return await self.get(sandbox_id, owner).snapshot(self.snapshots, metadata=metadata)
+
+    async def fork(self, sandbox_id: str, count: int, owner: str | None = None) -> list[Sandbox]:
+        """``count`` new sandboxes identical to this one now; the source runs on unchanged."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
+            raise errors.InvalidRequestError(f"a fork makes 1 to {MAX_FORKS} sandboxes")
+        source = self.get(sandbox_id, owner)
+        record = source.record
+        snapshot = await source.snapshot(self.snapshots, kind="fork")
+        remaining = record.expires_at - time.time() if record.expires_at is not None else None
+        try:
+            results = await asyncio.gather(
+                *(
+                    self.create(
+                        snapshot=snapshot.id,
+                        owner=owner,
+                        metadata={**record.metadata, "forked_from": record.id},
+                        timeout_s=max(1.0, remaining) if remaining is not None else None,
+                        idle_timeout_s=record.idle_timeout_s,
+                    )
+                    for _ in range(count)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            # Its files stay while the forks map its memory, and go with the last of them.
+            self.snapshots.delete(snapshot)
+        forks = [r for r in results if isinstance(r, Sandbox)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await asyncio.gather(*(self.destroy(f.id, "fork failed") for f in forks), return_exceptions=True)
+            await self.collect()
+            raise failures[0]
+        return forks
+
+    async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
+        """Snapshot a sandbox as template ``name`` (for every key), replacing an older one."""
+        if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
+            raise errors.InvalidRequestError(
+                "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
+            )
+        template = await self.get(sandbox_id, owner).snapshot(self.snapshots, kind="template")
+        older = self.store.snapshot_named(name)
+        if older is not None:
+            self.snapshots.delete(older)  # frees the name; its files go once unused
+        template.name, template.owner = name, None
+        self.store.save_snapshot(template)
+        await self.collect()
+        return template
+
+    def list_snapshots(self, owner: str | None = None) -> list[SnapshotRecord]:
+        return self.snapshots.list(owner)
+
+    async def delete_snapshot(self, snapshot_id: str, owner: str | None = None) -> None:
+        self.snapshots.delete(self.snapshots.get(snapshot_id, owner))
+        await self.collect()
+
+    async def delete_template(self, name: str) -> None:
+        self.snapshots.delete(self.snapshots.template(name))
+        await self.collect()
+
+    async def collect(self) -> None:
+        """Delete the files of retired snapshots and layers that nothing uses any more."""
+        async with self.layers.lock:
+            self.snapshots.collect(self.store.list(live_only=True))
 
     def get(self, sandbox_id: str, owner: str | None = None) -> Sandbox:
         """A live sandbox; ended or unknown ones (or another owner's) are not found."""
@@ -183,6 +287,7 @@ class SandboxManager:
         sandbox = self.get(sandbox_id, owner)
         self._sandboxes.pop(sandbox_id, None)
         await sandbox.destroy(reason)
+        await self.collect()
 
     def set_timeout(
         self, sandbox_id: str, timeout_s: float | None, owner: str | None = None
@@ -222,6 +327,7 @@ class SandboxManager:
                 log.info("ending sandbox %s: %s", sandbox.id, reason.splitlines()[0])
                 self._sandboxes.pop(sandbox.id, None)
                 await sandbox.destroy(reason)
+                await self.collect()
 
     # ------------------------------------------------------------ restart safety
 
@@ -243,6 +349,7 @@ class SandboxManager:
                 continue
             self._sandboxes[record.id] = sandbox
             log.info("reattached sandbox %s", record.id)
+        await self.collect()
 
 
 def _check_duration(name: str, value: float | None) -> None:

@@ -25,8 +25,10 @@ from ember import errors
 from ember.engine.channel import AgentClient
 from ember.engine.code import Code
 from ember.engine.commands import Commands, Pty
+from ember.engine.disks import disk_format
 from ember.engine.files import Files
-from ember.engine.store import SandboxRecord, Store
+from ember.engine.snapshots import Snapshots
+from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.protocol.messages import AgentInfo, Configure
 from ember.vmm.base import VirtualMachine, VmSpec
 
@@ -61,7 +63,9 @@ class SandboxConfig:
 class Sandbox:
     """One live (or ended) sandbox; see the module docstring."""
 
-    def __init__(self, record: SandboxRecord, vm: VirtualMachine, store: Store, env: dict[str, str]) -> None:
+    def __init__(
+        self, record: SandboxRecord, vm: VirtualMachine, store: Store, env: dict[str, str] | None
+    ) -> None:
         self.record = record
         self.vm = vm
         self.env = env
@@ -70,6 +74,7 @@ class Sandbox:
         self._store = store
         self._agent = AgentClient(f"sandbox {record.id}")
         self._watch: asyncio.Task[None] | None = None
+        self._snapshot_lock = asyncio.Lock()
         self.code = Code(self)
         self.commands = Commands(self)
         self.pty = Pty(self)
@@ -88,10 +93,6 @@ class Sandbox:
     @property
     def hostname(self) -> str:
         return self.record.hostname
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.record.data_dir)
 
     @property
     def end_reason(self) -> str | None:
@@ -170,7 +171,7 @@ class Sandbox:
 
     def _identity(self) -> Configure:
         return Configure(
-            env=dict(self.env),
+            env=dict(self.env) if self.env is not None else None,
             hostname=self.hostname,
             time_ns=time.time_ns(),
             entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
@@ -211,7 +212,20 @@ class Sandbox:
                 await self._watch
             self._watch = None
         shutil.rmtree(self.vm.spec.run_dir, ignore_errors=True)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    async def snapshot(
+        self,
+        snapshots: Snapshots,
+        *,
+        kind: str = "snapshot",
+        name: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> SnapshotRecord:
+        """Freeze this sandbox into a new snapshot; it runs on, one snapshot at a time."""
+        async with self._snapshot_lock:
+            self.require_running()
+            self.last_active = time.monotonic()
+            return await snapshots.take(self.record, self.vm, kind=kind, name=name, metadata=metadata)
 
     # ------------------------------------------------------------ the one path to the guest
 
@@ -234,11 +248,15 @@ class Sandbox:
 
 
 def vm_spec(record: SandboxRecord) -> VmSpec:
+    """The VM of a booted sandbox, or of any sandbox whose QEMU is already running."""
     return VmSpec(
         vcpus=record.vcpus,
         memory_mib=record.memory_mib,
         kernel=Path(record.kernel),
         rootfs=Path(record.rootfs),
-        writable_disk=Path(record.writable_disk),
+        disk=Path(record.disk_chain[0]),
+        disk_format=disk_format(record.disk_chain[0]),
         run_dir=Path(record.run_dir),
+        memory_file=Path(record.memory_file),
+        memory_shared=record.memory_shared,
     )

@@ -26,6 +26,14 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     ended_at REAL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_state ON sandboxes(state);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    owner TEXT,
+    name TEXT UNIQUE,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 LIVE_STATES = ("booting", "running")
 ENDED_KEPT_S = 7 * 24 * 3600
@@ -54,11 +62,46 @@ class SandboxRecord:
     data_dir: str = ""
     kernel: str = ""
     rootfs: str = ""
-    writable_disk: str = ""
+    #: The writable disk: its own top layer first, then the frozen layers below.
+    disk_chain: list[str] = field(default_factory=list)
+    memory_file: str = ""
+    #: True: the VM's RAM is its own memory file. False: a copy-on-write mapping of a snapshot's.
+    memory_shared: bool = True
+    snapshot_id: str | None = None
 
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+
+@dataclass
+class SnapshotRecord:
+    """A VM frozen in time: memory file, device state, disk layers, and the shape to restore it."""
+
+    id: str
+    owner: str | None
+    state: str  # "ready", or "deleted" while live sandboxes still map its memory
+    kind: str  # "snapshot", "template" or "fork" (taken for one fork, deleted right after)
+    directory: str
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    kernel: str
+    rootfs: str
+    disk_chain: list[str]
+    source_sandbox: str | None = None
+    name: str | None = None  # set for templates
+    metadata: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    size_bytes: int = 0
+
+    @property
+    def memory_file(self) -> Path:
+        return Path(self.directory) / "memory"
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.directory) / "state"
 
 
 class Store:
@@ -114,6 +157,37 @@ class Store:
         else:
             rows = self.execute("SELECT record FROM sandboxes ORDER BY created_at")
         return [SandboxRecord(**json.loads(row[0])) for row in rows]
+
+    def save_snapshot(self, record: SnapshotRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshots (id, owner, name, state, record, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.owner,
+                    record.name,
+                    record.state,
+                    json.dumps(asdict(record)),
+                    record.created_at,
+                ),
+            )
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        rows = self.execute("SELECT record FROM snapshots WHERE id = ?", (snapshot_id,))
+        return SnapshotRecord(**json.loads(rows[0][0])) if rows else None
+
+    def snapshot_named(self, name: str) -> SnapshotRecord | None:
+        rows = self.execute("SELECT record FROM snapshots WHERE name = ? AND state = 'ready'", (name,))
+        return SnapshotRecord(**json.loads(rows[0][0])) if rows else None
+
+    def snapshots(self, include_deleted: bool = False) -> list[SnapshotRecord]:
+        where = "" if include_deleted else "WHERE state = 'ready'"
+        rows = self.execute(f"SELECT record FROM snapshots {where} ORDER BY created_at")
+        return [SnapshotRecord(**json.loads(row[0])) for row in rows]
+
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        self.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
 
     def prune(self, now: float | None = None) -> int:
         """Forget sandboxes that ended more than a week ago."""

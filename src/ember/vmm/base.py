@@ -28,15 +28,39 @@ class VmState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Restore:
+    """Start a VM from saved state instead of booting it.
+
+    ``ram_in_state``: the state file carries the RAM too (a snapshot of a VM whose
+    memory was a private copy-on-write mapping); otherwise the RAM is the spec's
+    memory file and the state holds devices only. ``run``: resume the guest once
+    loaded (False leaves it paused, to be saved again).
+    """
+
+    state: Path
+    ram_in_state: bool = False
+    run: bool = True
+
+
+@dataclass(frozen=True)
 class VmSpec:
-    """Everything needed to start one VM. Paths are owned by the caller."""
+    """Everything needed to start one VM. Paths are owned by the caller.
+
+    ``memory_shared``: the guest RAM *is* ``memory_file`` (the VM's own file, so a
+    snapshot can keep it); otherwise the VM maps ``memory_file`` copy-on-write and
+    never writes it (a restored snapshot, shared by every VM restored from it).
+    """
 
     vcpus: int
     memory_mib: int
     kernel: Path
     rootfs: Path
-    writable_disk: Path
+    disk: Path
     run_dir: Path
+    memory_file: Path
+    memory_shared: bool = True
+    disk_format: str = "raw"
+    restore: Restore | None = None
     kernel_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -66,6 +90,15 @@ class VirtualMachine(abc.ABC):
     @abc.abstractmethod
     async def adopt(self) -> None:
         """Take over this spec's VM, started by a previous daemon; VmmError if it is gone."""
+
+    @abc.abstractmethod
+    async def save(self, state: Path, next_disk: Path | None) -> bool:
+        """Snapshot the VM: devices (and RAM unless it is the shared memory file) into
+        ``state``, the disk frozen where it is while the VM goes on writing to a new
+        overlay ``next_disk`` (None: leave the disk alone, for a VM that never runs
+        on). The VM is left paused; returns whether RAM went into ``state``. When
+        it did not, the memory file must be copied before ``resume``.
+        """
 
     @abc.abstractmethod
     async def pause(self) -> None: ...

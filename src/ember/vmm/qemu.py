@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,7 @@ from qemu.qmp import QMPClient, QMPError
 from ember.errors import BootFailedError, VmmError
 from ember.settings import Settings
 from ember.vmm.accel import Acceleration
-from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
+from ember.vmm.base import AGENT_PORT_NAME, Restore, VirtualMachine, VmSpec, VmState
 
 KERNEL_ARGS = (
     "console=ttyS0",
@@ -46,6 +47,9 @@ KERNEL_ARGS = (
     "panic=-1",
 )
 _QMP_CONNECT_TIMEOUT_S = 10.0
+# QEMU's default migration bandwidth (32 MiB/s) is for networks; this is a local file.
+_MIGRATION_BANDWIDTH = 16 * 1024**3
+_DOWNTIME_LIMIT_MS = 20
 
 
 class QemuVM(VirtualMachine):
@@ -82,10 +86,6 @@ class QemuVM(VirtualMachine):
         return self.spec.run_dir / "qemu.log"
 
     @property
-    def memory_file(self) -> Path:
-        return self.spec.run_dir / "memory"
-
-    @property
     def pid(self) -> int | None:
         return self._pid
 
@@ -107,23 +107,27 @@ class QemuVM(VirtualMachine):
             "-m", memory,
             "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-object", f"memory-backend-file,id=mem,size={memory},mem-path={self.memory_file},share=on",
+            "-object", f"memory-backend-file,id=mem,size={memory},mem-path={spec.memory_file},"
+                       f"share={'on' if spec.memory_shared else 'off'}",
             "-kernel", str(spec.kernel),
             "-append", " ".join((*KERNEL_ARGS, *spec.kernel_args)),
             "-chardev", f"file,id=console,path={self.console_log},append=on",
             "-serial", "chardev:console",
             "-drive", f"id=root,file={spec.rootfs},format=raw,if=none,readonly=on",
             "-device", "virtio-blk-device,drive=root",
-            "-drive", f"id=rw,file={spec.writable_disk},format=raw,if=none,cache=unsafe,discard=unmap",
+            "-drive", f"id=rw,file={spec.disk},format={spec.disk_format},if=none,cache=unsafe,discard=unmap",
             "-device", "virtio-blk-device,drive=rw",
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-device,rng=rng0",
-            "-device", "virtio-balloon-device",
+            # Free page reporting: pages the guest frees go back to the host.
+            "-device", "virtio-balloon-device,free-page-reporting=on",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-pidfile", str(spec.run_dir / "qemu.pid"),
+            # Restored VMs stay paused after loading until `cont` (or for good, to be saved again).
+            *(("-S", "-incoming", "defer") if spec.restore is not None else ()),
         ]  # fmt: skip
 
     # ------------------------------------------------------------ lifecycle
@@ -147,6 +151,89 @@ class QemuVM(VirtualMachine):
             )
         self._pid = self._process.pid
         await self._take_control()
+        if self.spec.restore is not None:
+            try:
+                await self._load(self.spec.restore)
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def _load(self, restore: Restore) -> None:
+        """Load saved state into this fresh QEMU (started with -incoming defer)."""
+        await self._set_ram_capture(restore.ram_in_state)
+        await self.qmp("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(restore.state))}"})
+        status = await self._migration_done()
+        if status != "completed":
+            raise BootFailedError(self.failure_report(f"restoring {restore.state} failed ({status})"))
+        if restore.run:
+            await self.qmp("cont")
+        else:
+            self.state = VmState.PAUSED
+
+    async def _set_ram_capture(self, ram_in_state: bool) -> None:
+        # x-ignore-shared: the RAM stays in the shared memory file, out of the
+        # stream. Both ends of a migration must agree on it.
+        capabilities = [{"capability": "x-ignore-shared", "state": not ram_in_state}]
+        await self.qmp("migrate-set-capabilities", {"capabilities": capabilities})
+
+    async def _migration_done(self, until: tuple[str, ...] = ("completed", "failed", "cancelled")) -> str:
+        while True:
+            info = await self.qmp("query-migrate")
+            status = str(info.get("status", "none")) if isinstance(info, dict) else "none"
+            if status in until:
+                return status
+            if self._exited.is_set():
+                return "failed"
+            await asyncio.sleep(0.001)
+
+    async def save(self, state: Path, next_disk: Path | None) -> bool:
+        self.require(VmState.RUNNING, VmState.PAUSED)
+        ram_in_state = not self.spec.memory_shared
+        await self.qmp(
+            "migrate-set-parameters",
+            {"max-bandwidth": _MIGRATION_BANDWIDTH, "downtime-limit": _DOWNTIME_LIMIT_MS},
+        )
+        await self._set_ram_capture(ram_in_state)
+        uri = f"exec:cat > {shlex.quote(str(state))}"
+        if not ram_in_state:
+            # Devices only: a few milliseconds with the guest stopped.
+            if self.state is VmState.RUNNING:
+                await self.pause()
+            if next_disk is not None:
+                await self._freeze_disk(next_disk)
+            await self.qmp("migrate", {"uri": uri})
+        else:
+            # The RAM is a private mapping and has to go into the stream: copy it
+            # while the guest runs (pre-copy), pausing only for the last dirty
+            # pages, and freeze the disk in that pause (pause-before-switchover).
+            capabilities = [{"capability": "pause-before-switchover", "state": True}]
+            await self.qmp("migrate-set-capabilities", {"capabilities": capabilities})
+            try:
+                await self.qmp("migrate", {"uri": uri})
+                status = await self._migration_done(("pre-switchover", "failed", "cancelled"))
+                if status == "pre-switchover":
+                    self.state = VmState.PAUSED
+                    if next_disk is not None:
+                        await self._freeze_disk(next_disk)
+                    await self.qmp("migrate-continue", {"state": "pre-switchover"})
+            finally:
+                capabilities = [{"capability": "pause-before-switchover", "state": False}]
+                await self._migration_done()
+                await self.qmp("migrate-set-capabilities", {"capabilities": capabilities})
+        status = await self._migration_done()
+        self.state = VmState.PAUSED
+        if status != "completed":
+            raise VmmError(f"saving the VM state failed ({status}); the VM runs on unchanged")
+        return ram_in_state
+
+    async def _freeze_disk(self, next_disk: Path) -> None:
+        arguments = {
+            "device": "rw",
+            "snapshot-file": str(next_disk),
+            "format": "qcow2",
+            "mode": "absolute-paths",
+        }
+        await self.qmp("blockdev-snapshot-sync", arguments)
 
     async def adopt(self) -> None:
         """Take over the QEMU a previous daemon started for this spec (found by its pid file).

@@ -1,0 +1,145 @@
+"""Snapshots, restores and forks of real microVMs: state carries over, identities do not."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ember import errors
+from ember.engine import SandboxManager, SandboxState
+
+pytestmark = pytest.mark.integration
+
+
+async def value(sandbox, expression: str) -> str:
+    execution = await sandbox.code.run(f"print({expression})")
+    assert execution.error is None, execution.error
+    return execution.stdout.strip()
+
+
+async def test_restore_brings_back_repl_open_files_processes_and_disk(sandbox_factory, manager):
+    source = await sandbox_factory()
+    await source.code.run("answer = 41\nlog = open('/tmp/log.txt', 'w')\nlog.write('before ')")
+    await source.files.write("/app/data.txt", b"on disk")
+    pid = await source.commands.start("while true; do sleep 0.2; done", tag="ticker")
+
+    snapshot = await manager.snapshot(source.id, metadata={"step": "one"})
+    assert snapshot.metadata == {"step": "one"}
+    assert Path(snapshot.directory, "memory").exists() and snapshot.size_bytes > 0
+
+    # The source runs on after the snapshot; what it changes now is not in the snapshot.
+    await source.code.run("answer = 0")
+    await source.files.write("/app/data.txt", b"changed")
+    assert await value(source, "answer") == "0"
+
+    restored = await sandbox_factory(snapshot=snapshot.id)
+    assert restored.id != source.id and restored.hostname != source.hostname
+    assert restored.record.vcpus == source.record.vcpus
+    assert await value(restored, "answer") == "41"
+    await restored.code.run("log.write('after'); log.close()")
+    assert await restored.files.read("/tmp/log.txt") == b"before after"
+    assert await restored.files.read("/app/data.txt") == b"on disk"
+    processes = {p.pid: p for p in await restored.commands.list()}
+    assert pid in processes and processes[pid].tag == "ticker" and processes[pid].running
+    hostname = await restored.commands.run("hostname")
+    assert hostname.stdout.strip() == restored.hostname
+    # And the source still has its own state.
+    assert await value(source, "answer") == "0"
+    assert await source.files.read("/app/data.txt") == b"changed"
+
+
+async def test_fork_gives_independent_copies_with_fresh_identity(sandbox_factory, manager):
+    source = await sandbox_factory()
+    await source.code.run("import random, os\nseen = 'source state'")
+    await source.files.write("/app/shared.txt", b"from the source")
+
+    started = time.perf_counter()
+    forks = await manager.fork(source.id, 2)
+    print(f"\nfork(2) of a booted sandbox: {time.perf_counter() - started:.3f} s")
+    try:
+        assert len({f.id for f in forks} | {source.id}) == 3
+        assert len({f.hostname for f in forks} | {source.hostname}) == 3
+        draws = set()
+        for sandbox in (source, *forks):
+            assert await value(sandbox, "seen") == "source state"
+            draws.add(await value(sandbox, "(os.urandom(16).hex(), random.random())"))
+            guest_time = float(await value(sandbox, "__import__('time').time()"))
+            assert abs(guest_time - time.time()) < 5
+        assert len(draws) == 3, "forks drew the same random numbers"
+        bash_draws = {(await f.code.run("echo $RANDOM", language="bash")).stdout for f in forks}
+        assert len(bash_draws) == 2
+
+        # Each writes only its own disk.
+        await forks[0].files.write("/app/shared.txt", b"fork 0 wrote this")
+        assert await forks[1].files.read("/app/shared.txt") == b"from the source"
+        assert await source.files.read("/app/shared.txt") == b"from the source"
+        assert all(f.record.metadata["forked_from"] == source.id for f in forks)
+    finally:
+        for sandbox in forks:
+            await manager.destroy(sandbox.id)
+    # The snapshot taken for the fork goes with its last fork.
+    assert manager.snapshots.list(kind="fork") == []
+    assert not any(s.kind == "fork" for s in manager.store.snapshots(include_deleted=True))
+
+
+async def test_a_restored_sandbox_can_be_snapshotted_and_forked_again(sandbox_factory, manager):
+    source = await sandbox_factory()
+    await source.code.run("generation = 1")
+    first = await manager.snapshot(source.id)
+    child = await sandbox_factory(snapshot=first.id)
+    await child.code.run("generation = 2")
+    await child.files.write("/app/child.txt", b"child")
+
+    started = time.perf_counter()
+    second = await manager.snapshot(child.id)
+    print(f"\nsnapshot of a restored sandbox (stream + flatten): {time.perf_counter() - started:.3f} s")
+    assert await value(child, "generation") == "2"  # it ran on
+    grandchildren = await manager.fork(child.id, 1)
+    grandchild = await sandbox_factory(snapshot=second.id)
+    try:
+        for sandbox in (grandchild, *grandchildren):
+            assert await value(sandbox, "generation") == "2"
+            assert await sandbox.files.read("/app/child.txt") == b"child"
+    finally:
+        for sandbox in grandchildren:
+            await manager.destroy(sandbox.id)
+
+
+async def test_deleted_snapshot_files_go_with_the_last_sandbox_that_maps_them(sandbox_factory, manager):
+    source = await sandbox_factory()
+    snapshot = await manager.snapshot(source.id)
+    restored = await manager.create(snapshot=snapshot.id)
+    await manager.delete_snapshot(snapshot.id)
+    with pytest.raises(errors.SnapshotNotFoundError):
+        await manager.create(snapshot=snapshot.id)
+    assert snapshot.id not in {s.id for s in manager.list_snapshots()}
+    assert Path(snapshot.directory).exists(), "deleted under a running restore"
+    assert await value(restored, "1 + 1") == "2"
+    await manager.destroy(restored.id)
+    assert not Path(snapshot.directory).exists()
+
+
+async def test_bad_snapshot_and_fork_requests_change_nothing(sandbox_factory, manager: SandboxManager):
+    source = await sandbox_factory()
+    for count in (0, 17, True, "2"):
+        with pytest.raises(errors.InvalidRequestError):
+            await manager.fork(source.id, count)  # type: ignore[arg-type]
+    with pytest.raises(errors.SandboxNotFoundError):
+        await manager.snapshot("nope")
+    with pytest.raises(errors.SnapshotNotFoundError):
+        await manager.create(snapshot="0123456789abcdef")
+    with pytest.raises(errors.InvalidRequestError):
+        await manager.snapshot(source.id, metadata={"k": 1})  # type: ignore[dict-item]
+    snapshot = await manager.snapshot(source.id)
+    with pytest.raises(errors.SnapshotNotFoundError):
+        await manager.create(snapshot=snapshot.id, owner="someone else")
+    # Images that changed under a snapshot: refused, never a hang.
+    manager.store.save_snapshot(replace(snapshot, kernel="/nonexistent/vmlinux"))
+    with pytest.raises(errors.SnapshotIncompatibleError):
+        await manager.create(snapshot=snapshot.id)
+    await manager.delete_snapshot(snapshot.id)
+    assert source.state is SandboxState.RUNNING
+    assert await value(source, "'still fine'") == "still fine"
