@@ -1,8 +1,23 @@
-"""The ``ember`` command line: one typer app, each command group in its own module."""
+"""The ``ember`` command line: one typer app, each command group in its own module.
+
+Sandbox commands talk to the daemon through the SDK (``ember.client``), so they
+honour EMBER_URL / EMBER_API_KEY and start a local daemon when none is configured.
+An ``EmberError`` ends a command with ``error: <message> [<code>]`` and status 1.
+"""
+
+import sys
 
 import typer
 
+from ember.cli._output import print_error
+from ember.cli.execute import execute, run
 from ember.cli.images import image_app
+from ember.cli.keys import keys_app
+from ember.cli.sandboxes import download, kill, ls, upload
+from ember.cli.serve import serve
+from ember.cli.shell import shell
+from ember.cli.snapshots import fork, snapshot_app, template_app
+from ember.errors import EmberError
 
 app = typer.Typer(
     name="ember",
@@ -10,12 +25,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.command()(serve)
+app.command()(execute)
+app.command()(run)
+app.command()(ls)
+app.command()(kill)
+app.command()(shell)
+app.command()(upload)
+app.command()(download)
+app.command()(fork)
 app.add_typer(image_app, name="image")
+app.add_typer(keys_app, name="keys")
+app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(template_app, name="template")
 
 
 def main() -> None:
     """Entry point of the ``ember`` console script."""
-    app()
+    try:
+        app()
+    except EmberError as exc:
+        print_error(exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 __all__ = ["app", "main"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from ember.cli._build_progress import RichBuildProgress
+from ember.engine import SandboxManager
+from ember.engine.store import SnapshotRecord
 from ember.images import ImagesError, ensure_guest_images
 from ember.settings import Settings
 
@@ -18,8 +22,11 @@ def build(
     force: bool = typer.Option(
         False, "--force", help="Rebuild everything, debootstrap included, ignoring the cache."
     ),
+    base_template: bool = typer.Option(
+        True, "--base-template/--no-base-template", help="Also make template base (sandboxes start from it)."
+    ),
 ) -> None:
-    """Build the guest kernel and base root filesystem (a no-op when they are current)."""
+    """Build the guest kernel, the base root filesystem and template base (no-ops when current)."""
     settings = Settings.from_env()
     console = Console()
     try:
@@ -34,3 +41,16 @@ def build(
     # Whole paths on their own lines, never shortened: they get copied into commands.
     console.print(f"kernel {images.kernel}", soft_wrap=True, highlight=False)
     console.print(f"rootfs {images.rootfs}", soft_wrap=True, highlight=False)
+    if base_template:
+        with console.status("template base: booting a sandbox and snapshotting it"):
+            template = asyncio.run(_ensure_base_template(settings))
+        console.print(f"template base {template.id}", highlight=False)
+
+
+async def _ensure_base_template(settings: Settings) -> SnapshotRecord:
+    # The engine directly, without a daemon: only this one sandbox is touched.
+    manager = SandboxManager(settings)
+    try:
+        return await manager.ensure_base_template()
+    finally:
+        await manager.close()

@@ -35,6 +35,7 @@ log = logging.getLogger("ember.engine")
 REAPER_INTERVAL_S = 1.0
 MAX_LIFETIME_S = 30 * 24 * 3600
 MAX_FORKS = 16
+BASE_TEMPLATE = "base"
 TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
@@ -103,11 +104,13 @@ class SandboxManager:
         From ``snapshot`` (an id) or ``template`` (a name) it resumes that saved
         VM, with its vCPUs, memory and disk; otherwise it boots a fresh one.
         """
-        source = None
         if snapshot is not None:
-            source = self.snapshots.get(snapshot, owner)
+            source: SnapshotRecord | None = self.snapshots.get(snapshot, owner)
         elif template is not None:
             source = self.snapshots.template(template)
+        else:
+            source = self._current_base()
+            template = source.name if source is not None else None
         if source is not None:
             Snapshots.check_restorable(source)
             vcpus, memory_mb, disk_mb = source.vcpus, source.memory_mib, source.disk_mib
@@ -218,6 +221,29 @@ class SandboxManager:
             await self.collect()
             raise failures[0]
         return forks
+
+    def _current_base(self) -> SnapshotRecord | None:
+        """Template ``base`` when it was made on today's images: what a plain create resumes.
+
+        It is a freshly booted guest with its REPL warm, so resuming it gives the
+        same sandbox as a boot, in a fraction of the time.
+        """
+        base = self.store.snapshot_named(BASE_TEMPLATE)
+        images = self.images
+        if base is None or (base.kernel, base.rootfs) != (str(images.kernel), str(images.rootfs)):
+            return None
+        return base
+
+    async def ensure_base_template(self) -> SnapshotRecord:
+        """Build template ``base`` (boot, warm the REPL, snapshot) unless it is current."""
+        base = self._current_base()
+        if base is not None:
+            return base
+        sandbox = await self.create()
+        try:
+            return await self.save_template(sandbox.id, BASE_TEMPLATE)
+        finally:
+            await self.destroy(sandbox.id)
 
     async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
         """Snapshot a sandbox as template ``name`` (for every key), replacing an older one."""
@@ -333,6 +359,11 @@ class SandboxManager:
 
     async def _recover(self) -> None:
         for record in self.store.list(live_only=True):
+            if not record.disk_chain:  # written by an older Ember, which kept disks elsewhere
+                record.state, record.ended_at = SandboxState.DEAD.value, time.time()
+                record.end_reason = "left by an older version of Ember"
+                self.store.save(record)
+                continue
             sandbox = Sandbox(record, self.driver.create(vm_spec(record)), self.store, {})
             if record.state == SandboxState.BOOTING.value:
                 await sandbox.destroy("the daemon restarted while the sandbox was booting", dead=True)

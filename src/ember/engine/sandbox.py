@@ -218,14 +218,13 @@ class Sandbox:
         snapshots: Snapshots,
         *,
         kind: str = "snapshot",
-        name: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> SnapshotRecord:
         """Freeze this sandbox into a new snapshot; it runs on, one snapshot at a time."""
         async with self._snapshot_lock:
             self.require_running()
             self.last_active = time.monotonic()
-            return await snapshots.take(self.record, self.vm, kind=kind, name=name, metadata=metadata)
+            return await snapshots.take(self.record, self.vm, kind=kind, metadata=metadata)
 
     # ------------------------------------------------------------ the one path to the guest
 

@@ -12,9 +12,9 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -146,7 +146,7 @@ class Store:
 
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         rows = self.execute("SELECT record FROM sandboxes WHERE id = ?", (sandbox_id,))
-        return SandboxRecord(**json.loads(rows[0][0])) if rows else None
+        return _load(SandboxRecord, rows[0][0]) if rows else None
 
     def list(self, live_only: bool = True) -> list[SandboxRecord]:
         if live_only:
@@ -156,7 +156,7 @@ class Store:
             )
         else:
             rows = self.execute("SELECT record FROM sandboxes ORDER BY created_at")
-        return [SandboxRecord(**json.loads(row[0])) for row in rows]
+        return [_load(SandboxRecord, row[0]) for row in rows]
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
         with self._lock:
@@ -175,16 +175,16 @@ class Store:
 
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
         rows = self.execute("SELECT record FROM snapshots WHERE id = ?", (snapshot_id,))
-        return SnapshotRecord(**json.loads(rows[0][0])) if rows else None
+        return _load(SnapshotRecord, rows[0][0]) if rows else None
 
     def snapshot_named(self, name: str) -> SnapshotRecord | None:
         rows = self.execute("SELECT record FROM snapshots WHERE name = ? AND state = 'ready'", (name,))
-        return SnapshotRecord(**json.loads(rows[0][0])) if rows else None
+        return _load(SnapshotRecord, rows[0][0]) if rows else None
 
     def snapshots(self, include_deleted: bool = False) -> list[SnapshotRecord]:
         where = "" if include_deleted else "WHERE state = 'ready'"
         rows = self.execute(f"SELECT record FROM snapshots {where} ORDER BY created_at")
-        return [SnapshotRecord(**json.loads(row[0])) for row in rows]
+        return [_load(SnapshotRecord, row[0]) for row in rows]
 
     def forget_snapshot(self, snapshot_id: str) -> None:
         self.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
@@ -197,3 +197,16 @@ class Store:
                 "DELETE FROM sandboxes WHERE ended_at IS NOT NULL AND ended_at < ?", (cutoff,)
             )
             return cursor.rowcount
+
+
+R = TypeVar("R", SandboxRecord, SnapshotRecord)
+
+
+def _load(record_type: type[R], text: str) -> R:
+    """A record from its JSON, written by this version or an older one.
+
+    Fields an older version wrote and this one dropped are ignored; fields added
+    since take their defaults.
+    """
+    known = {f.name for f in fields(record_type)}
+    return record_type(**{k: v for k, v in json.loads(text).items() if k in known})

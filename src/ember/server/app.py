@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import EmberError, PayloadTooLargeError
 from ember.server.deps import Service, ember_version
-from ember.server.routes import code, commands, files, keys, pty, sandboxes
+from ember.server.routes import code, commands, files, keys, pty, sandboxes, snapshots
 
 log = logging.getLogger("ember.server")
 
@@ -110,7 +110,7 @@ def create_app(service_: Service) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    for module in (sandboxes, code, commands, files, pty, keys):
+    for module in (sandboxes, snapshots, code, commands, files, pty, keys):
         app.include_router(module.router)
     app.add_middleware(_BodyLimit, get_service=lambda: service_)
     return app

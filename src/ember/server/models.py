@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from ember.engine.store import SandboxRecord
+from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.protocol import messages as m
 
 
@@ -29,7 +29,9 @@ class CreateSandbox(_Request):
     timeout: Seconds | None = 300
     idle_timeout: Seconds | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    #: A template name, or a snapshot id: the sandbox resumes it (with its vcpus, memory and disk).
     template: str | None = None
+    snapshot: str | None = None
 
 
 class SetTimeout(_Request):
@@ -51,6 +53,8 @@ class SandboxInfo(BaseModel):
     ended_at: float | None
     end_reason: str | None
     boot_seconds: float | None
+    #: The snapshot (or template, or fork) it was restored from.
+    snapshot: str | None = None
 
     @classmethod
     def of(cls, record: SandboxRecord) -> SandboxInfo:
@@ -69,11 +73,59 @@ class SandboxInfo(BaseModel):
             ended_at=record.ended_at,
             end_reason=record.end_reason,
             boot_seconds=record.boot_seconds,
+            snapshot=record.snapshot_id,
         )
 
 
 class SandboxList(BaseModel):
     sandboxes: list[SandboxInfo]
+
+
+# ---------------------------------------------------------------- snapshots, forks, templates
+
+
+class CreateSnapshot(_Request):
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class Fork(_Request):
+    count: StrictInt = 1
+
+
+class SaveTemplate(_Request):
+    name: str
+
+
+class SnapshotInfo(BaseModel):
+    id: str
+    kind: str
+    name: str | None
+    source_sandbox: str | None
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    metadata: dict[str, str]
+    created_at: float
+    size_bytes: int
+
+    @classmethod
+    def of(cls, record: SnapshotRecord) -> SnapshotInfo:
+        return cls(
+            id=record.id,
+            kind=record.kind,
+            name=record.name,
+            source_sandbox=record.source_sandbox,
+            vcpus=record.vcpus,
+            memory_mb=record.memory_mib,
+            disk_mb=record.disk_mib,
+            metadata=record.metadata,
+            created_at=record.created_at,
+            size_bytes=record.size_bytes,
+        )
+
+
+class SnapshotList(BaseModel):
+    snapshots: list[SnapshotInfo]
 
 
 # ---------------------------------------------------------------- code

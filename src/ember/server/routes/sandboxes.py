@@ -6,13 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from ember.errors import InvalidRequestError, TemplateNotFoundError
+from ember.errors import InvalidRequestError
 from ember.server.deps import caller, ember_version, service
 from ember.server.keys import ApiKey
 from ember.server.models import CreateSandbox, Health, SandboxInfo, SandboxList, SetTimeout
 
 router = APIRouter()
-KNOWN_TEMPLATES = (None, "base")
 
 
 @router.get("/health", response_model=Health, tags=["service"])
@@ -23,8 +22,6 @@ def health(request: Request) -> Health:
 
 @router.post("/v1/sandboxes", status_code=201, response_model=SandboxInfo, tags=["sandboxes"])
 async def create_sandbox(body: CreateSandbox, request: Request, key: ApiKey = Depends(caller)) -> SandboxInfo:
-    if body.template not in KNOWN_TEMPLATES:
-        raise TemplateNotFoundError(f"no template {body.template!r}; known: base")
     sandbox = await service(request).manager.create(
         vcpus=body.vcpus,
         memory_mb=body.memory_mb,
@@ -34,6 +31,8 @@ async def create_sandbox(body: CreateSandbox, request: Request, key: ApiKey = De
         timeout_s=body.timeout,
         idle_timeout_s=body.idle_timeout,
         owner=key.id,
+        template=body.template,
+        snapshot=body.snapshot,
     )
     return SandboxInfo.of(sandbox.record)
 

@@ -1,0 +1,94 @@
+"""``ember ls``, ``ember kill``, ``ember upload``, ``ember download``: sandboxes from the shell.
+
+Files are named ``SANDBOX_ID:PATH`` on the sandbox side, as with scp;
+``SANDBOX_ID:`` alone means /app/<the local file's name>.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ember.cli._output import age, duration, print_error, stderr, stdout
+from ember.client import Sandbox, SandboxInfo
+from ember.errors import EmberError
+
+
+def ls(
+    all: Annotated[bool, typer.Option("--all", "-a", help="Include ended sandboxes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List your sandboxes."""
+    sandboxes = Sandbox.list(all=all)
+    if as_json:
+        stdout.print_json(json.dumps([info.to_wire() for info in sandboxes]))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATE", "VCPUS", "MEMORY", "AGE", "EXPIRES") + (("END REASON",) if all else ()):
+        table.add_column(column)
+    for info in sandboxes:
+        row = [info.id, info.state, str(info.vcpus), f"{info.memory_mb} MiB"]
+        row += [age(info.created_at), _expires(info)] + ([info.end_reason or "-"] if all else [])
+        table.add_row(*row)
+    stdout.print(table)
+
+
+def _expires(info: SandboxInfo) -> str:
+    if info.ended_at is not None or info.expires_at is None:
+        return "-"
+    return "in " + duration(info.expires_at - time.time())
+
+
+def kill(
+    sandbox_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Sandboxes to kill.")],
+) -> None:
+    """Kill sandboxes now."""
+    failed = False
+    for sandbox_id in sandbox_ids:
+        try:
+            with Sandbox.connect(sandbox_id) as sandbox:
+                sandbox.kill()
+        except EmberError as exc:
+            print_error(exc)
+            failed = True
+        else:
+            stdout.print(f"killed {sandbox_id}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def upload(
+    local: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Local file.")],
+    target: Annotated[str, typer.Argument(metavar="SANDBOX:PATH", help="Where it goes in the sandbox.")],
+) -> None:
+    """Copy a local file into a sandbox (streamed: any size)."""
+    sandbox_id, path = _split_remote(target)
+    with Sandbox.connect(sandbox_id) as sandbox:
+        info = sandbox.files.upload_file(local, path or f"/app/{local.name}")
+    stderr.print(f"{local} -> {sandbox_id}:{info.path} ({info.size} bytes)")
+
+
+def download(
+    source: Annotated[str, typer.Argument(metavar="SANDBOX:PATH", help="A file in the sandbox.")],
+    local: Annotated[Path, typer.Argument(help="Local file or directory.")],
+) -> None:
+    """Copy a file out of a sandbox (streamed: any size)."""
+    sandbox_id, path = _split_remote(source)
+    if not path:
+        raise typer.BadParameter("name the file to download: SANDBOX:PATH", param_hint="SANDBOX:PATH")
+    target = local / PurePosixPath(path).name if local.is_dir() else local
+    with Sandbox.connect(sandbox_id) as sandbox:
+        sandbox.files.download_file(path, target)
+    stderr.print(f"{sandbox_id}:{path} -> {target} ({target.stat().st_size} bytes)")
+
+
+def _split_remote(spec: str) -> tuple[str, str]:
+    sandbox_id, colon, path = spec.partition(":")
+    if not colon or not sandbox_id:
+        raise typer.BadParameter(f"{spec!r} is not SANDBOX_ID:PATH", param_hint="SANDBOX:PATH")
+    return sandbox_id, path

@@ -1,0 +1,120 @@
+"""``ember snapshot``, ``ember fork`` and ``ember template``: freeze, copy and name sandboxes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ember.cli._output import age, stderr, stdout, write_stdout
+from ember.client import Sandbox, SnapshotInfo, Step, build_template
+from ember.errors import InvalidRequestError
+
+snapshot_app = typer.Typer(help="Snapshots of running sandboxes.", no_args_is_help=True)
+template_app = typer.Typer(help="Templates: named snapshots that sandboxes start from.", no_args_is_help=True)
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@snapshot_app.command("create")
+def snapshot_create(sandbox_id: Annotated[str, typer.Argument(metavar="SANDBOX_ID")]) -> None:
+    """Snapshot a running sandbox (it runs on) and print the snapshot's id."""
+    with Sandbox.connect(sandbox_id) as sandbox:
+        info = sandbox.snapshot()
+    stdout.print(info.id)
+
+
+@snapshot_app.command("ls")
+def snapshot_ls(as_json: AsJson = False) -> None:
+    """List your snapshots."""
+    _print_snapshots(Sandbox.list_snapshots(), as_json)
+
+
+@snapshot_app.command("rm")
+def snapshot_rm(snapshot_ids: Annotated[list[str], typer.Argument(metavar="ID...")]) -> None:
+    """Delete snapshots (sandboxes restored from them keep running)."""
+    for snapshot_id in snapshot_ids:
+        Sandbox.delete_snapshot(snapshot_id)
+        stdout.print(f"deleted {snapshot_id}")
+
+
+def fork(
+    sandbox_id: Annotated[str, typer.Argument(metavar="SANDBOX_ID")],
+    count: Annotated[int, typer.Option("-n", "--count", help="How many copies.")] = 1,
+) -> None:
+    """Copy a running sandbox N times (REPL, processes, files); print the new ids."""
+    with Sandbox.connect(sandbox_id) as sandbox:
+        forks = sandbox.fork(count)
+    for copy in forks:
+        stdout.print(copy.id)
+
+
+@template_app.command("build")
+def template_build(
+    name: Annotated[str, typer.Argument(help="The template's name, e.g. data.")],
+    base: Annotated[
+        str | None, typer.Option("--from", help="Start from this template (default: boot).")
+    ] = None,
+    run: Annotated[list[str], typer.Option("--run", help="A shell command to run (repeatable).")] = [],  # noqa: B006
+    copy: Annotated[
+        list[str], typer.Option("--copy", help="LOCAL:REMOTE, copied before the commands run (repeatable).")
+    ] = [],  # noqa: B006
+    env: Annotated[list[str], typer.Option("--env", help="K=V for the sandbox (repeatable).")] = [],  # noqa: B006
+    memory_mb: Annotated[int, typer.Option("--memory", help="MiB of memory.")] = 512,
+    vcpus: Annotated[int, typer.Option("--vcpus")] = 2,
+) -> None:
+    """Boot a sandbox, copy files in, run the commands (output streamed), save it as NAME."""
+    steps = [Step(copy=_pair(item, ":", "--copy")) for item in copy] + [Step(run=command) for command in run]
+    variables = dict(_pair(item, "=", "--env") for item in env)
+    info = build_template(
+        name,
+        steps,
+        base=base,
+        env=variables,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        on_output=write_stdout,
+        on_step=lambda text: stderr.print(f"[bold]==> {text}[/]"),
+    )
+    stderr.print(f"template {info.name} saved ({info.size_bytes / 2**20:.0f} MiB on disk)")
+
+
+@template_app.command("ls")
+def template_ls(as_json: AsJson = False) -> None:
+    """List the templates."""
+    _print_snapshots(Sandbox.list_templates(), as_json)
+
+
+@template_app.command("rm")
+def template_rm(names: Annotated[list[str], typer.Argument(metavar="NAME...")]) -> None:
+    """Delete templates (admin key; sandboxes started from them keep running)."""
+    for name in names:
+        Sandbox.delete_template(name)
+        stdout.print(f"deleted {name}")
+
+
+def _pair(text: str, separator: str, option: str) -> tuple[str, str]:
+    first, found, second = text.partition(separator)
+    if not found or not first or not second:
+        raise InvalidRequestError(f"{option} {text!r} must look like A{separator}B")
+    if option == "--copy" and not Path(first).exists():
+        raise InvalidRequestError(f"--copy {text!r}: {first} does not exist")
+    return first, second
+
+
+def _print_snapshots(snapshots: list[SnapshotInfo], as_json: bool) -> None:
+    if as_json:
+        stdout.print_json(json.dumps([info.to_wire() for info in snapshots]))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "FROM SANDBOX", "VCPUS", "MEMORY", "SIZE", "AGE"):
+        table.add_column(column)
+    for info in snapshots:
+        size = f"{info.size_bytes / 2**20:.0f} MiB"
+        table.add_row(
+            info.id, info.name or "-", info.source_sandbox or "-", str(info.vcpus),
+            f"{info.memory_mb} MiB", size, age(info.created_at),
+        )  # fmt: skip
+    stdout.print(table)

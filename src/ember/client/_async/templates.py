@@ -1,0 +1,102 @@
+"""Building templates: boot (or start from a template), run the steps, save the result.
+
+A template is a snapshot with a name: every sandbox started from it begins where
+the build left off, REPL warm and packages installed. The steps run in one
+sandbox that is killed at the end whether the build worked or not, so a failed
+step leaves no template and no sandbox behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ember import errors
+from ember.client._async.sandbox import AsyncSandbox
+from ember.client._async.transport import TextCallback
+from ember.client._models import SnapshotInfo
+
+#: The most output of a failed step that its error carries.
+FAILED_OUTPUT_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Step:
+    """One build step: a shell command to ``run``, or a local file or directory to ``copy`` to a path."""
+
+    run: str | None = None
+    copy: tuple[str, str] | None = None
+
+    def describe(self) -> str:
+        if self.copy is not None:
+            return f"copy {self.copy[0]} -> {self.copy[1]}"
+        return f"run {self.run}"
+
+
+async def build_template(
+    name: str,
+    steps: list[Step],
+    base: str | None = None,
+    env: dict[str, str] | None = None,
+    vcpus: int = 2,
+    memory_mb: int = 512,
+    disk_mb: int | None = None,
+    step_timeout: float | None = 1800,
+    on_output: TextCallback | None = None,
+    on_step: TextCallback | None = None,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+) -> SnapshotInfo:
+    """Build template ``name`` from ``base`` (a template; None: a fresh boot) and return it.
+
+    ``on_step`` hears each step's description as it starts, ``on_output`` its output.
+    A step that exits non-zero raises ``TemplateBuildFailedError`` with its output.
+    """
+    sandbox = await AsyncSandbox.create(
+        vcpus, memory_mb, env, 4 * 3600, None, base, {"template_build": name}, disk_mb,
+        api_key=api_key, base_url=base_url,
+    )  # fmt: skip
+    try:
+        for number, step in enumerate(steps, 1):
+            if on_step is not None:
+                on_step(f"step {number}/{len(steps)}: {step.describe()}")
+            if step.copy is not None:
+                await _copy(sandbox, Path(step.copy[0]), step.copy[1])
+            elif step.run is not None:
+                await _run(sandbox, number, step.run, step_timeout, on_output)
+        return await sandbox.save_template(name)
+    finally:
+        await sandbox.close()
+
+
+async def _run(
+    sandbox: AsyncSandbox, number: int, cmd: str, timeout: float | None, on_output: TextCallback | None
+) -> None:
+    output: list[str] = []
+
+    def hear(text: str) -> None:
+        output.append(text)
+        if on_output is not None:
+            on_output(text)
+
+    result = await sandbox.commands.run(cmd, timeout=timeout, on_stdout=hear, on_stderr=hear)
+    if result.exit_code != 0:
+        how = "timed out" if result.timed_out else f"exited with status {result.exit_code}"
+        tail = "".join(output)[-FAILED_OUTPUT_CHARS:]
+        raise errors.TemplateBuildFailedError(f"step {number} ({cmd}) {how}; its output:\n{tail}")
+
+
+async def _copy(sandbox: AsyncSandbox, local: Path, remote: str) -> None:
+    if local.is_file():
+        await sandbox.files.upload_file(local, remote)
+        return
+    if not local.is_dir():
+        raise errors.InvalidRequestError(f"{local} is neither a file nor a directory")
+    for directory, _, files in os.walk(local):
+        relative = Path(directory).relative_to(local)
+        target = PurePosixPath(remote, *relative.parts)
+        await sandbox.files.mkdir(str(target))
+        for file in files:
+            await sandbox.files.upload_file(Path(directory, file), str(target / file))

@@ -1,0 +1,73 @@
+"""Turning the daemon's error answers into the typed exceptions of ``ember.errors``.
+
+Every non-2xx body ``{"code", "message"}`` and every NDJSON ``{"type": "error"}`` line
+becomes ``error_for(code, message)``, so callers catch the same classes whether an
+error came from the engine, the guest or the HTTP layer. Bodies without a code
+(a proxy's page, a framework's default 404) are mapped by HTTP status.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from typing import Any
+
+from ember import errors
+from ember.errors import EmberError, error_for
+
+_BY_STATUS: dict[int, type[EmberError]] = {
+    400: errors.InvalidRequestError,
+    401: errors.AuthenticationError,
+    403: errors.PermissionDeniedError,
+    404: errors.NotFoundError,
+    408: errors.TimeoutError,
+    409: errors.ConflictError,
+    410: errors.SandboxDeadError,
+    413: errors.PayloadTooLargeError,
+    422: errors.InvalidRequestError,
+    503: errors.AgentUnavailableError,
+}
+
+
+class DaemonUnreachableError(EmberError, builtins.ConnectionError):
+    """No Ember daemon answered at the configured URL (nothing listening, or the connection broke)."""
+
+    code = "daemon_unreachable"
+    status = 503
+
+
+def unreachable(base_url: str, detail: str) -> DaemonUnreachableError:
+    return DaemonUnreachableError(
+        f"no Ember daemon is reachable at {base_url} ({detail}); start one with `ember serve` "
+        "or point EMBER_URL at a running daemon"
+    )
+
+
+def error_from_response(status: int, body: bytes, reason: str = "") -> EmberError:
+    """The exception for an HTTP error answer."""
+    try:
+        data: Any = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("code"), str):
+        return error_for(data["code"], str(data.get("message") or reason or data["code"]))
+    if isinstance(data, dict) and "detail" in data:
+        message = json.dumps(data["detail"]) if not isinstance(data["detail"], str) else data["detail"]
+    else:
+        message = body.decode("utf-8", "replace").strip()[:500] or reason or f"HTTP {status}"
+    cls = _BY_STATUS.get(status, errors.ServerError if status >= 500 else errors.InvalidRequestError)
+    error = cls(message)
+    if "code" not in vars(cls):
+        # NotFoundError, ConflictError, ServerError name a family, not one code: say what we know.
+        error.code = f"http_{status}"
+    return error
+
+
+def error_from_event(event: dict[str, Any]) -> EmberError:
+    """The exception for an NDJSON ``{"type": "error", "code", "message"}`` line."""
+    code = event.get("code")
+    message = event.get("message")
+    return error_for(
+        code if isinstance(code, str) else "internal_error",
+        message if isinstance(message, str) else "the daemon reported an error without a message",
+    )

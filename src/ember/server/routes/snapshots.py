@@ -1,0 +1,72 @@
+"""Snapshots, forks and templates: freeze a running sandbox, copy it, name it for reuse."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from ember.server.deps import caller, require_admin, service
+from ember.server.keys import ApiKey
+from ember.server.models import (
+    CreateSnapshot,
+    Fork,
+    SandboxInfo,
+    SandboxList,
+    SaveTemplate,
+    SnapshotInfo,
+    SnapshotList,
+)
+
+router = APIRouter(tags=["snapshots"])
+
+
+@router.post("/v1/sandboxes/{sandbox_id}/snapshots", status_code=201, response_model=SnapshotInfo)
+async def create_snapshot(
+    sandbox_id: str, body: CreateSnapshot, request: Request, key: ApiKey = Depends(caller)
+) -> SnapshotInfo:
+    """Snapshot a running sandbox (it runs on); start copies with ``POST /v1/sandboxes {"snapshot": id}``."""
+    record = await service(request).manager.snapshot(sandbox_id, owner=key.id, metadata=body.metadata)
+    return SnapshotInfo.of(record)
+
+
+@router.post("/v1/sandboxes/{sandbox_id}/fork", status_code=201, response_model=SandboxList)
+async def fork(sandbox_id: str, body: Fork, request: Request, key: ApiKey = Depends(caller)) -> SandboxList:
+    """``count`` new running sandboxes identical to this one now; the source runs on."""
+    forks = await service(request).manager.fork(sandbox_id, body.count, owner=key.id)
+    return SandboxList(sandboxes=[SandboxInfo.of(f.record) for f in forks])
+
+
+@router.get("/v1/snapshots", response_model=SnapshotList)
+def list_snapshots(request: Request, key: ApiKey = Depends(caller)) -> SnapshotList:
+    records = service(request).manager.list_snapshots(owner=key.id)
+    return SnapshotList(snapshots=[SnapshotInfo.of(r) for r in records])
+
+
+@router.get("/v1/snapshots/{snapshot_id}", response_model=SnapshotInfo)
+def get_snapshot(snapshot_id: str, request: Request, key: ApiKey = Depends(caller)) -> SnapshotInfo:
+    return SnapshotInfo.of(service(request).manager.snapshots.get(snapshot_id, owner=key.id))
+
+
+@router.delete("/v1/snapshots/{snapshot_id}", status_code=204)
+async def delete_snapshot(snapshot_id: str, request: Request, key: ApiKey = Depends(caller)) -> Response:
+    await service(request).manager.delete_snapshot(snapshot_id, owner=key.id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/sandboxes/{sandbox_id}/template", status_code=201, response_model=SnapshotInfo)
+async def save_template(
+    sandbox_id: str, body: SaveTemplate, request: Request, key: ApiKey = Depends(require_admin)
+) -> SnapshotInfo:
+    """Snapshot the sandbox as a named template that every key can start from (admin keys only)."""
+    return SnapshotInfo.of(await service(request).manager.save_template(sandbox_id, body.name, owner=key.id))
+
+
+@router.get("/v1/templates", response_model=SnapshotList)
+def list_templates(request: Request, key: ApiKey = Depends(caller)) -> SnapshotList:
+    records = service(request).manager.snapshots.list(kind="template")
+    return SnapshotList(snapshots=[SnapshotInfo.of(r) for r in records])
+
+
+@router.delete("/v1/templates/{name}", status_code=204)
+async def delete_template(name: str, request: Request, key: ApiKey = Depends(require_admin)) -> Response:
+    await service(request).manager.delete_template(name)
+    return Response(status_code=204)

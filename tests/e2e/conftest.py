@@ -1,0 +1,151 @@
+"""A real daemon (``ember serve`` in a subprocess) for end-to-end tests through the SDK and the CLI.
+
+The daemon gets its own data directory (sharing only the built images) and run
+directory, a known admin key and a free loopback port. Factories own every
+sandbox a test makes and kill them at teardown. At session end the daemon must
+hold no running sandbox, it is stopped, and no QEMU process of its run directory
+may remain. On failure the daemon log's tail is attached to the test report.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, qemu_pids_under, stop_process
+
+from ember.client import AsyncSandbox, Sandbox
+from ember.client._local import is_healthy
+from ember.images import ensure_guest_images
+from ember.settings import Settings
+
+DAEMON_START_TIMEOUT_S = 60.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    base = Settings.from_env()
+    ensure_guest_images(base)  # at once when built; the daemon must not build in its first request
+    run_dir = Path(tempfile.mkdtemp(prefix="ember-e2e-", dir="/dev/shm"))
+    scratch = Path(tempfile.mkdtemp(prefix="ember-e2e-"))
+    data_dir = scratch / "data"
+    data_dir.mkdir()
+    (data_dir / "images").symlink_to(base.images_dir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api_key = "e2e-" + secrets.token_hex(16)
+    env = {key: value for key, value in os.environ.items() if key not in ("EMBER_URL", "EMBER_API_KEY")}
+    env.update(
+        EMBER_DATA_DIR=str(data_dir),
+        EMBER_RUN_DIR=str(run_dir),
+        XDG_CONFIG_HOME=str(scratch / "config"),
+    )
+    log_path = scratch / "daemon.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env={**env, "EMBER_API_KEY": api_key},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
+    running = Daemon(url, api_key, data_dir, run_dir, log_path, cli_env)
+    try:
+        deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+        while not is_healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ember serve did not come up; its log:\n{running.log_tail()}")
+            time.sleep(0.2)
+        yield running
+        left = [info.id for info in Sandbox.list(base_url=url, api_key=api_key)]
+        assert not left, f"sandboxes outlived the tests: {left}"
+    finally:
+        stop_process(process)
+        leaked = qemu_pids_under(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        assert not leaked, f"QEMU processes outlived the daemon: {leaked}"
+
+
+def _attach_log(request: pytest.FixtureRequest, daemon: Daemon) -> None:
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        request.node.add_report_section("call", "daemon log (tail)", daemon.log_tail())
+
+
+def _defaults(kwargs: dict[str, object]) -> dict[str, object]:
+    return {"vcpus": 1, "memory_mb": 512, "timeout": 900, **kwargs}
+
+
+@pytest.fixture
+def sandbox_factory(daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[SandboxFactory]:
+    """Makes sync sandboxes on the test daemon; every one is killed at teardown."""
+    made: list[Sandbox] = []
+
+    def make(**kwargs: object) -> Sandbox:
+        sandbox = Sandbox(base_url=daemon.url, api_key=daemon.api_key, **_defaults(kwargs))  # type: ignore[arg-type]
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    _attach_log(request, daemon)
+    for sandbox in made:
+        sandbox.close()
+    running = {info.id for info in Sandbox.list(base_url=daemon.url, api_key=daemon.api_key)}
+    assert not running & {sandbox._info.id for sandbox in made if sandbox._info}, "a sandbox survived close()"
+
+
+@pytest.fixture
+async def async_sandbox_factory(
+    daemon: Daemon, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncSandboxFactory]:
+    """Makes async sandboxes on the test daemon; every one is killed at teardown."""
+    made: list[AsyncSandbox] = []
+
+    async def make(**kwargs: object) -> AsyncSandbox:
+        sandbox = await AsyncSandbox.create(base_url=daemon.url, api_key=daemon.api_key, **_defaults(kwargs))  # type: ignore[arg-type]
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    _attach_log(request, daemon)
+    for sandbox in made:
+        await sandbox.close()
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox(daemon: Daemon) -> Iterator[Sandbox]:
+    """One sandbox for a module's tests that only add state of their own."""
+    with Sandbox(
+        vcpus=2,
+        memory_mb=512,
+        env={"MODE": "test"},
+        timeout=1800,
+        base_url=daemon.url,
+        api_key=daemon.api_key,
+    ) as sandbox:
+        yield sandbox

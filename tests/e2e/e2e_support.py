@@ -1,0 +1,84 @@
+"""Helpers shared by the end-to-end tests and their conftest."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ember.client import AsyncSandbox, Sandbox
+
+SandboxFactory = Callable[..., Sandbox]
+AsyncSandboxFactory = Callable[..., Awaitable[AsyncSandbox]]
+
+
+@dataclass(frozen=True)
+class Daemon:
+    url: str
+    api_key: str
+    data_dir: Path
+    run_dir: Path
+    log_path: Path
+    #: Environment for CLI subprocesses: this daemon, this key, a private config dir.
+    cli_env: dict[str, str]
+
+    def log_tail(self, size_bytes: int = 6000) -> str:
+        data = self.log_path.read_bytes()
+        return data[-size_bytes:].decode("utf-8", "replace")
+
+
+def qemu_pids_under(path: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and str(path).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM (the daemon ends its sandboxes and exits), SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_cli(
+    daemon: Daemon, *args: str, timeout_s: float = 180.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ember ARGS...`` as a user runs it, against the test daemon (`env` overrides its environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ember", *args],
+        env={**daemon.cli_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
