@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, qemu_pids_under, stop_process
+from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, stop_process
 
 from ember.client import AsyncSandbox, Sandbox
 from ember.client._local import is_healthy
 from ember.images import ensure_guest_images
 from ember.settings import Settings
+from leaks import qemu_pids_under
 
 DAEMON_START_TIMEOUT_S = 60.0
 

@@ -32,20 +32,6 @@ class Daemon:
         return data[-size_bytes:].decode("utf-8", "replace")
 
 
-def qemu_pids_under(path: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and str(path).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import qemu_pids_under
 
 from ember.client._config import DEFAULT_URL
 from ember.client._local import is_healthy
 from ember.settings import Settings
+from leaks import qemu_pids_under
 
 
 def _daemons_with(marker: str) -> list[int]:

@@ -21,22 +21,9 @@ import pytest
 from ember.engine import Sandbox, SandboxManager
 from ember.images import ensure_guest_images
 from ember.settings import Settings
+from leaks import qemu_pids_under
 
 pytestmark = pytest.mark.integration
-
-
-def _qemu_pids_under(path: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and str(path).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +37,7 @@ def test_settings() -> Settings:
     (data_dir / "images").symlink_to(base.images_dir)
     settings = replace(base, run_dir=run_dir, data_dir=data_dir)
     yield settings
-    leaked = _qemu_pids_under(run_dir)
+    leaked = qemu_pids_under(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
     assert not leaked, f"QEMU processes outlived the test session: {leaked}"
