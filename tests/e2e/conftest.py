@@ -12,23 +12,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, stop_process
+from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, spawn_daemon, stop_process
 
 from ember.client import AsyncSandbox, Sandbox
-from ember.client._local import is_healthy
 from ember.images import ensure_guest_images
 from ember.settings import Settings
 from leaks import qemu_pids_under
-
-DAEMON_START_TIMEOUT_S = 60.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,29 +57,17 @@ def daemon() -> Iterator[Daemon]:
         EMBER_RUN_DIR=str(run_dir),
         XDG_CONFIG_HOME=str(scratch / "config"),
     )
-    log_path = scratch / "daemon.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env={**env, "EMBER_API_KEY": api_key},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
-    running = Daemon(url, api_key, data_dir, run_dir, log_path, cli_env)
+    running = Daemon(url, api_key, data_dir, run_dir, scratch / "daemon.log", cli_env)
+    process = None
     try:
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
-        while not is_healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ember serve did not come up; its log:\n{running.log_tail()}")
-            time.sleep(0.2)
+        process = spawn_daemon(running, port)
         yield running
         left = [info.id for info in Sandbox.list(base_url=url, api_key=api_key)]
         assert not left, f"sandboxes outlived the tests: {left}"
     finally:
-        stop_process(process)
+        if process is not None:
+            stop_process(process)
         leaked = qemu_pids_under(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.client import AsyncSandbox, Sandbox
+from ember.client._local import is_healthy
+
+DAEMON_START_TIMEOUT_S = 60.0
 
 SandboxFactory = Callable[..., Sandbox]
 AsyncSandboxFactory = Callable[..., Awaitable[AsyncSandbox]]
@@ -68,3 +71,24 @@ def run_cli(
         text=True,
         timeout=timeout_s,
     )
+
+
+def spawn_daemon(daemon: Daemon, port: int) -> subprocess.Popen[bytes]:
+    """Start ``ember serve`` for `daemon` (its dirs, key and port) and wait until it answers."""
+    env = {k: v for k, v in daemon.cli_env.items() if k != "EMBER_URL"}
+    with open(daemon.log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+    while not is_healthy(daemon.url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise AssertionError(f"ember serve did not come up; its log:\n{daemon.log_tail()}")
+        time.sleep(0.2)
+    return process
