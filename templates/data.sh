@@ -7,13 +7,14 @@
 #     templates/data.sh        # then: Sandbox(template="data")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=.venv/bin/python
-ember=.venv/bin/ember
+python=${PYTHON:-.venv/bin/python}
+ember="${EMBER:-.venv/bin/ember}"
 
 rootfs=$($python -c 'from ember.images import find_guest_images; from ember.settings import Settings
 print(find_guest_images(Settings.from_env()).rootfs)')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+chmod 755 "$work"  # apt downloads as user _apt
 mkdir -p "$work/debs/partial"
 debugfs -R "cat /var/lib/dpkg/status" "$rootfs" >"$work/status" 2>/dev/null
 
