@@ -38,6 +38,8 @@ class Settings:
     qemu_binary: str = "qemu-system-x86_64"
     debian_mirror: str | None = None
     tcg_tb_size_mib: int = 64
+    #: Warm pool: how many ready sandboxes the daemon keeps per template (EMBER_POOL="base=2,data=1").
+    pool: tuple[tuple[str, int], ...] = (("base", 2),)
 
     @property
     def images_dir(self) -> Path:
@@ -60,4 +62,17 @@ class Settings:
             kwargs["debian_mirror"] = env["EMBER_DEBIAN_MIRROR"]
         if "EMBER_TCG_TB_SIZE" in env:
             kwargs["tcg_tb_size_mib"] = int(env["EMBER_TCG_TB_SIZE"])
+        if "EMBER_POOL" in env:
+            kwargs["pool"] = parse_pool(env["EMBER_POOL"])
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def parse_pool(text: str) -> tuple[tuple[str, int], ...]:
+    """``"base=2,data=1"`` -> ``(("base", 2), ("data", 1))``; an empty string turns the pool off."""
+    pool: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        if not name or not count.isdigit() or int(count) > 64:
+            raise ValueError(f"EMBER_POOL entries look like template=count (0-64), not {item!r}")
+        pool[name] = int(count)
+    return tuple(pool.items())

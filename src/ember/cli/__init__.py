@@ -16,7 +16,7 @@ from ember.cli.keys import keys_app
 from ember.cli.sandboxes import download, kill, ls, upload
 from ember.cli.serve import serve
 from ember.cli.shell import shell
-from ember.cli.snapshots import fork, snapshot_app, template_app
+from ember.cli.snapshots import fork, pool, snapshot_app, template_app
 from ember.errors import EmberError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command()(shell)
 app.command()(upload)
 app.command()(download)
 app.command()(fork)
+app.command()(pool)
 app.add_typer(image_app, name="image")
 app.add_typer(keys_app, name="keys")
 app.add_typer(snapshot_app, name="snapshot")

@@ -1,4 +1,4 @@
-"""``ember snapshot``, ``ember fork`` and ``ember template``: freeze, copy and name sandboxes."""
+"""``ember snapshot``, ``ember fork``, ``ember template``, ``ember pool``: freeze, copy, name, keep ready."""
 
 from __future__ import annotations
 
@@ -116,5 +116,23 @@ def _print_snapshots(snapshots: list[SnapshotInfo], as_json: bool) -> None:
         table.add_row(
             info.id, info.name or "-", info.source_sandbox or "-", str(info.vcpus),
             f"{info.memory_mb} MiB", size, age(info.created_at),
+        )  # fmt: skip
+    stdout.print(table)
+
+
+def pool(as_json: AsJson = False) -> None:
+    """Show the warm pools: per template, sandboxes kept ready, hits, misses, refill time."""
+    pools = Sandbox.pool_stats()
+    if as_json:
+        stdout.print_json(json.dumps([info.to_wire() for info in pools]))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("TEMPLATE", "READY", "TARGET", "HITS", "MISSES", "REFILL P50", "FAILURES"):
+        table.add_column(column)
+    for info in pools:
+        p50 = f"{info.refill_p50_s * 1000:.0f} ms" if info.refill_p50_s is not None else "-"
+        table.add_row(
+            info.template, str(info.ready), str(info.target), str(info.hits), str(info.misses),
+            p50, str(info.failures),
         )  # fmt: skip
     stdout.print(table)

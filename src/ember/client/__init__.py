@@ -42,6 +42,7 @@ __all__ = [
     "FileInfo",
     "KeyInfo",
     "Keys",
+    "PoolInfo",
     "ProcessInfo",
     "Result",
     "Sandbox",

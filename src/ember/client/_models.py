@@ -170,6 +170,21 @@ class SnapshotInfo(WireModel):
 
 
 @dataclass
+class PoolInfo(WireModel):
+    """The warm pool of one template: how many are kept and ready, hits, misses, refill times."""
+
+    template: str
+    target: int
+    ready: int
+    hits: int = 0
+    misses: int = 0
+    refills: int = 0
+    failures: int = 0
+    refill_p50_s: float | None = None
+    refill_last_s: float | None = None
+
+
+@dataclass
 class KeyInfo(WireModel):
     """An API key as listed; the secret itself is shown only once, by ``create``."""
 

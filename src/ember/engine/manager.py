@@ -23,6 +23,7 @@ from pathlib import Path
 from ember import errors
 from ember.engine import limits
 from ember.engine.disks import Layers
+from ember.engine.pool import WarmPool
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
@@ -49,6 +50,7 @@ class SandboxManager:
         self.store = Store(self.settings.data_dir / "ember.db")
         self.layers = Layers(self.settings)
         self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
+        self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -69,9 +71,11 @@ class SandboxManager:
         await self._recover()
         self.store.prune()
         self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
+        self.pool.start()
 
     async def close(self) -> None:
-        """Stop the reaper and end every sandbox this manager runs."""
+        """Stop the reaper and the pool and end every sandbox this manager runs."""
+        await self.pool.close()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,22 +133,41 @@ class SandboxManager:
         )
         _check_duration("timeout", timeout_s)
         _check_duration("idle_timeout", idle_timeout_s)
+        if source is not None and source.kind == "template" and source.name is not None:
+            pooled = self.pool.take(source.name)
+            if pooled is not None:
+                try:
+                    await pooled.hand_over(config)
+                except errors.EmberError as exc:
+                    log.warning("pooled sandbox %s failed at hand-over: %s", pooled.id, exc)
+                    await self._end(pooled, "failed at hand-over from the warm pool", dead=True)
+                else:
+                    log.info(
+                        "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
+                    )
+                    return pooled
+        return await self._launch(config, source)
+
+    async def _launch(
+        self, config: SandboxConfig, source: SnapshotRecord | None, pooled: bool = False
+    ) -> Sandbox:
+        """Boot a new VM, or restore ``source``, and wait for its agent."""
         images = self.images
         sandbox_id = secrets.token_hex(8)
         run_dir = self.settings.run_dir / sandbox_id
         now = time.time()
         record = SandboxRecord(
             id=sandbox_id,
-            owner=owner,
+            owner=config.owner,
             state=SandboxState.BOOTING.value,
             vcpus=config.vcpus,
             memory_mib=config.memory_mib,
             disk_mib=config.disk_mib,
             metadata=config.metadata,
-            template=template,
+            template=config.template,
             created_at=now,
-            expires_at=now + timeout_s if timeout_s is not None else None,
-            idle_timeout_s=idle_timeout_s,
+            expires_at=now + config.timeout_s if config.timeout_s is not None else None,
+            idle_timeout_s=config.idle_timeout_s,
             hostname=f"ember-{sandbox_id[:12]}",
             run_dir=str(run_dir),
             kernel=source.kernel if source else str(images.kernel),
@@ -167,7 +190,7 @@ class SandboxManager:
             raise
         spec = vm_spec(record) if source is None else Snapshots.restore_spec(source, run_dir, top)
         # A restored guest keeps the environment it was saved with unless the caller gives one.
-        sandbox_env = config.env if source is None or env else None
+        sandbox_env = config.env if source is None or config.env else None
         sandbox = Sandbox(record, self.driver.create(spec), self.store, sandbox_env)
         self._sandboxes[sandbox_id] = sandbox
         try:
@@ -176,9 +199,22 @@ class SandboxManager:
             if sandbox.state is not SandboxState.RUNNING:
                 self._sandboxes.pop(sandbox_id, None)
                 await self.collect()
+        if pooled:
+            sandbox.park()
         how = f"restored from {source.kind} {source.id}" if source else "booted"
         log.info("sandbox %s %s, ready in %.3f s", sandbox_id, how, sandbox.boot_seconds or 0)
         return sandbox
+
+    async def _restore_for_pool(self, template: str) -> Sandbox:
+        source = self.snapshots.template(template)
+        Snapshots.check_restorable(source)
+        config = SandboxConfig(
+            vcpus=source.vcpus, memory_mib=source.memory_mib, disk_mib=source.disk_mib, template=template
+        )
+        return await self._launch(limits.validate(config), source, pooled=True)
+
+    def pool_stats(self) -> list[dict[str, object]]:
+        return self.pool.stats()
 
     # ------------------------------------------------------------ snapshots and forks
 
@@ -295,7 +331,8 @@ class SandboxManager:
         return [
             s
             for s in self._sandboxes.values()
-            if (include_ended or s.state in (SandboxState.BOOTING, SandboxState.RUNNING))
+            if s.state is not SandboxState.POOLED
+            and (include_ended or s.state in (SandboxState.BOOTING, SandboxState.RUNNING))
             and (owner is None or s.record.owner == owner)
         ]
 
@@ -310,9 +347,11 @@ class SandboxManager:
         return records
 
     async def destroy(self, sandbox_id: str, reason: str = "deleted", owner: str | None = None) -> None:
-        sandbox = self.get(sandbox_id, owner)
-        self._sandboxes.pop(sandbox_id, None)
-        await sandbox.destroy(reason)
+        await self._end(self.get(sandbox_id, owner), reason)
+
+    async def _end(self, sandbox: Sandbox, reason: str, dead: bool = False) -> None:
+        self._sandboxes.pop(sandbox.id, None)
+        await sandbox.destroy(reason, dead=dead)
         await self.collect()
 
     def set_timeout(
@@ -351,9 +390,7 @@ class SandboxManager:
                 reason = "idle_timeout"
             if reason is not None and sandbox.state is not SandboxState.BOOTING:
                 log.info("ending sandbox %s: %s", sandbox.id, reason.splitlines()[0])
-                self._sandboxes.pop(sandbox.id, None)
-                await sandbox.destroy(reason)
-                await self.collect()
+                await self._end(sandbox, reason)
 
     # ------------------------------------------------------------ restart safety
 
@@ -367,6 +404,9 @@ class SandboxManager:
             sandbox = Sandbox(record, self.driver.create(vm_spec(record)), self.store, {})
             if record.state == SandboxState.BOOTING.value:
                 await sandbox.destroy("the daemon restarted while the sandbox was booting", dead=True)
+                continue
+            if record.state == SandboxState.POOLED.value:
+                await sandbox.destroy("the warm pool is refilled when the daemon starts")
                 continue
             try:
                 await sandbox.vm.adopt()

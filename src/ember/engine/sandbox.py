@@ -41,6 +41,7 @@ RECONNECT_TIMEOUT_S = 15.0
 class SandboxState(enum.Enum):
     BOOTING = "booting"
     RUNNING = "running"
+    POOLED = "pooled"  # running, waiting in the warm pool for a create to take it
     STOPPED = "stopped"  # ended on purpose: deleted, lifetime over, shut down
     DEAD = "dead"  # ended by a failure
 
@@ -138,6 +139,24 @@ class Sandbox:
         self.record.boot_seconds = time.perf_counter() - started
         self._set_state(SandboxState.RUNNING)
 
+    def park(self) -> None:
+        """Put a freshly restored sandbox in the warm pool: running, but nobody's yet."""
+        self._set_state(SandboxState.POOLED)
+
+    async def hand_over(self, config: SandboxConfig) -> None:
+        """Give a pooled sandbox to a caller: their lifetime and metadata, a fresh clock and entropy."""
+        started = time.perf_counter()
+        record, now = self.record, time.time()
+        record.owner, record.metadata, record.template = config.owner, dict(config.metadata), config.template
+        record.created_at, record.idle_timeout_s = now, config.idle_timeout_s
+        record.expires_at = now + config.timeout_s if config.timeout_s is not None else None
+        self.env = dict(config.env) if config.env else None
+        self._set_state(SandboxState.RUNNING)
+        async with self.agent_call() as agent:
+            await agent.request(self._identity())
+        record.boot_seconds = time.perf_counter() - started
+        self._store.save(record)
+
     async def adopt(self) -> None:
         """Take over a VM a previous daemon started: watch it and reconnect to its agent."""
         self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
@@ -194,7 +213,7 @@ class Sandbox:
 
     async def _watch_vm(self) -> None:
         status = await self.vm.wait_exit()
-        if self.state in (SandboxState.RUNNING, SandboxState.BOOTING):
+        if self.state in _LIVE:
             reason = self.vm.failure_report(f"the VM exited unexpectedly (status {status})")
             self._set_state(SandboxState.DEAD, reason)
             log.warning("sandbox %s died: %s", self.id, reason)
@@ -202,7 +221,7 @@ class Sandbox:
 
     async def destroy(self, reason: str = "deleted", *, dead: bool = False) -> None:
         """End the sandbox and remove everything it had on the host. Idempotent."""
-        if self.state in (SandboxState.BOOTING, SandboxState.RUNNING):
+        if self.state in _LIVE:
             self._set_state(SandboxState.DEAD if dead else SandboxState.STOPPED, reason)
         await self._agent.close()
         await self.vm.stop()
@@ -244,6 +263,9 @@ class Sandbox:
             raise
         finally:
             self.last_active = time.monotonic()
+
+
+_LIVE = (SandboxState.BOOTING, SandboxState.RUNNING, SandboxState.POOLED)
 
 
 def vm_spec(record: SandboxRecord) -> VmSpec:

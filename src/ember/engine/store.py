@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_at REAL NOT NULL
 );
 """
-LIVE_STATES = ("booting", "running")
+LIVE_STATES = ("booting", "running", "pooled")
 ENDED_KEPT_S = 7 * 24 * 3600
 
 

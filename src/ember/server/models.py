@@ -128,6 +128,22 @@ class SnapshotList(BaseModel):
     snapshots: list[SnapshotInfo]
 
 
+class PoolInfo(BaseModel):
+    template: str
+    target: int
+    ready: int
+    hits: int
+    misses: int
+    refills: int
+    failures: int
+    refill_p50_s: float | None
+    refill_last_s: float | None
+
+
+class PoolList(BaseModel):
+    pools: list[PoolInfo]
+
+
 # ---------------------------------------------------------------- code
 
 

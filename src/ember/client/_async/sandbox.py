@@ -20,7 +20,7 @@ from ember.client._async.files import AsyncFiles
 from ember.client._async.pty import AsyncPty
 from ember.client._async.transport import AsyncTransport, TextCallback
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, resolve_config
-from ember.client._models import Execution, SandboxInfo, SnapshotInfo, parse, parse_list
+from ember.client._models import Execution, PoolInfo, SandboxInfo, SnapshotInfo, parse, parse_list
 from ember.client._stream import result_of
 from ember.protocol.messages import ContextInfo
 
@@ -168,6 +168,13 @@ class AsyncSandbox:
     ) -> None:
         """Delete a template (admin keys only); sandboxes started from it keep running."""
         await _one_call("DELETE", f"/v1/templates/{name}", api_key, base_url)
+
+    @classmethod
+    async def pool_stats(
+        cls, *, api_key: str | None = None, base_url: str | None = None
+    ) -> builtins.list[PoolInfo]:
+        """The daemon's warm pools: sandboxes kept restored and ready, per template."""
+        return parse_list(PoolInfo, await _one_call("GET", "/v1/pool", api_key, base_url), "pools")
 
     # ------------------------------------------------------------ lifecycle
 

@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from ember import errors
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, resolve_config
-from ember.client._models import Execution, SandboxInfo, SnapshotInfo, parse, parse_list
+from ember.client._models import Execution, PoolInfo, SandboxInfo, SnapshotInfo, parse, parse_list
 from ember.client._stream import result_of
 from ember.client._sync.commands import Commands
 from ember.client._sync.contexts import Contexts, context_id_of
@@ -167,6 +167,13 @@ class Sandbox:
     def delete_template(cls, name: str, *, api_key: str | None = None, base_url: str | None = None) -> None:
         """Delete a template (admin keys only); sandboxes started from it keep running."""
         _one_call("DELETE", f"/v1/templates/{name}", api_key, base_url)
+
+    @classmethod
+    def pool_stats(
+        cls, *, api_key: str | None = None, base_url: str | None = None
+    ) -> builtins.list[PoolInfo]:
+        """The daemon's warm pools: sandboxes kept restored and ready, per template."""
+        return parse_list(PoolInfo, _one_call("GET", "/v1/pool", api_key, base_url), "pools")
 
     # ------------------------------------------------------------ lifecycle
 

@@ -1,4 +1,4 @@
-"""Snapshots, forks and templates: freeze a running sandbox, copy it, name it for reuse."""
+"""Snapshots, forks, templates and the warm pool: freeze a sandbox, copy it, name it, keep copies ready."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from ember.server.keys import ApiKey
 from ember.server.models import (
     CreateSnapshot,
     Fork,
+    PoolInfo,
+    PoolList,
     SandboxInfo,
     SandboxList,
     SaveTemplate,
@@ -70,3 +72,9 @@ def list_templates(request: Request, key: ApiKey = Depends(caller)) -> SnapshotL
 async def delete_template(name: str, request: Request, key: ApiKey = Depends(require_admin)) -> Response:
     await service(request).manager.delete_template(name)
     return Response(status_code=204)
+
+
+@router.get("/v1/pool", response_model=PoolList)
+def pool_stats(request: Request, key: ApiKey = Depends(caller)) -> PoolList:
+    """Per template: the target and ready counts, hits, misses and refill times of the warm pool."""
+    return PoolList(pools=[PoolInfo(**stats) for stats in service(request).manager.pool_stats()])
