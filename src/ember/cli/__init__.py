@@ -5,6 +5,7 @@ honour EMBER_URL / EMBER_API_KEY and start a local daemon when none is configure
 An ``EmberError`` ends a command with ``error: <message> [<code>]`` and status 1.
 """
 
+import signal
 import sys
 
 import typer
@@ -41,8 +42,14 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(template_app, name="template")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the ``ember`` console script."""
+    # SIGTERM unwinds like Ctrl-C, so that sandboxes a command made are killed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except EmberError as exc:
