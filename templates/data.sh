@@ -35,6 +35,8 @@ for deb in "$work"/debs/*.deb; do
     # headers and static libraries that importing the three never touches.
     *-dev_* | gcc* | g++* | cpp* | binutils* | libbinutils* | libgprofng* | libctf* | libisl* | \
       libmpc* | libmpfr* | libcc1* | lib[atlu]san* | libubsan* | libitm* | python3-pythran*) continue ;;
+    # fonttools' optional heavyweights: matplotlib draws PNGs without them.
+    python3-scipy_* | python3-sympy_* | python3-mpmath_* | libboost*) continue ;;
   esac
   dpkg-deb -x "$deb" "$work/root"
 done
@@ -70,4 +72,5 @@ echo "    $(du -sh "$work/data.tar" | cut -f1) to copy in"
 $ember template build data --from base \
   --copy "$work/data.tar:/var/tmp/data.tar" \
   --run "tar -xf /var/tmp/data.tar -C / --keep-directory-symlink --no-overwrite-dir && rm /var/tmp/data.tar && ldconfig" \
-  --run "python3 -c 'import numpy, pandas, matplotlib; print(numpy.__version__, pandas.__version__, matplotlib.__version__)'"
+  --run "python3 -c 'import numpy, pandas, matplotlib; print(numpy.__version__, pandas.__version__, matplotlib.__version__)'" \
+  --code "import numpy, pandas, matplotlib; matplotlib.use('agg'); import matplotlib.pyplot"

@@ -61,12 +61,16 @@ def template_build(
     copy: Annotated[
         list[str], typer.Option("--copy", help="LOCAL:REMOTE, copied before the commands run (repeatable).")
     ] = [],  # noqa: B006
+    code: Annotated[
+        list[str], typer.Option("--code", help="Python for the REPL, after the commands (repeatable).")
+    ] = [],  # noqa: B006
     env: Annotated[list[str], typer.Option("--env", help="K=V for the sandbox (repeatable).")] = [],  # noqa: B006
     memory_mb: Annotated[int, typer.Option("--memory", help="MiB of memory.")] = 512,
     vcpus: Annotated[int, typer.Option("--vcpus")] = 2,
 ) -> None:
-    """Boot a sandbox, copy files in, run the commands (output streamed), save it as NAME."""
+    """Boot a sandbox, copy files in, run the commands and code (output streamed), save it as NAME."""
     steps = [Step(copy=_pair(item, ":", "--copy")) for item in copy] + [Step(run=command) for command in run]
+    steps += [Step(code=cell) for cell in code]
     variables = dict(_pair(item, "=", "--env") for item in env)
     info = build_template(
         name,

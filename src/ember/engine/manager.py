@@ -113,7 +113,11 @@ class SandboxManager:
         elif template is not None:
             source = self.snapshots.template(template)
         else:
+            # Template base stands in for a boot only when it has the shape asked for.
             source = self._current_base()
+            shape = (vcpus, memory_mb, disk_mb)
+            if source is not None and (source.vcpus, source.memory_mib, source.disk_mib) != shape:
+                source = None
             template = source.name if source is not None else None
         if source is not None:
             Snapshots.check_restorable(source)

@@ -23,14 +23,18 @@ FAILED_OUTPUT_CHARS = 4000
 
 @dataclass(frozen=True)
 class Step:
-    """One build step: a shell command to ``run``, or a local file or directory to ``copy`` to a path."""
+    """One build step: a shell command to ``run``, a local file or directory to ``copy``
+    to a path, or Python ``code`` for the REPL (its imports stay warm in the template)."""
 
     run: str | None = None
     copy: tuple[str, str] | None = None
+    code: str | None = None
 
     def describe(self) -> str:
         if self.copy is not None:
             return f"copy {self.copy[0]} -> {self.copy[1]}"
+        if self.code is not None:
+            return f"code {self.code}"
         return f"run {self.run}"
 
 
@@ -66,6 +70,8 @@ async def build_template(
                 await _copy(sandbox, Path(step.copy[0]), step.copy[1])
             elif step.run is not None:
                 await _run(sandbox, number, step.run, step_timeout, on_output)
+            elif step.code is not None:
+                await _code(sandbox, number, step.code, step_timeout, on_output)
         return await sandbox.save_template(name)
     finally:
         await sandbox.close()
@@ -86,6 +92,18 @@ async def _run(
         how = "timed out" if result.timed_out else f"exited with status {result.exit_code}"
         tail = "".join(output)[-FAILED_OUTPUT_CHARS:]
         raise errors.TemplateBuildFailedError(f"step {number} ({cmd}) {how}; its output:\n{tail}")
+
+
+async def _code(
+    sandbox: AsyncSandbox, number: int, code: str, timeout: float | None, on_output: TextCallback | None
+) -> None:
+    execution = await sandbox.run_code(code, timeout=timeout, on_stdout=on_output, on_stderr=on_output)
+    if execution.error is not None:
+        error = execution.error
+        output = (execution.stdout + execution.stderr + error.traceback)[-FAILED_OUTPUT_CHARS:]
+        raise errors.TemplateBuildFailedError(
+            f"step {number} (code) raised {error.name}: {error.value}; its output:\n{output}"
+        )
 
 
 async def _copy(sandbox: AsyncSandbox, local: Path, remote: str) -> None:

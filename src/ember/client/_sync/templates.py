@@ -24,14 +24,18 @@ FAILED_OUTPUT_CHARS = 4000
 
 @dataclass(frozen=True)
 class Step:
-    """One build step: a shell command to ``run``, or a local file or directory to ``copy`` to a path."""
+    """One build step: a shell command to ``run``, a local file or directory to ``copy``
+    to a path, or Python ``code`` for the REPL (its imports stay warm in the template)."""
 
     run: str | None = None
     copy: tuple[str, str] | None = None
+    code: str | None = None
 
     def describe(self) -> str:
         if self.copy is not None:
             return f"copy {self.copy[0]} -> {self.copy[1]}"
+        if self.code is not None:
+            return f"code {self.code}"
         return f"run {self.run}"
 
 
@@ -67,6 +71,8 @@ def build_template(
                 _copy(sandbox, Path(step.copy[0]), step.copy[1])
             elif step.run is not None:
                 _run(sandbox, number, step.run, step_timeout, on_output)
+            elif step.code is not None:
+                _code(sandbox, number, step.code, step_timeout, on_output)
         return sandbox.save_template(name)
     finally:
         sandbox.close()
@@ -87,6 +93,18 @@ def _run(
         how = "timed out" if result.timed_out else f"exited with status {result.exit_code}"
         tail = "".join(output)[-FAILED_OUTPUT_CHARS:]
         raise errors.TemplateBuildFailedError(f"step {number} ({cmd}) {how}; its output:\n{tail}")
+
+
+def _code(
+    sandbox: Sandbox, number: int, code: str, timeout: float | None, on_output: TextCallback | None
+) -> None:
+    execution = sandbox.run_code(code, timeout=timeout, on_stdout=on_output, on_stderr=on_output)
+    if execution.error is not None:
+        error = execution.error
+        output = (execution.stdout + execution.stderr + error.traceback)[-FAILED_OUTPUT_CHARS:]
+        raise errors.TemplateBuildFailedError(
+            f"step {number} (code) raised {error.name}: {error.value}; its output:\n{output}"
+        )
 
 
 def _copy(sandbox: Sandbox, local: Path, remote: str) -> None:
