@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,6 @@ def test_cli_snapshot_fork_and_template(daemon: Daemon, sandbox_factory: Sandbox
     assert run_cli(daemon, "snapshot", "rm", snapshot_id).returncode == 0
     missing = run_cli(daemon, "snapshot", "rm", snapshot_id)
     assert missing.returncode == 1 and "snapshot_not_found" in missing.stderr
+    pools = json.loads(run_cli(daemon, "pool", "--json").stdout)
+    assert {p["template"]: p["target"] for p in pools} == {"base": 2}
+    assert "TEMPLATE" in run_cli(daemon, "pool").stdout

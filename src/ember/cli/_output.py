@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from ember.errors import EmberError
+from ember.protocol.wire import WireModel
+
+Item = TypeVar("Item", bound=WireModel)
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -40,3 +47,18 @@ def duration(seconds: float) -> str:
 
 def age(timestamp: float | None) -> str:
     return "-" if timestamp is None else duration(time.time() - timestamp)
+
+
+def print_listing(
+    items: Sequence[Item], columns: Sequence[str], row: Callable[[Item], Sequence[str]], as_json: bool = False
+) -> None:
+    """A listing as a plain table (one row per item) or, with ``--json``, as the items themselves."""
+    if as_json:
+        stdout.print_json(json.dumps([item.to_wire() for item in items]))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    for item in items:
+        table.add_row(*row(item))
+    stdout.print(table)

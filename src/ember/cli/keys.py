@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ember.cli._output import age, stderr, stdout
-from ember.client import Keys
+from ember.cli._output import age, print_listing, stderr, stdout
+from ember.client import KeyInfo, Keys
 
 keys_app = typer.Typer(help="API keys (needs an admin key).", no_args_is_help=True)
 
@@ -34,13 +33,12 @@ def list_keys() -> None:
     """List keys (never their secrets)."""
     with Keys() as keys:
         found = keys.list()
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "ADMIN", "AGE", "REVOKED"):
-        table.add_column(column)
-    for key in found:
+
+    def row(key: KeyInfo) -> list[str]:
         revoked = "-" if key.revoked_at is None else age(key.revoked_at) + " ago"
-        table.add_row(key.id, key.name, "yes" if key.admin else "no", age(key.created_at), revoked)
-    stdout.print(table)
+        return [key.id, key.name, "yes" if key.admin else "no", age(key.created_at), revoked]
+
+    print_listing(found, ("ID", "NAME", "ADMIN", "AGE", "REVOKED"), row)
 
 
 @keys_app.command("revoke")

@@ -6,15 +6,13 @@ Files are named ``SANDBOX_ID:PATH`` on the sandbox side, as with scp;
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ember.cli._output import age, duration, print_error, stderr, stdout
+from ember.cli._output import age, duration, print_error, print_listing, stderr, stdout
 from ember.client import Sandbox, SandboxInfo
 from ember.errors import EmberError
 
@@ -24,18 +22,13 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List your sandboxes."""
-    sandboxes = Sandbox.list(all=all)
-    if as_json:
-        stdout.print_json(json.dumps([info.to_wire() for info in sandboxes]))
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATE", "VCPUS", "MEMORY", "AGE", "EXPIRES") + (("END REASON",) if all else ()):
-        table.add_column(column)
-    for info in sandboxes:
-        row = [info.id, info.state, str(info.vcpus), f"{info.memory_mb} MiB"]
-        row += [age(info.created_at), _expires(info)] + ([info.end_reason or "-"] if all else [])
-        table.add_row(*row)
-    stdout.print(table)
+
+    def row(info: SandboxInfo) -> list[str]:
+        cells = [info.id, info.state, str(info.vcpus), f"{info.memory_mb} MiB"]
+        return cells + [age(info.created_at), _expires(info)] + ([info.end_reason or "-"] if all else [])
+
+    columns = ("ID", "STATE", "VCPUS", "MEMORY", "AGE", "EXPIRES") + (("END REASON",) if all else ())
+    print_listing(Sandbox.list(all=all), columns, row, as_json)
 
 
 def _expires(info: SandboxInfo) -> str:

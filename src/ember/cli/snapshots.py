@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ember.cli._output import age, stderr, stdout, write_stdout
-from ember.client import Sandbox, SnapshotInfo, Step, build_template
+from ember.cli._output import age, print_listing, stderr, stdout, write_stdout
+from ember.client import PoolInfo, Sandbox, SnapshotInfo, Step, build_template
 from ember.errors import InvalidRequestError
 
 snapshot_app = typer.Typer(help="Snapshots of running sandboxes.", no_args_is_help=True)
@@ -109,34 +107,21 @@ def _pair(text: str, separator: str, option: str) -> tuple[str, str]:
 
 
 def _print_snapshots(snapshots: list[SnapshotInfo], as_json: bool) -> None:
-    if as_json:
-        stdout.print_json(json.dumps([info.to_wire() for info in snapshots]))
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "FROM SANDBOX", "VCPUS", "MEMORY", "SIZE", "AGE"):
-        table.add_column(column)
-    for info in snapshots:
-        size = f"{info.size_bytes / 2**20:.0f} MiB"
-        table.add_row(
-            info.id, info.name or "-", info.source_sandbox or "-", str(info.vcpus),
-            f"{info.memory_mb} MiB", size, age(info.created_at),
-        )  # fmt: skip
-    stdout.print(table)
+    def row(info: SnapshotInfo) -> list[str]:
+        shape = [str(info.vcpus), f"{info.memory_mb} MiB", f"{info.size_bytes / 2**20:.0f} MiB"]
+        return [info.id, info.name or "-", info.source_sandbox or "-", *shape, age(info.created_at)]
+
+    columns = ("ID", "NAME", "FROM SANDBOX", "VCPUS", "MEMORY", "SIZE", "AGE")
+    print_listing(snapshots, columns, row, as_json)
 
 
 def pool(as_json: AsJson = False) -> None:
     """Show the warm pools: per template, sandboxes kept ready, hits, misses, refill time."""
-    pools = Sandbox.pool_stats()
-    if as_json:
-        stdout.print_json(json.dumps([info.to_wire() for info in pools]))
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("TEMPLATE", "READY", "TARGET", "HITS", "MISSES", "REFILL P50", "FAILURES"):
-        table.add_column(column)
-    for info in pools:
+
+    def row(info: PoolInfo) -> list[str]:
         p50 = f"{info.refill_p50_s * 1000:.0f} ms" if info.refill_p50_s is not None else "-"
-        table.add_row(
-            info.template, str(info.ready), str(info.target), str(info.hits), str(info.misses),
-            p50, str(info.failures),
-        )  # fmt: skip
-    stdout.print(table)
+        counts = (info.ready, info.target, info.hits, info.misses)
+        return [info.template, *map(str, counts), p50, str(info.failures)]
+
+    columns = ("TEMPLATE", "READY", "TARGET", "HITS", "MISSES", "REFILL P50", "FAILURES")
+    print_listing(Sandbox.pool_stats(), columns, row, as_json)

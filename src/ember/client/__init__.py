@@ -16,6 +16,7 @@ from ember.client._models import (
     CreatedKey,
     Execution,
     KeyInfo,
+    PoolInfo,
     Result,
     SandboxInfo,
     SnapshotInfo,
