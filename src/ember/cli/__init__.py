@@ -11,6 +11,7 @@ import sys
 import typer
 
 from ember.cli._output import print_error
+from ember.cli.bench import bench
 from ember.cli.execute import execute, run
 from ember.cli.images import image_app
 from ember.cli.keys import keys_app
@@ -36,6 +37,7 @@ app.command()(upload)
 app.command()(download)
 app.command()(fork)
 app.command()(pool)
+app.command()(bench)
 app.add_typer(image_app, name="image")
 app.add_typer(keys_app, name="keys")
 app.add_typer(snapshot_app, name="snapshot")

@@ -1,0 +1,271 @@
+"""The benchmark suite: every operation users time, through the SDK, against a local daemon.
+
+Each latency is kept with the name of its floor (``baselines``), measured in the
+same run, so the report can print the ratio. Sandboxes come from template
+``base`` (and the warm pool) when the daemon has it; the rows that need it say
+so when it is missing. Every sandbox the suite makes is closed before it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ember.bench import baselines
+from ember.bench.stats import Row, timed
+from ember.client import Sandbox
+from ember.client._config import resolve_config
+from ember.errors import EmberError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything: iterations per kind of operation and the sizes."""
+
+    fast: int  # round trips (run_code, commands, baselines)
+    creates: int  # creates, restores, whole cycles
+    forks: int
+    boots: int
+    transfer_mb: int
+    fork_counts: tuple[int, ...]
+    idle_counts: tuple[int, ...]
+    clients: int
+
+
+QUICK = Plan(
+    fast=5, creates=2, forks=1, boots=1, transfer_mb=4, fork_counts=(1, 2), idle_counts=(1, 2), clients=2
+)
+FULL = Plan(
+    fast=100, creates=20, forks=6, boots=3, transfer_mb=100, fork_counts=(1, 4, 8), idle_counts=(1, 10, 50),
+    clients=16,
+)  # fmt: skip
+
+
+@dataclass
+class Report:
+    acceleration: str
+    plan: Plan
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "acceleration": self.acceleration,
+            "plan": self.plan.__dict__,
+            "rows": [r.as_dict() for r in self.rows],
+            "notes": self.notes,
+        }
+
+
+class Suite:
+    def __init__(
+        self, plan: Plan, progress: Progress, base_url: str | None = None, api_key: str | None = None
+    ):
+        # The first SDK call starts a local daemon when none is configured or running.
+        names = {t.name for t in Sandbox.list_templates(base_url=base_url, api_key=api_key)}
+        config = resolve_config(api_key, base_url, 600)
+        self.plan = plan
+        self.say = progress
+        self.url, self.key = config.base_url, config.api_key
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        health = self.http.get("/health").json()
+        self.report = Report(acceleration=health["acceleration"], plan=plan)
+        self.has_base = "base" in names
+        self.pooled = any(p.template == "base" and p.target > 0 for p in self._pools())
+
+    def run(self) -> Report:
+        try:
+            self._baselines()
+            with self._sandbox() as source:
+                self._round_trips(source)
+                self._transfer(source)
+                self._restore_and_fork(source)
+            self._creates()
+            self._density()
+            self._concurrency()
+        finally:
+            self.http.close()
+        return self.report
+
+    # ------------------------------------------------------------ helpers
+
+    def _sandbox(self, **kwargs: object) -> Sandbox:
+        kwargs.setdefault("timeout", 3600)
+        return Sandbox(**kwargs, base_url=self.url, api_key=self.key)  # type: ignore[arg-type]
+
+    def _pools(self) -> list:
+        return Sandbox.pool_stats(base_url=self.url, api_key=self.key)
+
+    def _wait_for_pool(self, timeout_s: float = 120) -> None:
+        """Untimed: let the pool refill, so that each create measures a hit, not a miss."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.template == "base" and p.ready >= 1 for p in self._pools()):
+                return
+            time.sleep(0.05)
+
+    def _add(self, row: Row) -> Row:
+        self.report.rows.append(row)
+        p50 = row.percentile(50)
+        self.say(f"{row.name}: p50 {p50:.4f} {row.unit}" if p50 is not None else f"{row.name}: {row.note}")
+        return row
+
+    # ------------------------------------------------------------ the measurements
+
+    def _baselines(self) -> None:
+        n = self.plan.fast
+        self._add(timed(lambda: baselines.http_noop(self.http), n, Row(baselines.HTTP)))
+        repl = baselines.LocalRepl()
+        try:
+            self._add(timed(lambda: repl.run("1+1"), n, Row(baselines.REPL)))
+        finally:
+            repl.close()
+        self._add(timed(baselines.host_true, n, Row(baselines.TRUE)))
+
+    def _round_trips(self, sandbox: Sandbox) -> None:
+        n, repl, http, true = self.plan.fast, baselines.REPL, baselines.HTTP, baselines.TRUE
+        self._add(timed(lambda: sandbox.run_code("1+1"), n, Row("run_code 1+1", baseline=repl)))
+        self._add(timed(lambda: sandbox.run_code("print('hi')"), n, Row("run_code print", baseline=repl)))
+        self._add(timed(lambda: sandbox.commands.run("true"), n, Row("command true", baseline=true)))
+        self._add(timed(lambda: sandbox.info(), n, Row("GET sandbox info", baseline=http)))
+
+    def _transfer(self, sandbox: Sandbox) -> None:
+        size = self.plan.transfer_mb
+        data = os.urandom(size << 20)
+        started = time.perf_counter()
+        sandbox.files.write("/app/bench.bin", data)
+        up = time.perf_counter() - started
+        started = time.perf_counter()
+        back = sandbox.files.read("/app/bench.bin")
+        down = time.perf_counter() - started
+        if back != data:
+            raise EmberError("the downloaded file differs from the uploaded one")
+        self._add(Row(f"upload {size} MB", [size / up], unit="MB/s"))
+        self._add(Row(f"download {size} MB", [size / down], unit="MB/s"))
+        sandbox.files.remove("/app/bench.bin")
+
+    def _restore_and_fork(self, source: Sandbox) -> None:
+        source.run_code("state = list(range(1000))")
+        snapshot = source.snapshot()
+        try:
+            restore = Row("create from a snapshot (restore)")
+            for _ in range(self.plan.creates):
+                started = time.perf_counter()
+                restored = self._sandbox(snapshot=snapshot.id)
+                restore.samples.append(time.perf_counter() - started)
+                restored.close()
+            self._add(restore)
+        finally:
+            Sandbox.delete_snapshot(snapshot.id, base_url=self.url, api_key=self.key)
+        for count in self.plan.fork_counts:
+            row = Row(f"fork({count})", baseline="fork(1)" if count > 1 else None)
+            for _ in range(self.plan.forks):
+                started = time.perf_counter()
+                forks = source.fork(count)
+                row.samples.append(time.perf_counter() - started)
+                for fork in forks:
+                    fork.close()
+            self._add(row)
+        # How long the source stops answering while it is forked.
+        with ThreadPoolExecutor(1) as pool:
+            forking = pool.submit(source.fork, 1)
+            worst = 0.0
+            while not forking.done():
+                started = time.perf_counter()
+                source.run_code("1")
+                worst = max(worst, time.perf_counter() - started)
+            for fork in forking.result():
+                fork.close()
+        self._add(Row("source run_code during a fork (worst)", [worst], baseline="run_code 1+1"))
+
+    def _creates(self) -> None:
+        http = baselines.HTTP
+        if self.has_base and self.pooled:
+            row = Row("create from the warm pool", baseline=http)
+            cycle = Row("create -> run_code -> close (pool)", baseline=http)
+            for _ in range(self.plan.creates):
+                self._wait_for_pool()
+                started = time.perf_counter()
+                sandbox = self._sandbox()
+                row.samples.append(time.perf_counter() - started)
+                sandbox.close()
+                self._wait_for_pool()
+                started = time.perf_counter()
+                with self._sandbox() as sandbox:
+                    sandbox.run_code("1+1")
+                cycle.samples.append(time.perf_counter() - started)
+            self._add(row)
+            self._add(cycle)
+        else:
+            self._add(Row("create from the warm pool", note="skipped: the daemon has no template base pool"))
+        boot = Row("create with a cold boot")
+        for _ in range(self.plan.boots):
+            started = time.perf_counter()
+            sandbox = self._sandbox(memory_mb=448)  # not base's shape: a boot
+            boot.samples.append(time.perf_counter() - started)
+            sandbox.close()
+        self._add(boot)
+
+    def _density(self) -> None:
+        for count in self.plan.idle_counts:
+            with ExitStack() as stack:
+                sandboxes = [stack.enter_context(self._sandbox()) for _ in range(count)]
+                time.sleep(2)  # idle
+                pss = [_qemu_pss_mib(s.id) for s in sandboxes]
+            if None in pss:
+                self._add(Row(f"PSS per idle sandbox ({count})", note="n/a: the daemon runs on another host"))
+                continue
+            total = sum(p for p in pss if p is not None)
+            self._add(
+                Row(
+                    f"PSS per idle sandbox ({count})",
+                    [total / count],
+                    unit="MiB",
+                    note=f"total {total:.0f} MiB",
+                )
+            )
+
+    def _concurrency(self) -> None:
+        clients = self.plan.clients
+
+        def cycle(_: int) -> float:
+            started = time.perf_counter()
+            with self._sandbox(timeout=600) as sandbox:
+                sandbox.run_code("1+1")
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            durations = list(pool.map(cycle, range(clients)))
+        wall = time.perf_counter() - started
+        self._add(Row(f"{clients} concurrent create -> run_code -> close", durations))
+        self._add(Row(f"throughput with {clients} clients", [clients / wall], unit="sandboxes/s"))
+
+
+def _qemu_pss_mib(sandbox_id: str) -> float | None:
+    """PSS of the sandbox's QEMU process, when it runs on this host."""
+    marker = f"process=ember-{sandbox_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "cmdline").read_bytes():
+                continue
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,55 @@
+"""``ember bench``: the benchmark suite against the configured (or local) daemon, as a table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ember.bench.stats import Row
+from ember.bench.suite import FULL, QUICK, Report, Suite
+from ember.cli._output import stderr, stdout
+
+
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A few iterations of everything (a smoke run).")
+    ] = False,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results to this file.")
+    ] = None,
+) -> None:
+    """Measure Ember's speed and density (p50/p95/p99), each latency next to its floor."""
+    suite = Suite(QUICK if quick else FULL, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
+    report = suite.run()
+    stdout.print(_table(report))
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.as_dict(), indent=2))
+
+
+def _table(report: Report) -> Table:
+    table = Table(title=f"Ember benchmark ({report.acceleration.upper()})", header_style="bold")
+    for column in ("operation", "n", "p50", "p95", "p99", "baseline p50", "ratio"):
+        operation = column == "operation"
+        table.add_column(column, justify="left" if operation else "right", no_wrap=operation)
+    for row in report.rows:
+        base = report.row(row.baseline) if row.baseline else None
+        p50, base_p50 = row.percentile(50), base.percentile(50) if base else None
+        ratio = f"{p50 / base_p50:.1f}x" if p50 is not None and base_p50 else ""
+        cells = [_value(row, q) for q in (50, 95, 99)]
+        table.add_row(row.name, str(len(row.samples)), *cells, _value(base, 50) if base else "", ratio)
+        if row.note and not row.samples:
+            table.add_row(f"  {row.note}", "", "", "", "", "", "")
+    return table
+
+
+def _value(row: Row, q: int) -> str:
+    value = row.percentile(q)
+    if value is None:
+        return "-"
+    if row.unit == "s":
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.1f} {row.unit}"
