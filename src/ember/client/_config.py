@@ -7,14 +7,25 @@ credentials file. Only when nothing named a URL may the SDK start a local daemon
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+
+import httpx
 
 from ember.client._credentials import load_key, normalize_url
 
 DEFAULT_URL = "http://127.0.0.1:7070"
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: loading the CA bundle costs tens of
+    milliseconds, which every ``Sandbox(...)`` would otherwise pay again."""
+    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import httpx
 
 from ember import errors
 from ember.client._backends import aemit, arun_blocking
-from ember.client._config import ClientConfig
+from ember.client._config import ClientConfig, tls_context
 from ember.client._errors import error_from_response, unreachable
 from ember.client._local import ensure_local_daemon
 from ember.client._stream import StreamedOutput, parse_line
@@ -30,7 +30,10 @@ class AsyncTransport:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self._client = httpx.AsyncClient(
-            base_url=config.base_url, timeout=config.request_timeout_s, headers=_auth(config.api_key)
+            base_url=config.base_url,
+            timeout=config.request_timeout_s,
+            headers=_auth(config.api_key),
+            verify=tls_context(),
         )
 
     async def request(
