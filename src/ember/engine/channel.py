@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 from collections import deque
@@ -42,6 +43,9 @@ log = logging.getLogger("ember.engine.channel")
 _CREDIT_BATCH = INITIAL_WINDOW // 4
 # Events are not flow-controlled; a guest flooding them must not grow host memory.
 _MAX_QUEUED_EVENTS = 10_000
+# Quick at first (a restored guest answers within milliseconds if its first
+# preamble was not lost), then once a second while a guest boots.
+SYNC_RETRIES_S = (0.05, 0.1, 0.2, 0.4)
 SYNC_RETRY_S = 1.0
 
 
@@ -234,7 +238,7 @@ class AgentClient:
     async def connect(self, socket_path: str) -> None:
         """Open the socket and sync with the agent; waits as long as the guest takes to boot.
 
-        The preamble is repeated with a fresh nonce every ``SYNC_RETRY_S``: bytes
+        The preamble is repeated with a fresh nonce (``SYNC_RETRIES_S``, then every ``SYNC_RETRY_S``): bytes
         crossing virtio-serial while a previous connection closes can be lost,
         and a booting guest only starts reading once its agent is up. Only the
         reply to the latest nonce counts.
@@ -257,11 +261,12 @@ class AgentClient:
             raise errors.AgentUnavailableError(f"{self.name}: cannot connect: {exc}") from exc
         self._transport = transport
         try:
-            while True:
+            for attempt in itertools.count():
                 self._nonce = secrets.token_bytes(NONCE_BYTES)
                 transport.write(HOST_SYNC_MAGIC + self._nonce)
+                wait_s = SYNC_RETRIES_S[attempt] if attempt < len(SYNC_RETRIES_S) else SYNC_RETRY_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._synced), SYNC_RETRY_S)
+                    await asyncio.wait_for(asyncio.shield(self._synced), wait_s)
                     return
         except BaseException:
             transport.abort()
