@@ -204,7 +204,11 @@ class SandboxManager:
                 self._sandboxes.pop(sandbox_id, None)
                 await self.collect()
         if pooled:
-            sandbox.park()
+            try:
+                await sandbox.park()
+            except BaseException:
+                await self._end(sandbox, "could not join the warm pool", dead=True)
+                raise
         how = f"restored from {source.kind} {source.id}" if source else "booted"
         log.info("sandbox %s %s, ready in %.3f s", sandbox_id, how, sandbox.boot_seconds or 0)
         return sandbox
