@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -143,3 +146,30 @@ async def test_bad_snapshot_and_fork_requests_change_nothing(sandbox_factory, ma
     await manager.delete_snapshot(snapshot.id)
     assert source.state is SandboxState.RUNNING
     assert await value(source, "'still fine'") == "still fine"
+
+
+async def test_a_snapshot_that_fills_the_disk_fails_cleanly(test_settings) -> None:
+    # A manager of its own, whose snapshot directory is a 1 MiB tmpfs: the memory copy cannot fit.
+    data_dir = Path(tempfile.mkdtemp(prefix="ember-full-"))
+    run_dir = Path(tempfile.mkdtemp(prefix="ember-full-", dir="/dev/shm"))
+    (data_dir / "images").symlink_to(test_settings.images_dir.resolve())
+    (data_dir / "snapshots").mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(data_dir / "snapshots")], check=True
+    )
+    manager = SandboxManager(replace(test_settings, data_dir=data_dir, run_dir=run_dir, pool=()))
+    try:
+        source = await manager.create(vcpus=1, memory_mb=256)
+        await source.code.run("kept = 'yes'")
+        with pytest.raises(errors.DiskFullError) as caught:
+            await manager.snapshot(source.id)
+        assert caught.value.code == "disk_full"
+        assert manager.list_snapshots() == [] and list((data_dir / "snapshots").iterdir()) == []
+        assert await value(source, "kept") == "yes"
+        await source.files.write("/app/after.txt", b"still writable")
+        assert await source.files.read("/app/after.txt") == b"still writable"
+    finally:
+        await manager.close()
+        subprocess.run(["umount", str(data_dir / "snapshots")], check=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -27,6 +27,7 @@ Taking one depends on where the sandbox's RAM lives:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import shutil
@@ -112,6 +113,14 @@ class Snapshots:
                 await self._flatten(snapshot)
             else:
                 (directory / _RAM_STATE).rename(snapshot.state_file)
+        except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            unchanged = "the sandbox runs on unchanged"
+            if exc.errno == errno.ENOSPC:
+                raise errors.DiskFullError(
+                    f"no space left for the snapshot in {self.directory}; {unchanged}"
+                ) from exc
+            raise errors.IOError(f"writing the snapshot failed ({exc}); {unchanged}") from exc
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
