@@ -39,6 +39,8 @@ class Plan:
     fork_counts: tuple[int, ...]
     idle_counts: tuple[int, ...]
     clients: int
+    #: Try to hold this many idle sandboxes at once (0: skip): how far the host goes before create fails.
+    density_max: int = 0
 
 
 QUICK = Plan(
@@ -95,6 +97,8 @@ class Suite:
             self._creates()
             self._density()
             self._concurrency()
+            if self.plan.density_max:
+                self._capacity(self.plan.density_max)
         finally:
             self.http.close()
         return self.report
@@ -236,6 +240,31 @@ class Suite:
                     note=f"total {total:.0f} MiB",
                 )
             )
+
+    def _capacity(self, limit: int) -> None:
+        """Idle sandboxes held at once until a create fails (cleanly, with an error code) or ``limit``."""
+        held = 0
+        outcome = f"stopped at the limit of {limit}"
+        with ExitStack() as stack:
+            started = time.perf_counter()
+            while held < limit:
+                try:
+                    stack.enter_context(self._sandbox())
+                except EmberError as exc:
+                    outcome = f"create {held + 1} failed: {exc.code}"
+                    break
+                held += 1
+                if held % 10 == 0:
+                    self.say(f"holding {held} idle sandboxes")
+            seconds = time.perf_counter() - started
+        self._add(
+            Row(
+                "idle sandboxes held at once",
+                [float(held)],
+                unit="sandboxes",
+                note=f"{outcome}; {seconds:.0f} s",
+            )
+        )
 
     def _concurrency(self) -> None:
         clients = self.plan.clients

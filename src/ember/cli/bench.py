@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -21,9 +22,13 @@ def bench(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Also write the results to this file.")
     ] = None,
+    capacity: Annotated[
+        int, typer.Option("--capacity", help="Also hold up to N idle sandboxes, until a create fails.")
+    ] = 0,
 ) -> None:
     """Measure Ember's speed and density (p50/p95/p99), each latency next to its floor."""
-    suite = Suite(QUICK if quick else FULL, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
+    plan = replace(QUICK if quick else FULL, density_max=capacity)
+    suite = Suite(plan, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
     report = suite.run()
     stdout.print(_table(report))
     if json_file is not None:
