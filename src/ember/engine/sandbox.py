@@ -143,9 +143,16 @@ class Sandbox:
         """Put a freshly restored sandbox in the warm pool: running, but nobody's yet.
 
         Under TCG a restored guest starts with no translated code, so its first
-        requests are slow; the hand-over's request is made once here, off the clock.
+        requests are slow. The hand-over's request, a cell (in a throwaway
+        context, so the user's REPL and its execution count are untouched) and a
+        command are made once here, off the clock: the code they run is the code
+        the user's first calls run.
         """
         await self._reidentify()
+        context = await self.code.create_context()
+        await self.code.run("1 + 1", context_id=context.context_id)
+        await self.code.delete_context(context.context_id)
+        await self.commands.run("true")
         self._set_state(SandboxState.POOLED)
 
     async def hand_over(self, config: SandboxConfig) -> None:
