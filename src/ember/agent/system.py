@@ -38,6 +38,8 @@ def bring_up_loopback() -> None:
 def set_hostname(name: str) -> None:
     if not name or len(name) > _MAX_HOSTNAME or not all(c.isalnum() or c == "-" for c in name):
         raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid hostname {name!r}")
+    if socket.gethostname() == name:
+        return  # a pooled sandbox's hand-over: no files to rewrite on the clock
     socket.sethostname(name)
     with open("/etc/hostname", "w") as handle:
         handle.write(name + "\n")
