@@ -111,6 +111,26 @@ async def test_a_restored_sandbox_can_be_snapshotted_and_forked_again(sandbox_fa
             await manager.destroy(sandbox.id)
 
 
+async def test_restored_sandboxes_never_write_the_snapshot_memory_file(sandbox_factory, manager):
+    source = await sandbox_factory()
+    snapshot = await manager.snapshot(source.id)
+    memory = Path(snapshot.directory, "memory")
+    before = memory.stat()
+    restored = await sandbox_factory(snapshot=snapshot.id)
+    # Touch and free a lot of memory, as a package install does, and give the guest time to report it.
+    freed = await restored.code.run(
+        "x = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\ndel x"
+    )
+    assert freed.error is None, freed.error
+    await restored.commands.run("sync; echo 3 > /proc/sys/vm/drop_caches; sleep 3")
+    after = memory.stat()
+    assert (after.st_mtime_ns, after.st_blocks, after.st_size) == (
+        before.st_mtime_ns,
+        before.st_blocks,
+        before.st_size,
+    )
+
+
 async def test_deleted_snapshot_files_go_with_the_last_sandbox_that_maps_them(sandbox_factory, manager):
     source = await sandbox_factory()
     snapshot = await manager.snapshot(source.id)
@@ -140,9 +160,10 @@ async def test_bad_snapshot_and_fork_requests_change_nothing(sandbox_factory, ma
     with pytest.raises(errors.SnapshotNotFoundError):
         await manager.create(snapshot=snapshot.id, owner="someone else")
     # Images that changed under a snapshot: refused, never a hang.
-    manager.store.save_snapshot(replace(snapshot, kernel="/nonexistent/vmlinux"))
-    with pytest.raises(errors.SnapshotIncompatibleError):
-        await manager.create(snapshot=snapshot.id)
+    for changed in (replace(snapshot, kernel="/nonexistent/vmlinux"), replace(snapshot, machine="older")):
+        manager.store.save_snapshot(changed)
+        with pytest.raises(errors.SnapshotIncompatibleError):
+            await manager.create(snapshot=snapshot.id)
     await manager.delete_snapshot(snapshot.id)
     assert source.state is SandboxState.RUNNING
     assert await value(source, "'still fine'") == "still fine"

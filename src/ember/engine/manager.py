@@ -120,7 +120,7 @@ class SandboxManager:
                 source = None
             template = source.name if source is not None else None
         if source is not None:
-            Snapshots.check_restorable(source)
+            self.snapshots.check_restorable(source)
             vcpus, memory_mb, disk_mb = source.vcpus, source.memory_mib, source.disk_mib
         config = limits.validate(
             SandboxConfig(
@@ -215,7 +215,7 @@ class SandboxManager:
 
     async def _restore_for_pool(self, template: str) -> Sandbox:
         source = self.snapshots.template(template)
-        Snapshots.check_restorable(source)
+        self.snapshots.check_restorable(source)
         config = SandboxConfig(
             vcpus=source.vcpus, memory_mib=source.memory_mib, disk_mib=source.disk_mib, template=template
         )
@@ -274,7 +274,8 @@ class SandboxManager:
         """
         base = self.store.snapshot_named(BASE_TEMPLATE)
         images = self.images
-        if base is None or (base.kernel, base.rootfs) != (str(images.kernel), str(images.rootfs)):
+        current = (str(images.kernel), str(images.rootfs), self.driver.machine_abi)
+        if base is None or (base.kernel, base.rootfs, base.machine) != current:
             return None
         return base
 

@@ -87,6 +87,7 @@ class Snapshots:
             rootfs=record.rootfs,
             disk_chain=list(record.disk_chain),
             source_sandbox=record.id,
+            machine=self.driver.machine_abi,
             metadata=dict(metadata or {}),
         )
         try:
@@ -164,9 +165,14 @@ class Snapshots:
 
     # ------------------------------------------------------------ restoring
 
-    @staticmethod
-    def check_restorable(snapshot: SnapshotRecord) -> None:
-        """Refuse a snapshot whose kernel or base image is gone (a restore needs the very same)."""
+    def check_restorable(self, snapshot: SnapshotRecord) -> None:
+        """Refuse a snapshot whose kernel, base image or VM machine is not this host's any more."""
+        if snapshot.machine != self.driver.machine_abi:
+            raise errors.SnapshotIncompatibleError(
+                f"snapshot {snapshot.id} was saved by another version of Ember's VM "
+                f"({snapshot.machine or 'unversioned'}, now {self.driver.machine_abi}); "
+                "take a new snapshot (or rebuild the template)"
+            )
         missing = [p for p in (snapshot.kernel, snapshot.rootfs) if not Path(p).exists()]
         if missing:
             raise errors.SnapshotIncompatibleError(

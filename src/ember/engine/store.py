@@ -94,6 +94,8 @@ class SnapshotRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     size_bytes: int = 0
+    #: The VMM's machine ABI it was saved under (``QemuDriver.machine_abi``).
+    machine: str = ""
 
     @property
     def memory_file(self) -> Path:

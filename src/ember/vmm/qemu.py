@@ -122,8 +122,10 @@ class QemuVM(VirtualMachine):
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-device,rng=rng0",
-            # Free page reporting: pages the guest frees go back to the host.
-            "-device", "virtio-balloon-device,free-page-reporting=on",
+            # No free page reporting: QEMU 7.2 answers a report by punching holes in
+            # the memory *file*, even under a private (copy-on-write) mapping, which
+            # would corrupt the snapshot that every restored sandbox maps.
+            "-device", "virtio-balloon-device",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-pidfile", str(spec.run_dir / "qemu.pid"),
             # Restored VMs stay paused after loading until `cont` (or for good, to be saved again).
@@ -377,6 +379,9 @@ class QemuDriver:
     """Makes QEMU VMs with the acceleration chosen once for this host."""
 
     name = "qemu"
+    #: The machine and device set a saved VM state belongs to: a state saved under
+    #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
+    machine_abi = "qemu-microvm-2"
 
     def __init__(self, settings: Settings, accel: Acceleration) -> None:
         self.settings = settings
