@@ -23,6 +23,7 @@ mkdir -p "$work/debs/partial" "$work/root"
 debugfs -R "cat /var/lib/dpkg/status" "$rootfs" >"$work/status" 2>/dev/null
 
 echo "==> downloading the Debian packages the guest lacks"
+apt-get -q update >/dev/null # current package lists: stale ones name versions the mirror no longer has
 apt-get -q -o Dir::State::status="$work/status" -o Dir::Cache::archives="$work/debs" \
   -o Debug::NoLocking=1 -o APT::Install-Recommends=false install --download-only -y \
   "${packages[@]}" >/dev/null

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from ember.cli._build_progress import RichBuildProgress
-from ember.engine import SandboxManager
-from ember.engine.store import SnapshotRecord
 from ember.images import ImagesError, ensure_guest_images
 from ember.settings import Settings
+
+if TYPE_CHECKING:
+    from ember.engine.store import SnapshotRecord
 
 image_app = typer.Typer(help="Guest kernel and root filesystem.", no_args_is_help=True)
 
@@ -48,7 +50,10 @@ def build(
 
 
 async def _ensure_base_template(settings: Settings) -> SnapshotRecord:
-    # The engine directly, without a daemon: only this one sandbox is touched.
+    # The engine directly, without a daemon: only this one sandbox is touched. Imported
+    # here so that every other ``ember`` command starts without loading the engine.
+    from ember.engine import SandboxManager
+
     manager = SandboxManager(settings)
     try:
         return await manager.ensure_base_template()

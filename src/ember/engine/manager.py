@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ember import errors
@@ -30,6 +31,7 @@ from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images import GuestImages, ImagesMissing, find_guest_images
 from ember.settings import Settings
 from ember.vmm import QemuDriver, detect
+from ember.vmm.base import Restore
 
 log = logging.getLogger("ember.engine")
 
@@ -192,7 +194,11 @@ class SandboxManager:
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        spec = vm_spec(record) if source is None else Snapshots.restore_spec(source, run_dir, top)
+        # The record already names the snapshot's memory file, shape and images: a
+        # restore is the same VM, told to load the snapshot's state instead of booting.
+        spec = vm_spec(record)
+        if source is not None:
+            spec = replace(spec, restore=Restore(source.state_file))
         # A restored guest keeps the environment it was saved with unless the caller gives one.
         sandbox_env = config.env if source is None or config.env else None
         sandbox = Sandbox(record, self.driver.create(spec), self.store, sandbox_env)

@@ -36,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ember import errors
-from ember.engine.disks import Layers, disk_format
+from ember.engine.disks import Layers
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
@@ -179,22 +179,6 @@ class Snapshots:
                 f"snapshot {snapshot.id} was taken on guest images that are gone ({', '.join(missing)}); "
                 "take a new snapshot (or rebuild the template) on the current images"
             )
-
-    @staticmethod
-    def restore_spec(snapshot: SnapshotRecord, run_dir: Path, disk: Path) -> VmSpec:
-        """The spec of a new VM that resumes ``snapshot``, writing to its own ``disk``."""
-        return VmSpec(
-            vcpus=snapshot.vcpus,
-            memory_mib=snapshot.memory_mib,
-            kernel=Path(snapshot.kernel),
-            rootfs=Path(snapshot.rootfs),
-            disk=disk,
-            disk_format=disk_format(disk),
-            run_dir=run_dir,
-            memory_file=snapshot.memory_file,
-            memory_shared=False,
-            restore=Restore(snapshot.state_file),
-        )
 
     # ------------------------------------------------------------ finding and deleting
 
