@@ -15,6 +15,7 @@ from ember.cli.bench import bench
 from ember.cli.execute import execute, run
 from ember.cli.images import image_app
 from ember.cli.keys import keys_app
+from ember.cli.mcp import mcp
 from ember.cli.sandboxes import download, kill, ls, upload
 from ember.cli.serve import serve
 from ember.cli.shell import shell
@@ -38,6 +39,7 @@ app.command()(download)
 app.command()(fork)
 app.command()(pool)
 app.command()(bench)
+app.command()(mcp)
 app.add_typer(image_app, name="image")
 app.add_typer(keys_app, name="keys")
 app.add_typer(snapshot_app, name="snapshot")

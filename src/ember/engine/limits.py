@@ -12,9 +12,8 @@ import re
 
 from ember.engine.sandbox import SandboxConfig
 from ember.errors import InvalidRequestError, ResourceExhaustedError
-from ember.vmm.base import MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS
+from ember.vmm.base import MAX_DISK_MIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_MIB, MIN_MEMORY_MIB, MIN_VCPUS
 
-MIN_DISK_MIB, MAX_DISK_MIB = 256, 1024 * 1024
 MAX_ENV_ENTRIES = 1000
 MAX_ENV_BYTES = 256 * 1024
 MAX_METADATA_ENTRIES = 64

@@ -1,0 +1,1 @@
+"""Ember inside agent frameworks; each integration needs its own extra (``ember[mcp]``, ...)."""
