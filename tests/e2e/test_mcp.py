@@ -35,7 +35,8 @@ class Swatch:
             return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         rows = b"".join(b"\\x00" + b"\\xff\\x00\\x00" * 4 for _ in range(4))
         header = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
-        return b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+        body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+        return b"\\x89PNG\\r\\n\\x1a\\n" + body
 
     def _repr_json_(self):
         return {"colour": "red", "size": 4}
@@ -47,6 +48,14 @@ Swatch()
 @pytest.fixture(scope="module")
 def http_url(daemon: Daemon) -> Iterator[str]:
     """``ember mcp --transport http`` on a free loopback port, stopped (SIGTERM) after the module."""
+    process, url = _start_http_server(daemon)
+    try:
+        yield url
+    finally:
+        _stop(process)
+
+
+def _start_http_server(daemon: Daemon) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "ember", "mcp", "--transport", "http", "--port", str(port)],
@@ -57,11 +66,16 @@ def http_url(daemon: Daemon) -> Iterator[str]:
     )
     try:
         _wait_for_port(process, port)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        stop_process(process)
-        assert process.stderr is not None
-        process.stderr.close()
+    except BaseException:
+        _stop(process)
+        raise
+    return process, f"http://127.0.0.1:{port}/mcp"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    stop_process(process)
+    assert process.stderr is not None
+    process.stderr.close()
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
@@ -240,3 +254,76 @@ async def test_a_sandbox_from_create_to_kill(connect: Any, daemon: Daemon) -> No
             if snapshot_id is not None:
                 await _call(client, "delete_snapshot", snapshot_id=snapshot_id)
         assert await _running(daemon) == before
+
+
+async def _error(client: Client, tool: str, **arguments: Any) -> str:
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, f"{tool}({arguments}) succeeded: {_text(result)}"
+    return _text(result)
+
+
+async def test_bad_arguments_and_unknown_ids_are_tool_errors_the_model_can_act_on(
+    connect: Any, daemon: Daemon
+) -> None:
+    before = await _running(daemon)
+    async with connect() as client:
+        unknown = await _error(client, "run_code", sandbox_id="0123456789abcdef", code="1")
+        assert "[sandbox_not_found]" in unknown and "create_sandbox" in unknown
+        assert "[template_not_found]" in await _error(client, "create_sandbox", template="no-such-template")
+        too_big = await _error(client, "create_sandbox", memory_mb=100_000)
+        assert "memory_mb" in too_big and "8192" in too_big
+        assert "sandbox_id" in await _error(client, "kill_sandbox", sandbox_id=42)
+        wrong_type = await _error(
+            client, "run_command", sandbox_id="0123456789abcdef", command="ls", timeout="soon"
+        )
+        assert "timeout" in wrong_type
+        assert "code" in await _error(client, "run_code", sandbox_id="0123456789abcdef")
+    assert await _running(daemon) == before, "a refused call started a sandbox"
+
+
+async def test_bad_paths_are_tool_errors(daemon: Daemon) -> None:
+    server = StdioServerParameters(command=sys.executable, args=["-m", "ember", "mcp"], env=daemon.cli_env)
+    async with Client(server) as client:
+        sandbox_id = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
+        try:
+            assert "depth" in await _error(client, "list_files", sandbox_id=sandbox_id, depth=0)
+            assert "path" in await _error(client, "read_file", sandbox_id=sandbox_id, path="/etc/\0passwd")
+            missing = await _error(client, "read_file", sandbox_id=sandbox_id, path="no/such/file")
+            assert "[file_not_found]" in missing and "list_files" in missing
+            assert "[is_a_directory]" in await _error(client, "read_file", sandbox_id=sandbox_id, path="/app")
+            outside = await _error(
+                client, "write_file", sandbox_id=sandbox_id, path="../proc/version", content="x"
+            )
+            assert "/proc/version" in outside and "[invalid_request]" in outside and "run_command" in outside
+            bad_base64 = await _error(
+                client, "write_file", sandbox_id=sandbox_id, path="b.bin", content="%%%", encoding="base64"
+            )
+            assert "[invalid_request]" in bad_base64
+        finally:
+            await _call(client, "kill_sandbox", sandbox_id=sandbox_id)
+        assert "[sandbox_not_found]" in await _error(
+            client, "run_command", sandbox_id=sandbox_id, command="true"
+        )
+        assert "[sandbox_not_found]" in await _error(client, "kill_sandbox", sandbox_id=sandbox_id)
+
+
+async def test_sandboxes_a_stdio_server_started_end_when_its_client_leaves(daemon: Daemon) -> None:
+    before = await _running(daemon)
+    server = StdioServerParameters(command=sys.executable, args=["-m", "ember", "mcp"], env=daemon.cli_env)
+    async with Client(server) as client:
+        made = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
+        assert made in await _running(daemon)
+    assert await _running(daemon) == before, "the server left its sandboxes running when its client left"
+
+
+async def test_sandboxes_an_http_server_started_end_when_it_is_stopped(daemon: Daemon) -> None:
+    before = await _running(daemon)
+    process, url = _start_http_server(daemon)
+    try:
+        async with Client(url) as client:
+            made = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
+        assert made in await _running(daemon), "a sandbox must outlive the HTTP session that made it"
+    finally:
+        _stop(process)
+    assert process.returncode is not None
+    assert await _running(daemon) == before, "the server left its sandboxes running when it stopped"

@@ -8,6 +8,7 @@ reads these signatures to build the schemas.
 
 import base64
 import builtins
+import posixpath
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver.exceptions import ToolError
@@ -18,6 +19,7 @@ from ember.integrations.mcp import models
 from ember.integrations.mcp.content import execution_content, file_content
 from ember.integrations.mcp.errors import reports_ember_errors
 from ember.integrations.mcp.sandboxes import SandboxRegistry
+from ember.protocol.messages import DEFAULT_WORKDIR
 from ember.vmm.base import MAX_DISK_MIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_MIB, MIN_MEMORY_MIB, MIN_VCPUS
 
 #: Longest lifetime, idle time, cell or command an agent may ask for (a day; an hour per call).
@@ -27,6 +29,9 @@ MAX_CALL_S = 3_600
 MAX_READ_BYTES = 8 * 1024 * 1024
 MAX_LIST_DEPTH = 8
 MAX_FORKS = 8
+#: The kernel's virtual filesystems: their files are changed in place, which write_file (a whole-file
+#: replace through a temporary file beside the target) cannot do.
+VIRTUAL_FILESYSTEMS = ("/proc", "/sys", "/dev")
 
 SandboxId = Annotated[
     str,
@@ -182,7 +187,11 @@ class SandboxTools:
             int | None, Field(ge=0, le=0o7777, description="Permission bits as a number, e.g. 493 for 0o755.")
         ] = None,
     ) -> models.File:
-        """Write a file in the sandbox, replacing it whole; parent directories are created."""
+        """Write a file in the sandbox, replacing it whole; parent directories are created.
+
+        Not for /proc, /sys or /dev: change those with run_command (e.g. echo 1 > /proc/...).
+        """
+        _refuse_virtual_filesystems(path)
         data = _decode(content, encoding)
         async with self._sandboxes.use(sandbox_id) as sandbox:
             return models.File.of(await sandbox.files.write(path, data, mode=mode))
@@ -265,6 +274,16 @@ class SandboxTools:
         """Delete a snapshot; sandboxes already started from it keep running."""
         await self._sandboxes.delete_snapshot(snapshot_id)
         return f"deleted snapshot {snapshot_id}"
+
+
+def _refuse_virtual_filesystems(path: str) -> None:
+    absolute = "/" + posixpath.normpath(posixpath.join(DEFAULT_WORKDIR, path)).lstrip("/")
+    for root in VIRTUAL_FILESYSTEMS:
+        if absolute == root or absolute.startswith(root + "/"):
+            raise ToolError(
+                f"{absolute} is in {root}, a kernel virtual filesystem that write_file cannot change "
+                f"[invalid_request]: use run_command, e.g. echo VALUE > {absolute}"
+            )
 
 
 def _decode(content: str, encoding: str) -> bytes:
