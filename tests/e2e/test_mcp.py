@@ -249,6 +249,9 @@ async def test_a_sandbox_from_create_to_kill(connect: Any, daemon: Daemon) -> No
             listed_sandboxes = (await _call(client, "list_sandboxes")).structured_content["sandboxes"]
             assert {sandbox_id, fork["id"]} <= {entry["id"] for entry in listed_sandboxes}
             await _call(client, "kill_sandbox", sandbox_id=fork["id"])
+            gone = await _error(client, "run_command", sandbox_id=fork["id"], command="true")
+            assert "[sandbox_not_found]" in gone and "create_sandbox" in gone
+            assert "[sandbox_not_found]" in await _error(client, "kill_sandbox", sandbox_id=fork["id"])
         finally:
             await _call(client, "kill_sandbox", sandbox_id=sandbox_id)
             if snapshot_id is not None:
@@ -281,39 +284,28 @@ async def test_bad_arguments_and_unknown_ids_are_tool_errors_the_model_can_act_o
     assert await _running(daemon) == before, "a refused call started a sandbox"
 
 
-async def test_bad_paths_are_tool_errors(daemon: Daemon) -> None:
-    server = StdioServerParameters(command=sys.executable, args=["-m", "ember", "mcp"], env=daemon.cli_env)
-    async with Client(server) as client:
-        sandbox_id = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
-        try:
-            assert "depth" in await _error(client, "list_files", sandbox_id=sandbox_id, depth=0)
-            assert "path" in await _error(client, "read_file", sandbox_id=sandbox_id, path="/etc/\0passwd")
-            missing = await _error(client, "read_file", sandbox_id=sandbox_id, path="no/such/file")
-            assert "[file_not_found]" in missing and "list_files" in missing
-            assert "[is_a_directory]" in await _error(client, "read_file", sandbox_id=sandbox_id, path="/app")
-            outside = await _error(
-                client, "write_file", sandbox_id=sandbox_id, path="../proc/version", content="x"
-            )
-            assert "/proc/version" in outside and "[invalid_request]" in outside and "run_command" in outside
-            bad_base64 = await _error(
-                client, "write_file", sandbox_id=sandbox_id, path="b.bin", content="%%%", encoding="base64"
-            )
-            assert "[invalid_request]" in bad_base64
-        finally:
-            await _call(client, "kill_sandbox", sandbox_id=sandbox_id)
-        assert "[sandbox_not_found]" in await _error(
-            client, "run_command", sandbox_id=sandbox_id, command="true"
-        )
-        assert "[sandbox_not_found]" in await _error(client, "kill_sandbox", sandbox_id=sandbox_id)
-
-
-async def test_sandboxes_a_stdio_server_started_end_when_its_client_leaves(daemon: Daemon) -> None:
+async def test_bad_paths_are_tool_errors_and_the_sandbox_ends_when_the_stdio_client_leaves(
+    daemon: Daemon,
+) -> None:
     before = await _running(daemon)
     server = StdioServerParameters(command=sys.executable, args=["-m", "ember", "mcp"], env=daemon.cli_env)
     async with Client(server) as client:
-        made = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
-        assert made in await _running(daemon)
-    assert await _running(daemon) == before, "the server left its sandboxes running when its client left"
+        sandbox_id = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
+        assert sandbox_id in await _running(daemon)
+        assert "depth" in await _error(client, "list_files", sandbox_id=sandbox_id, depth=0)
+        assert "path" in await _error(client, "read_file", sandbox_id=sandbox_id, path="/etc/\0passwd")
+        missing = await _error(client, "read_file", sandbox_id=sandbox_id, path="no/such/file")
+        assert "[file_not_found]" in missing and "list_files" in missing
+        assert "[is_a_directory]" in await _error(client, "read_file", sandbox_id=sandbox_id, path="/app")
+        outside = await _error(
+            client, "write_file", sandbox_id=sandbox_id, path="../proc/version", content="x"
+        )
+        assert "/proc/version" in outside and "[invalid_request]" in outside and "run_command" in outside
+        bad_base64 = await _error(
+            client, "write_file", sandbox_id=sandbox_id, path="b.bin", content="%%%", encoding="base64"
+        )
+        assert "[invalid_request]" in bad_base64
+    assert await _running(daemon) == before, "the server left its sandbox running when its client left"
 
 
 async def test_sandboxes_an_http_server_started_end_when_it_is_stopped(daemon: Daemon) -> None:
