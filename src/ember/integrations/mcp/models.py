@@ -1,14 +1,34 @@
-"""What the tools return as structured content (and so their output schemas), built from SDK objects."""
+"""What the tools return as structured content (and so their output schemas).
+
+Each model reads the SDK object of the same shape by attribute
+(``Sandbox.model_validate(info)``; a cell's outcome from its wire form), keeping
+only what a model needs; output text is clipped on the way in.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
 
-from ember.client import CommandResult, Execution, FileInfo, SandboxInfo, SnapshotInfo
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from ember.integrations.mcp.content import clip
 
 
-class Sandbox(BaseModel):
+class _FromSdk(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _Output(_FromSdk):
+    stdout: str
+    stderr: str
+
+    @field_validator("stdout", "stderr")
+    @classmethod
+    def _clip(cls, text: str) -> str:
+        return clip(text)
+
+
+class Sandbox(_FromSdk):
     id: str = Field(description="Pass this to the other tools as sandbox_id.")
     state: str
     vcpus: int
@@ -19,26 +39,12 @@ class Sandbox(BaseModel):
     hostname: str | None = None
     expires_at: float | None = Field(None, description="When its lifetime ends (Unix time); None: no limit.")
 
-    @classmethod
-    def of(cls, info: SandboxInfo) -> Sandbox:
-        return cls(
-            id=info.id,
-            state=info.state,
-            vcpus=info.vcpus,
-            memory_mb=info.memory_mb,
-            disk_mb=info.disk_mb,
-            template=info.template,
-            snapshot=info.snapshot,
-            hostname=info.hostname,
-            expires_at=info.expires_at,
-        )
-
 
 class Sandboxes(BaseModel):
     sandboxes: list[Sandbox]
 
 
-class Snapshot(BaseModel):
+class Snapshot(_FromSdk):
     id: str = Field(description="Pass this to create_sandbox as snapshot to start a copy.")
     kind: str = Field(description="snapshot, or template (then start copies with its name).")
     name: str | None = None
@@ -49,20 +55,6 @@ class Snapshot(BaseModel):
     size_bytes: int
     created_at: float
 
-    @classmethod
-    def of(cls, info: SnapshotInfo) -> Snapshot:
-        return cls(
-            id=info.id,
-            kind=info.kind,
-            name=info.name,
-            source_sandbox=info.source_sandbox,
-            vcpus=info.vcpus,
-            memory_mb=info.memory_mb,
-            disk_mb=info.disk_mb,
-            size_bytes=info.size_bytes,
-            created_at=info.created_at,
-        )
-
 
 class Snapshots(BaseModel):
     snapshots: list[Snapshot]
@@ -72,15 +64,23 @@ class DisplayedValue(BaseModel):
     formats: list[str] = Field(description="MIME types of the value; images are in the tool's content.")
     text: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _of_wire_result(cls, value: Any) -> Any:
+        """A result as the API sends it: ``{"data": {mime: value}, "is_main_result": ...}``."""
+        if isinstance(value, dict) and "data" in value:
+            data = value["data"]
+            text = data.get("text/plain")
+            return {"formats": sorted(data), "text": None if text is None else clip(text)}
+        return value
 
-class CodeError(BaseModel):
+
+class CodeError(_FromSdk):
     name: str
     value: str
 
 
-class CodeRun(BaseModel):
-    stdout: str
-    stderr: str
+class CodeRun(_Output):
     results: list[DisplayedValue]
     error: CodeError | None = Field(None, description="The exception the code raised, if any.")
     execution_count: int
@@ -88,41 +88,13 @@ class CodeRun(BaseModel):
     restarted: bool = Field(description="The REPL died and was restarted: earlier state is lost.")
     exit_code: int | None = Field(None, description="Exit status of a bash cell; None for Python.")
 
-    @classmethod
-    def of(cls, execution: Execution) -> CodeRun:
-        error = execution.error
-        return cls(
-            stdout=clip(execution.stdout),
-            stderr=clip(execution.stderr),
-            results=[
-                DisplayedValue(formats=sorted(result.data), text=result.text and clip(result.text))
-                for result in execution.results
-            ],
-            error=None if error is None else CodeError(name=error.name, value=error.value),
-            execution_count=execution.execution_count,
-            timed_out=execution.timed_out,
-            restarted=execution.restarted,
-            exit_code=execution.exit_code,
-        )
 
-
-class CommandRun(BaseModel):
+class CommandRun(_Output):
     exit_code: int | None = Field(description="The command's exit status; None when a signal ended it.")
-    stdout: str
-    stderr: str
     timed_out: bool
 
-    @classmethod
-    def of(cls, result: CommandResult) -> CommandRun:
-        return cls(
-            exit_code=result.exit_code,
-            stdout=clip(result.stdout),
-            stderr=clip(result.stderr),
-            timed_out=result.timed_out,
-        )
 
-
-class File(BaseModel):
+class File(_FromSdk):
     path: str
     type: str = Field(description="file, dir, symlink or other.")
     size: int
@@ -130,16 +102,10 @@ class File(BaseModel):
     mtime: float
     symlink_target: str | None = None
 
+    @field_validator("mode", mode="before")
     @classmethod
-    def of(cls, info: FileInfo) -> File:
-        return cls(
-            path=info.path,
-            type=info.type,
-            size=info.size,
-            mode=f"{info.mode:o}",
-            mtime=info.mtime,
-            symlink_target=info.symlink_target,
-        )
+    def _octal(cls, mode: int | str) -> str:
+        return f"{mode:o}" if isinstance(mode, int) else mode
 
 
 class Listing(BaseModel):

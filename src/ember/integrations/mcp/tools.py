@@ -132,7 +132,7 @@ class SandboxTools:
             memory_mb=memory_mb,
             disk_mb=disk_mb,
         )
-        return models.Sandbox.of(await sandbox.info())
+        return models.Sandbox.model_validate(await sandbox.info())
 
     @reports_ember_errors
     async def run_code(
@@ -153,7 +153,7 @@ class SandboxTools:
             execution = await sandbox.run_code(code, language=language, timeout=timeout)
         return CallToolResult(
             content=execution_content(execution),
-            structured_content=models.CodeRun.of(execution).model_dump(mode="json"),
+            structured_content=models.CodeRun.model_validate(execution.to_wire()).model_dump(mode="json"),
         )
 
     @reports_ember_errors
@@ -172,7 +172,7 @@ class SandboxTools:
         """
         async with self._sandboxes.use(sandbox_id) as sandbox:
             result = await sandbox.commands.run(command, env=env, cwd=cwd, timeout=timeout)
-        return models.CommandRun.of(result)
+        return models.CommandRun.model_validate(result)
 
     @reports_ember_errors
     async def write_file(
@@ -194,7 +194,7 @@ class SandboxTools:
         _refuse_virtual_filesystems(path)
         data = _decode(content, encoding)
         async with self._sandboxes.use(sandbox_id) as sandbox:
-            return models.File.of(await sandbox.files.write(path, data, mode=mode))
+            return models.File.model_validate(await sandbox.files.write(path, data, mode=mode))
 
     @reports_ember_errors
     async def read_file(self, sandbox_id: SandboxId, path: GuestPath) -> ContentBlock:
@@ -223,7 +223,7 @@ class SandboxTools:
         """List a directory in the sandbox: each entry's path, type, size, mode and mtime."""
         async with self._sandboxes.use(sandbox_id) as sandbox:
             entries = await sandbox.files.list(path, depth=depth)
-        return models.Listing(path=path, entries=[models.File.of(entry) for entry in entries])
+        return models.Listing(path=path, entries=[models.File.model_validate(entry) for entry in entries])
 
     @reports_ember_errors
     async def snapshot_sandbox(self, sandbox_id: SandboxId) -> models.Snapshot:
@@ -232,7 +232,7 @@ class SandboxTools:
         create_sandbox(snapshot=<id>) starts copies of it later, even after this server stops.
         """
         async with self._sandboxes.use(sandbox_id) as sandbox:
-            return models.Snapshot.of(await sandbox.snapshot())
+            return models.Snapshot.model_validate(await sandbox.snapshot())
 
     @reports_ember_errors
     async def fork_sandbox(
@@ -247,7 +247,9 @@ class SandboxTools:
         async with self._sandboxes.use(sandbox_id) as sandbox:
             forks = await sandbox.fork(count)
         self._sandboxes.adopt(forks)
-        return models.Sandboxes(sandboxes=[models.Sandbox.of(await fork.info()) for fork in forks])
+        return models.Sandboxes(
+            sandboxes=[models.Sandbox.model_validate(await fork.info()) for fork in forks]
+        )
 
     @reports_ember_errors
     async def kill_sandbox(self, sandbox_id: SandboxId) -> str:
@@ -258,13 +260,15 @@ class SandboxTools:
     @reports_ember_errors
     async def list_sandboxes(self) -> models.Sandboxes:
         """The running sandboxes this server's API key can use."""
-        return models.Sandboxes(sandboxes=[models.Sandbox.of(info) for info in await self._sandboxes.list()])
+        return models.Sandboxes(
+            sandboxes=[models.Sandbox.model_validate(info) for info in await self._sandboxes.list()]
+        )
 
     @reports_ember_errors
     async def list_snapshots(self) -> models.Snapshots:
         """The templates and snapshots sandboxes can start from (create_sandbox template= or snapshot=)."""
         found = await self._sandboxes.list_snapshots()
-        return models.Snapshots(snapshots=[models.Snapshot.of(info) for info in found])
+        return models.Snapshots(snapshots=[models.Snapshot.model_validate(info) for info in found])
 
     @reports_ember_errors
     async def delete_snapshot(
