@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx2
 import pytest
 from e2e_support import Daemon, free_port, stop_process
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
+from ember.client import AsyncKeys as Keys
 from ember.client import AsyncSandbox
 
 SERVER_START_TIMEOUT_S = 60.0
@@ -94,20 +97,30 @@ def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
 @pytest.fixture(params=["stdio", "http"])
 def connect(request: pytest.FixtureRequest, daemon: Daemon) -> Any:
     """Opens an MCP client session to ``ember mcp`` over the transport the test is parametrized with."""
-    server: StdioServerParameters | str
-    if request.param == "stdio":
-        server = StdioServerParameters(
-            command=sys.executable, args=["-m", "ember", "mcp"], env=daemon.cli_env
-        )
-    else:
-        server = request.getfixturevalue("http_url")
+    if request.param == "http":
+        url = request.getfixturevalue("http_url")
+        return lambda: _http_session(url, daemon.api_key)
 
     @asynccontextmanager
     async def session() -> AsyncIterator[Client]:
+        server = StdioServerParameters(
+            command=sys.executable, args=["-m", "ember", "mcp"], env=daemon.cli_env
+        )
         async with Client(server) as client:
             yield client
 
     return session
+
+
+@asynccontextmanager
+async def _http_session(url: str, api_key: str | None) -> AsyncIterator[Client]:
+    """A client of the HTTP endpoint, presenting `api_key` (an Ember API key) as its bearer token."""
+    headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
 
 
 async def _call(client: Client, tool: str, **arguments: Any) -> CallToolResult:
@@ -312,10 +325,43 @@ async def test_sandboxes_an_http_server_started_end_when_it_is_stopped(daemon: D
     before = await _running(daemon)
     process, url = _start_http_server(daemon)
     try:
-        async with Client(url) as client:
+        async with _http_session(url, daemon.api_key) as client:
             made = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
         assert made in await _running(daemon), "a sandbox must outlive the HTTP session that made it"
     finally:
         _stop(process)
     assert process.returncode is not None
     assert await _running(daemon) == before, "the server left its sandboxes running when it stopped"
+
+
+async def test_http_callers_need_an_ember_api_key_and_see_only_their_own_sandboxes(
+    daemon: Daemon, http_url: str
+) -> None:
+    for key in (None, "not-an-ember-key"):
+        async with httpx2.AsyncClient(
+            headers={} if key is None else {"Authorization": f"Bearer {key}"}
+        ) as http:
+            response = await http.post(http_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert response.status_code == 401, response.text
+
+    async with Keys(base_url=daemon.url, api_key=daemon.api_key) as keys:
+        other = await keys.create("mcp-e2e-other")
+        try:
+            async with _http_session(http_url, daemon.api_key) as owner:
+                mine = (await _call(owner, "create_sandbox", vcpus=1)).structured_content["id"]
+                try:
+                    async with _http_session(http_url, other.key) as stranger:
+                        listed = (await _call(stranger, "list_sandboxes")).structured_content["sandboxes"]
+                        assert mine not in {entry["id"] for entry in listed}
+                        refused = await _error(stranger, "run_command", sandbox_id=mine, command="true")
+                        assert "[sandbox_not_found]" in refused
+                        assert "[sandbox_not_found]" in await _error(
+                            stranger, "kill_sandbox", sandbox_id=mine
+                        )
+                    assert (
+                        await _call(owner, "run_command", sandbox_id=mine, command="true")
+                    ).structured_content["exit_code"] == 0
+                finally:
+                    await _call(owner, "kill_sandbox", sandbox_id=mine)
+        finally:
+            await keys.revoke(other.id)

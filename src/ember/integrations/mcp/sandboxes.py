@@ -2,7 +2,9 @@
 
 Sandboxes this server created (or forked) are killed when it stops, so an agent
 that forgets to clean up leaves nothing running; a snapshot keeps what must last.
-Sandboxes made elsewhere are reached by id and never killed unless asked.
+Sandboxes made elsewhere are reached by id and never killed unless asked. Every
+call acts with one API key (an HTTP caller's own, see ``for_key``), and a held
+sandbox is found only under the key that made it.
 """
 
 from __future__ import annotations
@@ -22,23 +24,35 @@ class SandboxRegistry:
     """Owner of the MCP server's sandboxes; ``async with`` kills the ones it made on the way out."""
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None) -> None:
-        self._connection: dict[str, Any] = {"api_key": api_key, "base_url": base_url}
-        self._owned: dict[str, AsyncSandbox] = {}
+        self._api_key = api_key
+        #: The daemon's URL as configured (None: EMBER_URL, else the local daemon).
+        self.base_url = base_url
+        self._owned: dict[tuple[str | None, str], AsyncSandbox] = {}
+
+    def for_key(self, api_key: str) -> SandboxRegistry:
+        """This registry acting with `api_key` (the sandboxes held stay shared, each under its key)."""
+        view = SandboxRegistry(api_key=api_key, base_url=self.base_url)
+        view._owned = self._owned
+        return view
+
+    @property
+    def _connection(self) -> dict[str, Any]:
+        return {"api_key": self._api_key, "base_url": self.base_url}
 
     async def create(self, **spec: Any) -> AsyncSandbox:
         sandbox = await AsyncSandbox.create(**spec, **self._connection)
-        self._owned[sandbox.id] = sandbox
+        self._owned[self._api_key, sandbox.id] = sandbox
         return sandbox
 
     def adopt(self, sandboxes: Iterable[AsyncSandbox]) -> None:
         """Take ownership of sandboxes made from one of ours or another (forks)."""
         for sandbox in sandboxes:
-            self._owned[sandbox.id] = sandbox
+            self._owned[self._api_key, sandbox.id] = sandbox
 
     @asynccontextmanager
     async def use(self, sandbox_id: str) -> AsyncIterator[AsyncSandbox]:
         """The sandbox `sandbox_id`; an unknown id raises ``SandboxNotFoundError``."""
-        owned = self._owned.get(sandbox_id)
+        owned = self._owned.get((self._api_key, sandbox_id))
         if owned is not None:
             yield owned
             return
@@ -49,7 +63,7 @@ class SandboxRegistry:
             await joined.close()  # lets go of the connection; the sandbox runs on
 
     async def kill(self, sandbox_id: str) -> None:
-        owned = self._owned.pop(sandbox_id, None)
+        owned = self._owned.pop((self._api_key, sandbox_id), None)
         if owned is None:
             async with self.use(sandbox_id) as sandbox:
                 await sandbox.kill()
@@ -73,7 +87,8 @@ class SandboxRegistry:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        owned, self._owned = list(self._owned.values()), {}
+        owned = list(self._owned.values())
+        self._owned.clear()
         results = await asyncio.gather(*(sandbox.close() for sandbox in owned), return_exceptions=True)
         for sandbox, result in zip(owned, results, strict=True):
             if isinstance(result, BaseException):

@@ -7,6 +7,7 @@ from typing import Literal
 
 from mcp.server.mcpserver import MCPServer
 
+from ember.integrations.mcp.auth import EmberKeyVerifier, auth_settings
 from ember.integrations.mcp.sandboxes import SandboxRegistry
 from ember.integrations.mcp.tools import SandboxTools
 
@@ -24,10 +25,20 @@ when it stops; a snapshot outlives it.
 """
 
 
-def build_server(sandboxes: SandboxRegistry) -> MCPServer:
-    """An MCP server whose tools work on the sandboxes `sandboxes` holds."""
-    server = MCPServer("ember", instructions=INSTRUCTIONS, version=version("ember"), log_level="WARNING")
-    for tool, hints in SandboxTools(sandboxes).catalogue():
+def build_server(sandboxes: SandboxRegistry, *, http_url: str | None = None) -> MCPServer:
+    """An MCP server whose tools work on the sandboxes `sandboxes` holds.
+
+    Served over HTTP at `http_url`, each request must carry an Ember API key, and the tools act with it.
+    """
+    server = MCPServer(
+        "ember",
+        instructions=INSTRUCTIONS,
+        version=version("ember"),
+        log_level="WARNING",
+        auth=None if http_url is None else auth_settings(sandboxes.base_url, http_url),
+        token_verifier=None if http_url is None else EmberKeyVerifier(sandboxes.base_url),
+    )
+    for tool, hints in SandboxTools(sandboxes, keys_from_callers=http_url is not None).catalogue():
         server.add_tool(tool, annotations=hints)  # type: ignore[arg-type]
     return server
 
@@ -40,10 +51,14 @@ async def serve(
     api_key: str | None = None,
     base_url: str | None = None,
 ) -> None:
-    """Serve until the client hangs up (stdio) or the process is stopped (HTTP), then kill our sandboxes."""
+    """Serve until the client hangs up (stdio) or the process is stopped (HTTP), then kill our sandboxes.
+
+    Over HTTP every request must carry ``Authorization: Bearer <Ember API key>``.
+    """
     async with SandboxRegistry(api_key=api_key, base_url=base_url) as sandboxes:
-        server = build_server(sandboxes)
         if transport == "stdio":
-            await server.run_stdio_async()
-        else:
-            await server.run_streamable_http_async(host=host, port=port, streamable_http_path=HTTP_PATH)
+            await build_server(sandboxes).run_stdio_async()
+            return
+        url_host = f"[{host}]" if ":" in host else host
+        server = build_server(sandboxes, http_url=f"http://{url_host}:{port}{HTTP_PATH}")
+        await server.run_streamable_http_async(host=host, port=port, streamable_http_path=HTTP_PATH)

@@ -16,6 +16,7 @@ from mcp.types import CallToolResult, ContentBlock, ToolAnnotations
 from pydantic import Field
 
 from ember.integrations.mcp import models
+from ember.integrations.mcp.auth import caller_key
 from ember.integrations.mcp.content import execution_content, file_content
 from ember.integrations.mcp.errors import reports_ember_errors
 from ember.integrations.mcp.sandboxes import SandboxRegistry
@@ -65,10 +66,23 @@ _CHANGES = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_wor
 
 
 class SandboxTools:
-    """The tools, bound to the registry that holds the server's sandboxes."""
+    """The tools, bound to the registry that holds the server's sandboxes.
 
-    def __init__(self, sandboxes: SandboxRegistry) -> None:
-        self._sandboxes = sandboxes
+    With `keys_from_callers` (HTTP) every call must come with the caller's own key.
+    """
+
+    def __init__(self, registry: SandboxRegistry, keys_from_callers: bool = False) -> None:
+        self._registry = registry
+        self._keys_from_callers = keys_from_callers
+
+    def _sandboxes(self) -> SandboxRegistry:
+        """The registry acting with the caller's API key (HTTP), or with the server's own (stdio)."""
+        key = caller_key()
+        if key is not None:
+            return self._registry.for_key(key)
+        if self._keys_from_callers:
+            raise ToolError("this request carries no Ember API key [unauthorized]")
+        return self._registry
 
     def catalogue(self) -> builtins.list[tuple[object, ToolAnnotations]]:
         """Every tool with its hints for clients (read-only, destructive)."""
@@ -122,7 +136,7 @@ class SandboxTools:
         memory and disk. The sandbox is killed when its timeout ends or this server stops;
         snapshot_sandbox keeps its state for later.
         """
-        sandbox = await self._sandboxes.create(
+        sandbox = await self._sandboxes().create(
             template=template,
             snapshot=snapshot,
             env=env,
@@ -149,7 +163,7 @@ class SandboxTools:
         matplotlib figure) as images, HTML, JSON and Markdown as text with their type.
         An exception in the code is reported in the result (error), not as a tool failure.
         """
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             execution = await sandbox.run_code(code, language=language, timeout=timeout)
         return CallToolResult(
             content=execution_content(execution),
@@ -170,7 +184,7 @@ class SandboxTools:
         A non-zero exit code is a result, not a tool failure. Each command starts a fresh
         shell (use run_code with language bash for a shell whose state persists).
         """
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             result = await sandbox.commands.run(command, env=env, cwd=cwd, timeout=timeout)
         return models.CommandRun.model_validate(result)
 
@@ -193,13 +207,13 @@ class SandboxTools:
         """
         _refuse_virtual_filesystems(path)
         data = _decode(content, encoding)
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             return models.File.model_validate(await sandbox.files.write(path, data, mode=mode))
 
     @reports_ember_errors
     async def read_file(self, sandbox_id: SandboxId, path: GuestPath) -> ContentBlock:
         """Read a file from the sandbox: text as text, PNG/JPEG/GIF as an image, other bytes as base64."""
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             info = await sandbox.files.stat(path)
             if info.type == "dir":
                 raise ToolError(f"{info.path} is a directory [is_a_directory]: call list_files on it.")
@@ -221,7 +235,7 @@ class SandboxTools:
         ] = 1,
     ) -> models.Listing:
         """List a directory in the sandbox: each entry's path, type, size, mode and mtime."""
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             entries = await sandbox.files.list(path, depth=depth)
         return models.Listing(path=path, entries=[models.File.model_validate(entry) for entry in entries])
 
@@ -231,7 +245,7 @@ class SandboxTools:
 
         create_sandbox(snapshot=<id>) starts copies of it later, even after this server stops.
         """
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             return models.Snapshot.model_validate(await sandbox.snapshot())
 
     @reports_ember_errors
@@ -244,9 +258,9 @@ class SandboxTools:
 
         The original runs on unchanged; use forks to try alternatives side by side.
         """
-        async with self._sandboxes.use(sandbox_id) as sandbox:
+        async with self._sandboxes().use(sandbox_id) as sandbox:
             forks = await sandbox.fork(count)
-        self._sandboxes.adopt(forks)
+        self._sandboxes().adopt(forks)
         return models.Sandboxes(
             sandboxes=[models.Sandbox.model_validate(await fork.info()) for fork in forks]
         )
@@ -254,20 +268,20 @@ class SandboxTools:
     @reports_ember_errors
     async def kill_sandbox(self, sandbox_id: SandboxId) -> str:
         """Stop a sandbox now and discard it (snapshot it first to keep its state)."""
-        await self._sandboxes.kill(sandbox_id)
+        await self._sandboxes().kill(sandbox_id)
         return f"killed sandbox {sandbox_id}"
 
     @reports_ember_errors
     async def list_sandboxes(self) -> models.Sandboxes:
         """The running sandboxes this server's API key can use."""
         return models.Sandboxes(
-            sandboxes=[models.Sandbox.model_validate(info) for info in await self._sandboxes.list()]
+            sandboxes=[models.Sandbox.model_validate(info) for info in await self._sandboxes().list()]
         )
 
     @reports_ember_errors
     async def list_snapshots(self) -> models.Snapshots:
         """The templates and snapshots sandboxes can start from (create_sandbox template= or snapshot=)."""
-        found = await self._sandboxes.list_snapshots()
+        found = await self._sandboxes().list_snapshots()
         return models.Snapshots(snapshots=[models.Snapshot.model_validate(info) for info in found])
 
     @reports_ember_errors
@@ -276,7 +290,7 @@ class SandboxTools:
         snapshot_id: Annotated[str, Field(min_length=1, max_length=128, description="The snapshot's id.")],
     ) -> str:
         """Delete a snapshot; sandboxes already started from it keep running."""
-        await self._sandboxes.delete_snapshot(snapshot_id)
+        await self._sandboxes().delete_snapshot(snapshot_id)
         return f"deleted snapshot {snapshot_id}"
 
 
