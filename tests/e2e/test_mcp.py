@@ -321,36 +321,24 @@ async def test_bad_paths_are_tool_errors_and_the_sandbox_ends_when_the_stdio_cli
     assert await _running(daemon) == before, "the server left its sandbox running when its client left"
 
 
-async def test_sandboxes_an_http_server_started_end_when_it_is_stopped(daemon: Daemon) -> None:
+async def test_the_http_server_serves_each_api_key_its_own_sandboxes_and_kills_them_when_stopped(
+    daemon: Daemon,
+) -> None:
     before = await _running(daemon)
     process, url = _start_http_server(daemon)
     try:
-        async with _http_session(url, daemon.api_key) as client:
-            made = (await _call(client, "create_sandbox", vcpus=1)).structured_content["id"]
-        assert made in await _running(daemon), "a sandbox must outlive the HTTP session that made it"
-    finally:
-        _stop(process)
-    assert process.returncode is not None
-    assert await _running(daemon) == before, "the server left its sandboxes running when it stopped"
+        for key in (None, "not-an-ember-key"):
+            headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+            async with httpx2.AsyncClient(headers=headers) as http:
+                response = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            assert response.status_code == 401, response.text
 
-
-async def test_http_callers_need_an_ember_api_key_and_see_only_their_own_sandboxes(
-    daemon: Daemon, http_url: str
-) -> None:
-    for key in (None, "not-an-ember-key"):
-        async with httpx2.AsyncClient(
-            headers={} if key is None else {"Authorization": f"Bearer {key}"}
-        ) as http:
-            response = await http.post(http_url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-        assert response.status_code == 401, response.text
-
-    async with Keys(base_url=daemon.url, api_key=daemon.api_key) as keys:
-        other = await keys.create("mcp-e2e-other")
-        try:
-            async with _http_session(http_url, daemon.api_key) as owner:
-                mine = (await _call(owner, "create_sandbox", vcpus=1)).structured_content["id"]
-                try:
-                    async with _http_session(http_url, other.key) as stranger:
+        async with Keys(base_url=daemon.url, api_key=daemon.api_key) as keys:
+            other = await keys.create("mcp-e2e-other")
+            try:
+                async with _http_session(url, daemon.api_key) as owner:
+                    mine = (await _call(owner, "create_sandbox", vcpus=1)).structured_content["id"]
+                    async with _http_session(url, other.key) as stranger:
                         listed = (await _call(stranger, "list_sandboxes")).structured_content["sandboxes"]
                         assert mine not in {entry["id"] for entry in listed}
                         refused = await _error(stranger, "run_command", sandbox_id=mine, command="true")
@@ -358,10 +346,11 @@ async def test_http_callers_need_an_ember_api_key_and_see_only_their_own_sandbox
                         assert "[sandbox_not_found]" in await _error(
                             stranger, "kill_sandbox", sandbox_id=mine
                         )
-                    assert (
-                        await _call(owner, "run_command", sandbox_id=mine, command="true")
-                    ).structured_content["exit_code"] == 0
-                finally:
-                    await _call(owner, "kill_sandbox", sandbox_id=mine)
-        finally:
-            await keys.revoke(other.id)
+                    ran = await _call(owner, "run_command", sandbox_id=mine, command="true")
+                    assert ran.structured_content["exit_code"] == 0
+            finally:
+                await keys.revoke(other.id)
+        assert mine in await _running(daemon), "a sandbox must outlive the HTTP session that made it"
+    finally:
+        _stop(process)
+    assert await _running(daemon) == before, "the server left its sandboxes running when it stopped"

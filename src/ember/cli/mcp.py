@@ -26,7 +26,8 @@ def mcp(
     """Serve the MCP tools (create a sandbox, run code, commands, files, snapshot, fork, kill).
 
     A client of the Ember daemon like the other commands (EMBER_URL, EMBER_API_KEY).
-    Sandboxes it started are killed when it stops.
+    Over HTTP each request must carry an Ember API key (Authorization: Bearer KEY),
+    and the tools act with it. Sandboxes it started are killed when it stops.
     """
     try:
         from ember.integrations.mcp import serve
