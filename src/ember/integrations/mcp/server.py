@@ -39,7 +39,7 @@ def build_server(sandboxes: SandboxRegistry, *, http_url: str | None = None) -> 
         token_verifier=None if http_url is None else EmberKeyVerifier(sandboxes.base_url),
     )
     for tool, hints in SandboxTools(sandboxes, keys_from_callers=http_url is not None).catalogue():
-        server.add_tool(tool, annotations=hints)  # type: ignore[arg-type]
+        server.add_tool(tool, annotations=hints)
     return server
 
 

@@ -7,9 +7,9 @@ reads these signatures to build the schemas.
 """
 
 import base64
-import builtins
 import posixpath
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ToolAnnotations
@@ -84,7 +84,7 @@ class SandboxTools:
             raise ToolError("this request carries no Ember API key [unauthorized]")
         return self._registry
 
-    def catalogue(self) -> builtins.list[tuple[object, ToolAnnotations]]:
+    def catalogue(self) -> list[tuple[Callable[..., Awaitable[Any]], ToolAnnotations]]:
         """Every tool with its hints for clients (read-only, destructive)."""
         return [
             (self.create_sandbox, _ADDS),
@@ -258,9 +258,10 @@ class SandboxTools:
 
         The original runs on unchanged; use forks to try alternatives side by side.
         """
-        async with self._sandboxes().use(sandbox_id) as sandbox:
+        sandboxes = self._sandboxes()
+        async with sandboxes.use(sandbox_id) as sandbox:
             forks = await sandbox.fork(count)
-        self._sandboxes().adopt(forks)
+        sandboxes.adopt(forks)
         return models.Sandboxes(
             sandboxes=[models.Sandbox.model_validate(await fork.info()) for fork in forks]
         )
@@ -273,7 +274,7 @@ class SandboxTools:
 
     @reports_ember_errors
     async def list_sandboxes(self) -> models.Sandboxes:
-        """The running sandboxes this server's API key can use."""
+        """The running sandboxes your API key can use (over stdio: the server's key)."""
         return models.Sandboxes(
             sandboxes=[models.Sandbox.model_validate(info) for info in await self._sandboxes().list()]
         )
