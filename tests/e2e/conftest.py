@@ -23,6 +23,7 @@ from ember.client import AsyncSandbox, Sandbox
 from ember.images import ensure_guest_images
 from ember.settings import Settings
 from leaks import qemu_pids_under
+from netlab import TestInternet, test_internet
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,7 +41,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 @pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
+def internet() -> Iterator[TestInternet]:
+    """Test hosts in a network namespace, named by their own DNS, which the daemon resolves through."""
+    with test_internet() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="session")
+def daemon(internet: TestInternet) -> Iterator[Daemon]:
     base = Settings.from_env()
     ensure_guest_images(base)  # at once when built; the daemon must not build in its first request
     run_dir = Path(tempfile.mkdtemp(prefix="ember-e2e-", dir="/dev/shm"))
@@ -56,6 +64,7 @@ def daemon() -> Iterator[Daemon]:
         EMBER_DATA_DIR=str(data_dir),
         EMBER_RUN_DIR=str(run_dir),
         XDG_CONFIG_HOME=str(scratch / "config"),
+        EMBER_DNS_UPSTREAM=f"{internet.dns_server}:{internet.dns_port}",
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
     running = Daemon(url, api_key, data_dir, run_dir, scratch / "daemon.log", cli_env)

@@ -188,13 +188,17 @@ class HostNetwork:
         await self.in_netns(self.netns(sandbox_id), "nft", "-f", "-", stdin=rules)
 
     async def remove(self, sandbox_id: str, slot: int | None) -> None:
-        """Delete the namespace (its links, tap and rules go with it) and the host side. Idempotent."""
-        netns = self.netns(sandbox_id)
-        if (NETNS_DIR / netns).exists():
-            await run("ip", "netns", "delete", netns)
+        """Delete the links and the namespace (its tap and rules go with it). Idempotent.
+
+        The host end goes first: a namespace's devices are freed asynchronously,
+        so deleting only the namespace would leave ``evN`` behind for a while.
+        """
         if slot is not None and Path(f"/sys/class/net/ev{slot}").exists():
             with contextlib.suppress(errors.NetworkError):
                 await run("ip", "link", "delete", f"ev{slot}")
+        netns = self.netns(sandbox_id)
+        if (NETNS_DIR / netns).exists():
+            await run("ip", "netns", "delete", netns)
 
     async def in_netns(self, netns: str, *argv: str, stdin: str | None = None) -> str:
         return await run("nsenter", f"--net={NETNS_DIR / netns}", *argv, stdin=stdin)

@@ -40,7 +40,7 @@ class AsyncNetwork:
 
     async def unexpose(self, port: int) -> None:
         """Close an exposed port's URL."""
-        await self._transport.json("DELETE", f"{self._path}/ports/{port}")
+        await self._transport.request("DELETE", f"{self._path}/ports/{port}")
 
     async def ports(self) -> builtins.list[PortInfo]:
         return parse_list(PortInfo, await self._transport.json("GET", f"{self._path}/ports"), "ports")

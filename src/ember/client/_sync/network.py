@@ -41,7 +41,7 @@ class Network:
 
     def unexpose(self, port: int) -> None:
         """Close an exposed port's URL."""
-        self._transport.json("DELETE", f"{self._path}/ports/{port}")
+        self._transport.request("DELETE", f"{self._path}/ports/{port}")
 
     def ports(self) -> builtins.list[PortInfo]:
         return parse_list(PortInfo, self._transport.json("GET", f"{self._path}/ports"), "ports")

@@ -35,7 +35,7 @@ TOKEN_QUERY = "ember_token"
 CONNECT_TIMEOUT_S = 10.0
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length", TOKEN_HEADER,
+    "transfer-encoding", "upgrade", "host", TOKEN_HEADER,
 }  # fmt: skip
 _PORT_HOST = re.compile(r"(?P<port>\d{1,5})-(?P<id>[0-9a-f]{16})\.(?P<domain>.+)")
 
