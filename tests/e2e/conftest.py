@@ -17,7 +17,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, spawn_daemon, stop_process
+from e2e_support import (
+    PACKAGE_INDEX,
+    PORTS_DOMAIN,
+    AsyncSandboxFactory,
+    Daemon,
+    SandboxFactory,
+    free_port,
+    spawn_daemon,
+    stop_process,
+)
 
 from ember.client import AsyncSandbox, Sandbox
 from ember.images import ensure_guest_images
@@ -65,6 +74,9 @@ def daemon(internet: TestInternet) -> Iterator[Daemon]:
         EMBER_RUN_DIR=str(run_dir),
         XDG_CONFIG_HOME=str(scratch / "config"),
         EMBER_DNS_UPSTREAM=f"{internet.dns_server}:{internet.dns_port}",
+        EMBER_DOMAIN=PORTS_DOMAIN,
+        # The daemon reads its host's package indexes from pip's configuration: here, a test host.
+        PIP_INDEX_URL=PACKAGE_INDEX,
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
     running = Daemon(url, api_key, data_dir, run_dir, scratch / "daemon.log", cli_env)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from e2e_support import Daemon, SandboxFactory, wait_until
+from e2e_support import PACKAGE_INDEX, PORTS_DOMAIN, Daemon, SandboxFactory, run_cli, wait_until
 from websockets.sync.client import connect as ws_connect
 
 from ember import Sandbox
@@ -141,6 +141,37 @@ def test_allowlist_lets_named_domains_and_cidrs_through_and_refuses_the_rest(
     assert via_ip.startswith("netlab allowed.test") and internet.hosts["allowed.test"] in via_ip, via_ip
 
 
+def test_packages_switch_allows_the_hosts_package_managers_use(
+    sandbox_factory: SandboxFactory, internet: TestInternet
+) -> None:
+    sandbox = with_probes(sandbox_factory(network={"packages": True}), internet)
+    index_host = urlsplit(PACKAGE_INDEX).hostname
+    assert probe(sandbox, f"fetch('http://{index_host}/simple/')").startswith(f"netlab {index_host}")
+    assert refused(probe(sandbox, "fetch('http://allowed.test/')"))
+
+
+def test_cli_creates_with_a_policy_changes_it_and_exposes_a_port(daemon: Daemon) -> None:
+    created = run_cli(
+        daemon, "create", "--allow", "allowed.test", "--allow", "10.0.0.0/8", "--timeout", "600"
+    )
+    assert created.returncode == 0, created.stderr
+    sandbox_id = created.stdout.strip()
+    try:
+        shown = run_cli(daemon, "network", sandbox_id)
+        assert shown.returncode == 0 and shown.stdout.startswith("allowlist"), shown
+        assert "allowed.test 10.0.0.0/8" in shown.stdout
+        changed = run_cli(daemon, "network", sandbox_id, "full")
+        assert changed.returncode == 0 and changed.stdout.startswith("full  address 100."), changed
+        exposed = run_cli(daemon, "expose", sandbox_id, "8080")
+        assert exposed.returncode == 0 and f"8080-{sandbox_id}" in exposed.stdout, exposed
+        bad = run_cli(daemon, "expose", sandbox_id, "70000")
+        assert bad.returncode == 1 and "invalid_request" in bad.stderr, bad
+        closed = run_cli(daemon, "network", sandbox_id, "none")
+        assert closed.returncode == 0 and closed.stdout.startswith("none  address -"), closed
+    finally:
+        run_cli(daemon, "kill", sandbox_id)
+
+
 def test_host_services_and_metadata_stay_unreachable(
     sandbox_factory: SandboxFactory, internet: TestInternet, daemon: Daemon
 ) -> None:
@@ -181,29 +212,36 @@ def test_exposed_port_serves_http_and_websocket(sandbox_factory: SandboxFactory,
     sandbox.files.write("/app/server.py", GUEST_SERVER.read_bytes())
     sandbox.commands.run("python3 /app/server.py", background=True)
     exposed = sandbox.expose(8000)
-    assert exposed.url == f"{daemon.url}/v1/sandboxes/{sandbox.id}/ports/8000/"
+    port = urlsplit(daemon.url).port
+    assert exposed.url == f"http://8000-{sandbox.id}.{PORTS_DOMAIN}:{port}/"  # the daemon has a domain
     assert [p.port for p in sandbox.network.ports()] == [8000]
+    path_url = f"{daemon.url}/v1/sandboxes/{sandbox.id}/ports/8000/"
 
     with httpx.Client(timeout=30, trust_env=False) as client:
         wait_until(
             lambda: (
-                client.get(exposed.url + "up", headers={"X-Ember-Port-Token": exposed.token}).status_code
-                == 200
+                client.get(path_url + "up", headers={"X-Ember-Port-Token": exposed.token}).status_code == 200
             ),
             what="the guest's server answering through the exposed port",
         )
-        by_key = client.get(exposed.url + "hello?x=1", headers={"Authorization": f"Bearer {daemon.api_key}"})
+        # Host-based: this machine has no DNS for the domain, so the Host header says it.
+        by_host = client.get(
+            f"{daemon.url}/hosted",
+            headers={"Host": urlsplit(exposed.url).netloc, "X-Ember-Port-Token": exposed.token},
+        )
+        assert by_host.text == "guest GET /hosted got 0 bytes auth=-"
+        by_key = client.get(path_url + "hello?x=1", headers={"Authorization": f"Bearer {daemon.api_key}"})
         assert by_key.text == "guest GET /hello?x=1 got 0 bytes auth=-"  # the Ember key is not forwarded
         body = b"z" * (5 * 1024 * 1024)
-        posted = client.post(exposed.url + "upload", params={"ember_token": exposed.token}, content=body)
+        posted = client.post(path_url + "upload", params={"ember_token": exposed.token}, content=body)
         assert posted.text == f"guest POST /upload got {len(body)} bytes auth=-"
         # The token query set a cookie for this port's path (a browser preview's links keep working).
-        assert client.get(exposed.url + "page").text.startswith("guest GET /page")
-        assert httpx.get(exposed.url, trust_env=False).status_code == 401
-        wrong = httpx.get(exposed.url, headers={"X-Ember-Port-Token": "wrong"}, trust_env=False)
+        assert client.get(path_url + "page").text.startswith("guest GET /page")
+        assert httpx.get(path_url, trust_env=False).status_code == 401
+        wrong = httpx.get(path_url, headers={"X-Ember-Port-Token": "wrong"}, trust_env=False)
         assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
 
-        ws_url = exposed.url.replace("http://", "ws://") + "echo"
+        ws_url = path_url.replace("http://", "ws://") + "echo"
         with ws_connect(ws_url, additional_headers={"X-Ember-Port-Token": exposed.token}) as socket:
             socket.send("hello")
             assert socket.recv(timeout=30) == "echo:hello"
@@ -211,7 +249,7 @@ def test_exposed_port_serves_http_and_websocket(sandbox_factory: SandboxFactory,
             assert socket.recv(timeout=30) == b"echo:\x00\x01"
 
         sandbox.network.unexpose(8000)
-        closed = client.get(exposed.url, headers={"X-Ember-Port-Token": exposed.token})
+        closed = client.get(path_url, headers={"X-Ember-Port-Token": exposed.token})
         assert closed.status_code == 404 and closed.json()["code"] == "port_not_exposed"
 
 

@@ -254,6 +254,14 @@ class AsyncSandbox:
             self._lifecycle = _Lifecycle.CLOSED
             await self._transport.aclose()
 
+    async def detach(self) -> None:
+        """Let go of the sandbox without killing it (its lifetime still applies).
+
+        ``connect(id)`` reaches it again.
+        """
+        self._owned = False
+        await self.close()
+
     async def kill(self) -> None:
         """End the sandbox now. This object stays usable for ``info()`` until ``close()``."""
         self._require_open()

@@ -253,6 +253,14 @@ class Sandbox:
             self._lifecycle = _Lifecycle.CLOSED
             self._transport.close()
 
+    def detach(self) -> None:
+        """Let go of the sandbox without killing it (its lifetime still applies).
+
+        ``connect(id)`` reaches it again.
+        """
+        self._owned = False
+        self.close()
+
     def kill(self) -> None:
         """End the sandbox now. This object stays usable for ``info()`` until ``close()``."""
         self._require_open()
