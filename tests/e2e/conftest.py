@@ -31,7 +31,7 @@ from e2e_support import (
 from ember.client import AsyncSandbox, Sandbox
 from ember.images import ensure_guest_images
 from ember.settings import Settings
-from leaks import qemu_pids_under
+from leaks import qemu_pids_under, sandbox_networks_of
 from netlab import TestInternet, test_internet
 
 
@@ -90,9 +90,11 @@ def daemon(internet: TestInternet) -> Iterator[Daemon]:
         if process is not None:
             stop_process(process)
         leaked = qemu_pids_under(run_dir)
+        networks = sandbox_networks_of(data_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
         assert not leaked, f"QEMU processes outlived the daemon: {leaked}"
+        assert not networks, f"sandbox networks outlived the daemon: {networks}"
 
 
 def _attach_log(request: pytest.FixtureRequest, daemon: Daemon) -> None:

@@ -94,7 +94,7 @@ class HostNetwork:
 
     def __init__(self, cidr: str, data_dir: Path) -> None:
         self.cidr = ipaddress.IPv4Network(cidr)
-        self.instance = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
+        self.instance = instance_of(data_dir)
         self._slots = self.cidr.num_addresses // SLOT_SIZE
         self._host_ready = False
 
@@ -217,6 +217,11 @@ class HostNetwork:
                 raise
             return Addressing(slot, self.cidr)
         raise errors.ResourceExhaustedError(f"no free sandbox network address left in {self.cidr}")
+
+
+def instance_of(data_dir: Path) -> str:
+    """Names this daemon's namespaces apart from other daemons' on the same host."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
 
 
 def ruleset(addressing: Addressing, policy: NetworkPolicy, ports: ServicePorts, denied: list[str]) -> str:
