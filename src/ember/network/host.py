@@ -180,10 +180,14 @@ class HostNetwork:
         await run("ip", "-n", netns, "-batch", "-", stdin=inside)
 
     async def apply(
-        self, sandbox_id: str, addressing: Addressing, policy: NetworkPolicy, ports: ServicePorts
+        self,
+        sandbox_id: str,
+        addressing: Addressing,
+        policy: NetworkPolicy,
+        ports: ServicePorts,
+        denied: list[str],
     ) -> None:
         """Replace the namespace's rules with ``policy``'s, in one nftables transaction."""
-        denied = [*ALWAYS_DENIED, str(self.cidr), *await host_addresses()]
         rules = ruleset(addressing, policy, ports, denied)
         await self.in_netns(self.netns(sandbox_id), "nft", "-f", "-", stdin=rules)
 

@@ -104,11 +104,9 @@ class Networks:
         """Apply a new (enabled) policy to an attached network; established connections carry on."""
         assert lease.ports is not None
         rules = DomainRules.of(policy, await self.package_hosts() if policy.packages else ())
-        lease.denied = [
-            ipaddress.IPv4Network(n)
-            for n in (*host.ALWAYS_DENIED, str(self.host.cidr), *await host.host_addresses())
-        ]
-        await self.host.apply(lease.sandbox_id, lease.addressing, policy, lease.ports)
+        denied = [*host.ALWAYS_DENIED, str(self.host.cidr), *await host.host_addresses()]
+        await self.host.apply(lease.sandbox_id, lease.addressing, policy, lease.ports, denied)
+        lease.denied = [ipaddress.IPv4Network(n) for n in denied]
         lease.policy, lease.rules = policy, rules
 
     async def detach(self, lease: Lease, nic: Nic | None) -> None:
