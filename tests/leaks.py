@@ -1,8 +1,10 @@
-"""What a test run may not leave behind: QEMU processes of its run directory."""
+"""What a test run may not leave behind: QEMU processes of its run directory, sandbox networks."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ember.network.host import NETNS_DIR, instance_of
 
 
 def qemu_pids_under(path: Path) -> list[int]:
@@ -18,3 +20,9 @@ def qemu_pids_under(path: Path) -> list[int]:
         if b"qemu-system" in cmdline and str(path).encode() in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def sandbox_networks_of(data_dir: Path) -> list[str]:
+    """Network namespaces that the engine of ``data_dir`` made and has not removed."""
+    prefix = f"ember-{instance_of(data_dir)}-"
+    return [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix)] if NETNS_DIR.is_dir() else []

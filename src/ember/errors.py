@@ -14,13 +14,15 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     │   ├── TemplateNotFoundError       template_not_found
     │   ├── PathNotFoundError           file_not_found
     │   ├── ProcessNotFoundError        process_not_found
-    │   └── ContextNotFoundError        context_not_found
+    │   ├── ContextNotFoundError        context_not_found
+    │   └── PortNotExposedError         port_not_exposed
     ├── ConflictError                                     409
     │   ├── AlreadyExistsError          already_exists
     │   ├── NotADirectoryError          not_a_directory
     │   ├── IsADirectoryError           is_a_directory
     │   ├── DirectoryNotEmptyError      directory_not_empty
-    │   └── SandboxNotRunningError      sandbox_not_running
+    │   ├── SandboxNotRunningError      sandbox_not_running
+    │   └── NetworkDisabledError        network_disabled
     ├── SandboxDeadError                sandbox_dead      410
     ├── TimeoutError                    exec_timeout      408
     ├── CancelledError                  cancelled         499
@@ -34,6 +36,8 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
         ├── BootFailedError             boot_failed
         ├── AgentUnavailableError       agent_unavailable 503
         ├── ImagesMissingError          images_missing    503
+        ├── NetworkError                network_error
+        ├── PortUnreachableError        port_unreachable  502
         └── VmmError                    vmm_error
 """
 
@@ -112,8 +116,18 @@ class ContextNotFoundError(NotFoundError):
     code = ErrorCode.CONTEXT_NOT_FOUND.value
 
 
+class PortNotExposedError(NotFoundError):
+    code = ErrorCode.PORT_NOT_EXPOSED.value
+
+
 class ConflictError(EmberError):
     status = 409
+
+
+class NetworkDisabledError(ConflictError):
+    """The sandbox's network policy is ``none``: nothing to expose or reach."""
+
+    code = ErrorCode.NETWORK_DISABLED.value
 
 
 class SnapshotIncompatibleError(ConflictError):
@@ -193,6 +207,19 @@ class ProtocolError(ServerError):
 
 class IOError(ServerError):
     code = ErrorCode.IO_ERROR.value
+
+
+class NetworkError(ServerError):
+    """Setting up or changing a sandbox's host network failed; the message says which command."""
+
+    code = ErrorCode.NETWORK_ERROR.value
+
+
+class PortUnreachableError(ServerError):
+    """Nothing answers on an exposed port inside the sandbox."""
+
+    code = ErrorCode.PORT_UNREACHABLE.value
+    status = 502
 
 
 class BootFailedError(ServerError):

@@ -40,6 +40,12 @@ class Settings:
     tcg_tb_size_mib: int = 64
     #: Warm pool: how many ready sandboxes the daemon keeps per template (EMBER_POOL="base=2,data=1").
     pool: tuple[tuple[str, int], ...] = (("base", 2),)
+    #: Addresses for sandbox networks: each sandbox with a network takes 8 of them.
+    network_cidr: str = "100.96.0.0/12"
+    #: Where sandbox DNS queries go ("ip" or "ip:port"); None: the host's first resolv.conf nameserver.
+    dns_upstream: str | None = None
+    #: Host-based port URLs ``{port}-{id}.{domain}`` when set (the path-based ones always work).
+    domain: str | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -62,6 +68,12 @@ class Settings:
             kwargs["debian_mirror"] = env["EMBER_DEBIAN_MIRROR"]
         if "EMBER_TCG_TB_SIZE" in env:
             kwargs["tcg_tb_size_mib"] = int(env["EMBER_TCG_TB_SIZE"])
+        if "EMBER_NETWORK_CIDR" in env:
+            kwargs["network_cidr"] = env["EMBER_NETWORK_CIDR"]
+        if "EMBER_DNS_UPSTREAM" in env:
+            kwargs["dns_upstream"] = env["EMBER_DNS_UPSTREAM"]
+        if env.get("EMBER_DOMAIN"):
+            kwargs["domain"] = env["EMBER_DOMAIN"].strip(".").lower()
         if "EMBER_POOL" in env:
             kwargs["pool"] = parse_pool(env["EMBER_POOL"])
         return cls(**kwargs)  # type: ignore[arg-type]

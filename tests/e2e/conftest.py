@@ -17,12 +17,22 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, spawn_daemon, stop_process
+from e2e_support import (
+    PACKAGE_INDEX,
+    PORTS_DOMAIN,
+    AsyncSandboxFactory,
+    Daemon,
+    SandboxFactory,
+    free_port,
+    spawn_daemon,
+    stop_process,
+)
 
 from ember.client import AsyncSandbox, Sandbox
 from ember.images import ensure_guest_images
 from ember.settings import Settings
-from leaks import qemu_pids_under
+from leaks import qemu_pids_under, sandbox_networks_of
+from netlab import TestInternet, test_internet
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,7 +50,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 @pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
+def internet() -> Iterator[TestInternet]:
+    """Test hosts in a network namespace, named by their own DNS, which the daemon resolves through."""
+    with test_internet() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="session")
+def daemon(internet: TestInternet) -> Iterator[Daemon]:
     base = Settings.from_env()
     ensure_guest_images(base)  # at once when built; the daemon must not build in its first request
     run_dir = Path(tempfile.mkdtemp(prefix="ember-e2e-", dir="/dev/shm"))
@@ -56,6 +73,10 @@ def daemon() -> Iterator[Daemon]:
         EMBER_DATA_DIR=str(data_dir),
         EMBER_RUN_DIR=str(run_dir),
         XDG_CONFIG_HOME=str(scratch / "config"),
+        EMBER_DNS_UPSTREAM=f"{internet.dns_server}:{internet.dns_port}",
+        EMBER_DOMAIN=PORTS_DOMAIN,
+        # The daemon reads its host's package indexes from pip's configuration: here, a test host.
+        PIP_INDEX_URL=PACKAGE_INDEX,
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
     running = Daemon(url, api_key, data_dir, run_dir, scratch / "daemon.log", cli_env)
@@ -69,9 +90,11 @@ def daemon() -> Iterator[Daemon]:
         if process is not None:
             stop_process(process)
         leaked = qemu_pids_under(run_dir)
+        networks = sandbox_networks_of(data_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
         assert not leaked, f"QEMU processes outlived the daemon: {leaked}"
+        assert not networks, f"sandbox networks outlived the daemon: {networks}"
 
 
 def _attach_log(request: pytest.FixtureRequest, daemon: Daemon) -> None:

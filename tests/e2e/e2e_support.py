@@ -15,6 +15,10 @@ from ember.client import AsyncSandbox, Sandbox
 from ember.client._local import is_healthy
 
 DAEMON_START_TIMEOUT_S = 60.0
+#: The test daemon also serves exposed ports as {port}-{id}.PORTS_DOMAIN (host-based URLs).
+PORTS_DOMAIN = "sandbox.test"
+#: The package index the test daemon's pip configuration names: a test host.
+PACKAGE_INDEX = "http://other.test/simple"
 
 SandboxFactory = Callable[..., Sandbox]
 AsyncSandboxFactory = Callable[..., Awaitable[AsyncSandbox]]

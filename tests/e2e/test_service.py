@@ -77,6 +77,15 @@ def test_a_lifetime_ends_the_sandbox_with_reason_timeout(daemon: Daemon) -> None
         sandbox.close()
 
 
+FETCH = (
+    "import urllib.request\nprint(urllib.request.urlopen('http://allowed.test/', timeout=20).read().decode())"
+)
+
+
+def _netns_of(sandbox_id: str) -> list[str]:
+    return [p.name for p in Path("/run/netns").iterdir() if p.name.endswith(sandbox_id)]
+
+
 def test_a_daemon_killed_and_restarted_finds_its_sandboxes(daemon: Daemon) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ember-e2e-restart-"))
     run_dir = Path(tempfile.mkdtemp(prefix="ember-e2e-restart-", dir="/dev/shm"))
@@ -89,19 +98,29 @@ def test_a_daemon_killed_and_restarted_finds_its_sandboxes(daemon: Daemon) -> No
     own = replace(daemon, url=url, data_dir=data_dir, run_dir=run_dir, log_path=scratch / "log", cli_env=env)
     process = spawn_daemon(own, port)
     try:
-        sandbox = Sandbox(vcpus=1, memory_mb=256, timeout=600, base_url=url, api_key=own.api_key)
+        sandbox = Sandbox(
+            vcpus=1, memory_mb=256, timeout=600, network="full", base_url=url, api_key=own.api_key
+        )
         sandbox.run_code("survivor = 'still here'")
         ticker = sandbox.commands.run("while true; do sleep 1; done", background=True)
+        # A second one whose VM dies while no daemon watches: its network is left behind.
+        lost = Sandbox(vcpus=1, memory_mb=256, timeout=600, network="full", base_url=url, api_key=own.api_key)
+        assert _netns_of(lost.id)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        os.kill(int((run_dir / lost.id / "qemu.pid").read_text()), signal.SIGKILL)
         process = spawn_daemon(own, port)
+        assert not _netns_of(lost.id), "the restarted daemon left a dead sandbox's network behind"
         found = Sandbox.connect(sandbox.id, base_url=url, api_key=own.api_key)
         assert found.info().state == "running"
         assert found.run_code("survivor").results[0].text == "'still here'"
         assert any(p.pid == ticker.pid and p.running for p in found.commands.list())
+        # Its network came back with the daemon: DNS and the policy's rules answer again.
+        assert found.run_code(FETCH).stdout.startswith("netlab allowed.test")
         found.kill()
         found.close()
         sandbox.close()
+        lost.close()
     finally:
         stop_process(process)
         leaked = qemu_pids_under(run_dir)

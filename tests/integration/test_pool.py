@@ -13,7 +13,7 @@ import pytest
 
 from ember.engine import SandboxManager, SandboxState
 from ember.settings import Settings
-from leaks import qemu_pids_under
+from leaks import qemu_pids_under, sandbox_networks_of
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,10 @@ async def test_pool_hands_out_ready_sandboxes_and_refills(test_settings: Setting
 
         # Two at once with one ready: one hit, and one miss that restores on the spot.
         hit, miss = await asyncio.gather(
-            manager.create(template="pooled", env={"WHO": "first"}, metadata={"n": "1"}, timeout_s=600),
-            manager.create(template="pooled"),
+            manager.create(
+                template="pooled", env={"WHO": "first"}, metadata={"n": "1"}, timeout_s=600, network="full"
+            ),
+            manager.create(template="pooled", network={"cidrs": ["192.0.2.0/24"]}),
         )
         assert hit.state is SandboxState.RUNNING and miss.state is SandboxState.RUNNING
         assert hit.record.metadata == {"n": "1"} and hit.record.expires_at is not None
@@ -62,8 +64,15 @@ async def test_pool_hands_out_ready_sandboxes_and_refills(test_settings: Setting
         assert stats["refill_p50_s"] is not None
         assert {hit.id, miss.id} == {s.id for s in manager.list()}
         assert hit.hostname != miss.hostname
+        # Each got its own network address, configured in its guest.
+        assert hit.record.address and miss.record.address and hit.record.address != miss.record.address
+        for sandbox in (hit, miss):
+            shown = await sandbox.commands.run("ip -4 -o address show scope global")
+            assert f"inet {sandbox.record.address}/30" in shown.stdout, shown.stdout
     finally:
         await manager.close()
+        networks = sandbox_networks_of(data_dir)
+        assert not networks, f"sandbox networks outlived the pool's manager: {networks}"
         leaked = qemu_pids_under(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember.agent import files, system
+from ember.agent import files, network, system
 from ember.agent._errors import AgentError
 from ember.agent.paths import WORKDIR
 from ember.agent.port import SocketPort, VirtioPort, find_port
@@ -75,6 +75,8 @@ class Agent:
             self.contexts.reseed()
         if request.hostname is not None:
             system.set_hostname(request.hostname)
+        if request.network is not None:
+            await asyncio.to_thread(network.configure, request.network)
         if request.env is not None:
             self.processes.base_env = dict(request.env)
             self.contexts.set_env(request.env)

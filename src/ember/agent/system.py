@@ -29,10 +29,14 @@ _MAX_HOSTNAME = 63
 
 def bring_up_loopback() -> None:
     """No init system brings lo up; without it nothing can bind 127.0.0.1."""
+    set_link_up("lo")
+
+
+def set_link_up(name: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", b"lo", 0)
+        request = struct.pack("16sH14x", name.encode(), 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
 
 
 def set_hostname(name: str) -> None:

@@ -16,7 +16,8 @@ from ember.cli.execute import execute, run
 from ember.cli.images import image_app
 from ember.cli.keys import keys_app
 from ember.cli.mcp import mcp
-from ember.cli.sandboxes import download, kill, ls, upload
+from ember.cli.network import expose, network
+from ember.cli.sandboxes import create, download, kill, ls, upload
 from ember.cli.serve import serve
 from ember.cli.shell import shell
 from ember.cli.snapshots import fork, pool, snapshot_app, template_app
@@ -29,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(serve)
+app.command()(create)
 app.command()(execute)
 app.command()(run)
 app.command()(ls)
@@ -37,6 +39,8 @@ app.command()(shell)
 app.command()(upload)
 app.command()(download)
 app.command()(fork)
+app.command()(network)
+app.command()(expose)
 app.command()(pool)
 app.command()(bench)
 app.command()(mcp)

@@ -13,8 +13,25 @@ from typing import Annotated
 import typer
 
 from ember.cli._output import age, duration, print_error, print_listing, stderr, stdout
+from ember.cli.network import Allow, Packages, policy_of
 from ember.client import Sandbox, SandboxInfo
 from ember.errors import EmberError
+
+
+def create(
+    template: Annotated[str | None, typer.Option("--template", help="Start from this template.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", "-t", help="Lifetime in seconds.")] = 3600,
+    network: Annotated[
+        str | None, typer.Option("--network", help="none, full or allowlist (default with --allow).")
+    ] = None,
+    allow: Allow = [],  # noqa: B006
+    packages: Packages = False,
+) -> None:
+    """Start a sandbox that keeps running; print its id."""
+    sandbox = Sandbox(template=template, timeout=timeout, network=policy_of(network, allow, packages))
+    sandbox_id = sandbox.id
+    sandbox.detach()
+    stdout.print(sandbox_id)
 
 
 def ls(

@@ -151,6 +151,18 @@ class SandboxInfo(WireModel):
     boot_seconds: float | None = None
     #: The snapshot, template or fork snapshot it was restored from.
     snapshot: str | None = None
+    #: Its network policy (mode, domains, cidrs, packages) and, while it has one, its ``address``.
+    network: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PortInfo(WireModel):
+    """An exposed port: its ``url``, reachable with the API key or ``token``
+    (header ``X-Ember-Port-Token`` or query ``ember_token``)."""
+
+    port: int
+    url: str
+    token: str
 
 
 @dataclass

@@ -29,6 +29,8 @@ from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images import GuestImages, ImagesMissing, find_guest_images
+from ember.network import NetworkPolicy, Networks
+from ember.network import parse as parse_network
 from ember.settings import Settings
 from ember.vmm import QemuDriver, detect
 from ember.vmm.base import Restore
@@ -52,6 +54,7 @@ class SandboxManager:
         self.store = Store(self.settings.data_dir / "ember.db")
         self.layers = Layers(self.settings)
         self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
+        self.networks = Networks(self.settings)
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
@@ -87,6 +90,7 @@ class SandboxManager:
         self._sandboxes.clear()
         await asyncio.gather(*(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True)
         await self.collect()
+        await self.networks.close()
         self.store.close()
 
     # ------------------------------------------------------------ sandboxes
@@ -104,12 +108,15 @@ class SandboxManager:
         owner: str | None = None,
         template: str | None = None,
         snapshot: str | None = None,
+        network: NetworkPolicy | dict[str, object] | str | None = None,
     ) -> Sandbox:
         """Start a new sandbox and return it once its agent answers.
 
         From ``snapshot`` (an id) or ``template`` (a name) it resumes that saved
         VM, with its vCPUs, memory and disk; otherwise it boots a fresh one.
+        ``network`` is its policy (``ember.network.parse``; default: none).
         """
+        policy = parse_network(network)
         if snapshot is not None:
             source: SnapshotRecord | None = self.snapshots.get(snapshot, owner)
         elif template is not None:
@@ -135,6 +142,7 @@ class SandboxManager:
                 idle_timeout_s=idle_timeout_s,
                 owner=owner,
                 template=template,
+                network=policy,
             )
         )
         _check_duration("timeout", timeout_s)
@@ -181,6 +189,7 @@ class SandboxManager:
             memory_file=str(source.memory_file if source else run_dir / "memory"),
             memory_shared=source is None,
             snapshot_id=source.id if source else None,
+            network=config.network.to_dict() if config.network.enabled else {},
         )
         run_dir.mkdir(parents=True)
         try:
@@ -201,7 +210,7 @@ class SandboxManager:
             spec = replace(spec, restore=Restore(source.state_file))
         # A restored guest keeps the environment it was saved with unless the caller gives one.
         sandbox_env = config.env if source is None or config.env else None
-        sandbox = Sandbox(record, self.driver.create(spec), self.store, sandbox_env)
+        sandbox = Sandbox(record, self.driver.create(spec), self.store, self.networks, sandbox_env)
         self._sandboxes[sandbox_id] = sandbox
         try:
             await sandbox.boot()
@@ -256,6 +265,7 @@ class SandboxManager:
                         metadata={**record.metadata, "forked_from": record.id},
                         timeout_s=max(1.0, remaining) if remaining is not None else None,
                         idle_timeout_s=record.idle_timeout_s,
+                        network=source.network,
                     )
                     for _ in range(count)
                 ),
@@ -369,6 +379,18 @@ class SandboxManager:
         await sandbox.destroy(reason, dead=dead)
         await self.collect()
 
+    async def set_network(
+        self,
+        sandbox_id: str,
+        network: NetworkPolicy | dict[str, object] | str | None,
+        owner: str | None = None,
+    ) -> SandboxRecord:
+        """Change a running sandbox's network policy; a bad policy changes nothing."""
+        policy = parse_network(network)
+        sandbox = self.get(sandbox_id, owner)
+        await sandbox.set_network(policy)
+        return sandbox.record
+
     def set_timeout(
         self, sandbox_id: str, timeout_s: float | None, owner: str | None = None
     ) -> SandboxRecord:
@@ -416,7 +438,7 @@ class SandboxManager:
                 record.end_reason = "left by an older version of Ember"
                 self.store.save(record)
                 continue
-            sandbox = Sandbox(record, self.driver.create(vm_spec(record)), self.store, {})
+            sandbox = Sandbox(record, self.driver.create(vm_spec(record)), self.store, self.networks, {})
             if record.state == SandboxState.BOOTING.value:
                 await sandbox.destroy("the daemon restarted while the sandbox was booting", dead=True)
                 continue
@@ -435,6 +457,7 @@ class SandboxManager:
                 continue
             self._sandboxes[record.id] = sandbox
             log.info("reattached sandbox %s", record.id)
+        await self.networks.remove_leftovers(keep=set(self._sandboxes))
         await self.collect()
 
 

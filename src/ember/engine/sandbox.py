@@ -29,8 +29,10 @@ from ember.engine.disks import disk_format
 from ember.engine.files import Files
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
+from ember.network import Lease, NetworkPolicy, Networks
+from ember.network import parse as parse_policy
 from ember.protocol.messages import AgentInfo, Configure
-from ember.vmm.base import VirtualMachine, VmSpec
+from ember.vmm.base import VirtualMachine, VmSpec, VmState
 
 log = logging.getLogger("ember.engine")
 
@@ -59,17 +61,26 @@ class SandboxConfig:
     idle_timeout_s: float | None = None
     owner: str | None = None
     template: str | None = None
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 class Sandbox:
     """One live (or ended) sandbox; see the module docstring."""
 
     def __init__(
-        self, record: SandboxRecord, vm: VirtualMachine, store: Store, env: dict[str, str] | None
+        self,
+        record: SandboxRecord,
+        vm: VirtualMachine,
+        store: Store,
+        networks: Networks,
+        env: dict[str, str] | None,
     ) -> None:
         self.record = record
         self.vm = vm
         self.env = env
+        self.lease: Lease | None = None
+        self._networks = networks
+        self._network_lock = asyncio.Lock()
         self.agent_info: AgentInfo | None = None
         self.last_active = time.monotonic()
         self._store = store
@@ -103,6 +114,10 @@ class Sandbox:
     def boot_seconds(self) -> float | None:
         return self.record.boot_seconds
 
+    @property
+    def network(self) -> NetworkPolicy:
+        return parse_policy(self.record.network or None)
+
     def _set_state(self, state: SandboxState, reason: str | None = None) -> None:
         self.record.state = state.value
         if state in (SandboxState.STOPPED, SandboxState.DEAD):
@@ -126,6 +141,8 @@ class Sandbox:
         try:
             await self.vm.start()
             self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
+            if self.network.enabled:
+                await self._attach_network(self.network)
             await self._connect(BOOT_TIMEOUT_S)
             self.agent_info = AgentInfo.from_wire(await self._agent.request(self._identity()))
         except BaseException as exc:
@@ -164,6 +181,8 @@ class Sandbox:
         record.expires_at = now + config.timeout_s if config.timeout_s is not None else None
         self.env = dict(config.env) if config.env else None
         self._set_state(SandboxState.RUNNING)
+        if config.network.enabled:
+            await self._attach_network(config.network)
         await self._reidentify()
         record.boot_seconds = time.perf_counter() - started
         self._store.save(record)
@@ -172,6 +191,8 @@ class Sandbox:
         """Take over a VM a previous daemon started: watch it and reconnect to its agent."""
         self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
         try:
+            if self.record.net_slot is not None:
+                self.lease = await self._networks.adopt(self.id, self.record.net_slot, self.network)
             await self._connect(RECONNECT_TIMEOUT_S)
             self.agent_info = AgentInfo.from_wire(await self._agent.request(self._probe()))
         except BaseException:
@@ -210,12 +231,79 @@ class Sandbox:
             hostname=self.hostname,
             time_ns=time.time_ns(),
             entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
+            network=self.lease.guest_config() if self.lease is not None else {},
         )
 
     @staticmethod
     def _probe() -> Configure:
         # Changes nothing in the guest; answers with the agent's info.
         return Configure()
+
+    # ------------------------------------------------------------ network
+
+    async def set_network(self, policy: NetworkPolicy) -> None:
+        """Apply a new network policy to the running sandbox: on, off, or other rules."""
+        async with self._network_lock:
+            self.require_running()
+            if policy.enabled and self.lease is None:
+                await self._attach_network(policy)
+                try:
+                    async with self.agent_call() as agent:
+                        await agent.request(Configure(network=self.lease.guest_config()))  # type: ignore[union-attr]
+                except BaseException:
+                    await self._detach_network()
+                    raise
+            elif not policy.enabled and self.lease is not None:
+                async with self.agent_call() as agent:
+                    await agent.request(Configure(network={}))
+                await self._detach_network()
+            elif self.lease is not None:
+                await self._networks.update(self.lease, policy)
+            self.record.network = policy.to_dict()
+            if not policy.enabled:
+                self.record.ports = {}
+            self._store.save(self.record)
+
+    async def _attach_network(self, policy: NetworkPolicy) -> None:
+        self.lease = await self._networks.attach(self.id, self.vm, policy)
+        self.record.network, self.record.net_slot = policy.to_dict(), self.lease.addressing.slot
+        self.record.address = self.lease.addressing.guest_ip
+        self._store.save(self.record)
+
+    async def _detach_network(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await self._networks.detach(lease, self.vm if self.vm.state is not VmState.STOPPED else None)
+        self.record.net_slot = self.record.address = None
+        self._store.save(self.record)
+
+    def expose(self, port: int) -> str:
+        """Let ``port`` of the guest be reached through the daemon; returns its access token."""
+        _check_port(port)
+        self.require_running()
+        if self.lease is None:
+            raise errors.NetworkDisabledError(
+                f"sandbox {self.id} has no network; give it one (network 'full' or an allowlist) first"
+            )
+        token = self.record.ports.get(str(port)) or secrets.token_urlsafe(24)
+        self.record.ports[str(port)] = token
+        self._store.save(self.record)
+        return token
+
+    def unexpose(self, port: int) -> None:
+        _check_port(port)
+        if self.record.ports.pop(str(port), None) is None:
+            raise errors.PortNotExposedError(f"port {port} of sandbox {self.id} is not exposed")
+        self._store.save(self.record)
+
+    def port_target(self, port: int) -> tuple[str, str]:
+        """(guest address, token) of an exposed port, for the daemon's reverse proxy."""
+        _check_port(port)
+        self.require_running()
+        token = self.record.ports.get(str(port))
+        if token is None or self.lease is None:
+            raise errors.PortNotExposedError(f"port {port} of sandbox {self.id} is not exposed")
+        return self.lease.addressing.guest_ip, token
 
     async def reconnect(self) -> None:
         """Drop the agent connection and open a fresh one, as a restarted daemon does.
@@ -246,6 +334,15 @@ class Sandbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+        if self.lease is not None or self.record.net_slot is not None:
+            lease = self.lease
+            self.lease = None
+            if lease is not None:
+                await self._networks.detach(lease, None)
+            else:  # a previous daemon's, never adopted
+                await self._networks.host.remove(self.id, self.record.net_slot)
+            self.record.net_slot = self.record.address = None
+            self._store.save(self.record)
         shutil.rmtree(self.vm.spec.run_dir, ignore_errors=True)
 
     async def snapshot(
@@ -282,6 +379,11 @@ class Sandbox:
 
 
 _LIVE = (SandboxState.BOOTING, SandboxState.RUNNING, SandboxState.POOLED)
+
+
+def _check_port(port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise errors.InvalidRequestError(f"a port is a number from 1 to 65535, not {port!r}")
 
 
 def vm_spec(record: SandboxRecord) -> VmSpec:

@@ -68,6 +68,14 @@ class SandboxRecord:
     #: True: the VM's RAM is its own memory file. False: a copy-on-write mapping of a snapshot's.
     memory_shared: bool = True
     snapshot_id: str | None = None
+    #: The network policy (NetworkPolicy.to_dict()); {} is none.
+    network: dict[str, Any] = field(default_factory=dict)
+    #: The host network slot while the sandbox has a network.
+    net_slot: int | None = None
+    #: The guest's address while it has a network.
+    address: str | None = None
+    #: Exposed guest ports: port (as text) -> its access token.
+    ports: dict[str, str] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:

@@ -46,3 +46,8 @@ class ErrorCode(str, enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     IMAGES_MISSING = "images_missing"
     VMM_ERROR = "vmm_error"
+    # Sandbox networks and exposed ports, on the host.
+    NETWORK_DISABLED = "network_disabled"
+    PORT_NOT_EXPOSED = "port_not_exposed"
+    PORT_UNREACHABLE = "port_unreachable"
+    NETWORK_ERROR = "network_error"

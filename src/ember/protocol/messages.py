@@ -63,6 +63,8 @@ class Configure(Request):
     hostname: str | None = None
     time_ns: int | None = None
     entropy_b64: str | None = None
+    #: None: unchanged; {}: no network interface; {"address": "a.b.c.d/n", "gateway": "..."}: up.
+    network: dict[str, str] | None = None
 
 
 @dataclass

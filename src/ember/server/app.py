@@ -8,10 +8,12 @@ status of its class in ``ember.errors``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,9 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import EmberError, PayloadTooLargeError
 from ember.server.deps import Service, ember_version
-from ember.server.routes import code, commands, files, keys, pty, sandboxes, snapshots
+from ember.server.routes import code, commands, files, keys, ports, pty, sandboxes, snapshots
 
 log = logging.getLogger("ember.server")
+# Bodies that stream through: file uploads and whatever goes to an exposed port.
+_STREAMED_BODY = re.compile(r"/v1/sandboxes/[^/]+/(files|ports/\d+/.*)")
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -47,7 +51,8 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         settings = self._service()
-        is_upload = scope["method"] == "PUT" and scope["path"].endswith("/files")
+        match = _STREAMED_BODY.fullmatch(scope["path"])
+        is_upload = match is not None and (match[1] != "files" or scope["method"] == "PUT")
         limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -75,9 +80,12 @@ def create_app(service_: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service_.manager.start()
+        timeout = httpx.Timeout(None, connect=ports.CONNECT_TIMEOUT_S)
+        app.state.port_client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         try:
             yield
         finally:
+            await app.state.port_client.aclose()
             await service_.manager.close()
 
     app = FastAPI(
@@ -110,7 +118,8 @@ def create_app(service_: Service) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    for module in (sandboxes, snapshots, code, commands, files, pty, keys):
+    for module in (sandboxes, snapshots, code, commands, files, pty, keys, ports):
         app.include_router(module.router)
     app.add_middleware(_BodyLimit, get_service=lambda: service_)
+    app.add_middleware(ports.PortHosts, domain=service_.manager.settings.domain)
     return app

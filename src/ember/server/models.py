@@ -32,6 +32,33 @@ class CreateSandbox(_Request):
     #: A template name, or a snapshot id: the sandbox resumes it (with its vcpus, memory and disk).
     template: str | None = None
     snapshot: str | None = None
+    #: "none" (default), "full", or {"mode", "domains", "cidrs", "packages"}; checked by the engine.
+    network: str | dict[str, Any] | None = None
+
+
+class NetworkInfo(BaseModel):
+    mode: str = "none"
+    domains: list[str] = Field(default_factory=list)
+    cidrs: list[str] = Field(default_factory=list)
+    packages: bool = False
+    #: The guest's IPv4 address while it has a network.
+    address: str | None = None
+
+
+class ExposePort(_Request):
+    port: StrictInt
+
+
+class PortInfo(BaseModel):
+    port: int
+    #: Where the port is served: host-based when the daemon has a domain, else path-based.
+    url: str
+    #: Grants access to this port alone (header X-Ember-Port-Token or query ember_token).
+    token: str
+
+
+class PortList(BaseModel):
+    ports: list[PortInfo]
 
 
 class SetTimeout(_Request):
@@ -55,6 +82,7 @@ class SandboxInfo(BaseModel):
     boot_seconds: float | None
     #: The snapshot (or template, or fork) it was restored from.
     snapshot: str | None = None
+    network: NetworkInfo = Field(default_factory=NetworkInfo)
 
     @classmethod
     def of(cls, record: SandboxRecord) -> SandboxInfo:
@@ -74,6 +102,7 @@ class SandboxInfo(BaseModel):
             end_reason=record.end_reason,
             boot_seconds=record.boot_seconds,
             snapshot=record.snapshot_id,
+            network=NetworkInfo(**record.network, address=record.address),
         )
 
 

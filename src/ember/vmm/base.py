@@ -102,6 +102,14 @@ class VirtualMachine(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def attach_nic(self, tap: str) -> None:
+        """Connect the guest's NIC to a new host tap device named ``tap``."""
+
+    @abc.abstractmethod
+    async def detach_nic(self) -> None:
+        """Disconnect the guest's NIC from its tap (which goes away). Idempotent."""
+
+    @abc.abstractmethod
     async def pause(self) -> None: ...
 
     @abc.abstractmethod

@@ -50,6 +50,9 @@ _QMP_CONNECT_TIMEOUT_S = 10.0
 # QEMU's default migration bandwidth (32 MiB/s) is for networks; this is a local file.
 _MIGRATION_BANDWIDTH = 16 * 1024**3
 _DOWNTIME_LIMIT_MS = 20
+_NIC_PORT, _UPLINK, _UPLINK_PORT = "nic0", "uplink0", "uplink0port"
+#: Every guest's MAC: each sandbox's link is its own (a tap in its own namespace).
+GUEST_MAC = "02:e0:00:00:00:02"
 
 
 class QemuVM(VirtualMachine):
@@ -120,6 +123,10 @@ class QemuVM(VirtualMachine):
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+            # The NIC is always there (a restored VM needs the device set it was saved
+            # with) but plugged into an empty hub: a network is a tap added at run time.
+            "-netdev", f"hubport,id={_NIC_PORT},hubid=0",
+            "-device", f"virtio-net-device,netdev={_NIC_PORT},mac={GUEST_MAC}",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-device,rng=rng0",
             # No free page reporting: QEMU 7.2 answers a report by punching holes in
@@ -236,6 +243,25 @@ class QemuVM(VirtualMachine):
             "mode": "absolute-paths",
         }
         await self.qmp("blockdev-snapshot-sync", arguments)
+
+    async def attach_nic(self, tap: str) -> None:
+        """Create host tap ``tap`` and join it to the guest NIC's hub."""
+        await self.qmp(
+            "netdev_add", {"type": "tap", "id": _UPLINK, "ifname": tap, "script": "no", "downscript": "no"}
+        )
+        try:
+            await self.qmp(
+                "netdev_add", {"type": "hubport", "id": _UPLINK_PORT, "hubid": 0, "netdev": _UPLINK}
+            )
+        except VmmError:
+            await self.qmp("netdev_del", {"id": _UPLINK})
+            raise
+
+    async def detach_nic(self) -> None:
+        """Unplug the tap (QEMU deletes it); the guest's NIC stays, linked to nothing."""
+        for netdev in (_UPLINK_PORT, _UPLINK):
+            with contextlib.suppress(VmmError):
+                await self.qmp("netdev_del", {"id": netdev})
 
     async def adopt(self) -> None:
         """Take over the QEMU a previous daemon started for this spec (found by its pid file).
@@ -381,7 +407,7 @@ class QemuDriver:
     name = "qemu"
     #: The machine and device set a saved VM state belongs to: a state saved under
     #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
-    machine_abi = "qemu-microvm-2"
+    machine_abi = "qemu-microvm-3"
 
     def __init__(self, settings: Settings, accel: Acceleration) -> None:
         self.settings = settings

@@ -17,10 +17,19 @@ from ember import errors
 from ember.client._async.commands import AsyncCommands
 from ember.client._async.contexts import AsyncContexts, context_id_of
 from ember.client._async.files import AsyncFiles
+from ember.client._async.network import AsyncNetwork
 from ember.client._async.pty import AsyncPty
 from ember.client._async.transport import AsyncTransport, TextCallback
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, resolve_config
-from ember.client._models import Execution, PoolInfo, SandboxInfo, SnapshotInfo, parse, parse_list
+from ember.client._models import (
+    Execution,
+    PoolInfo,
+    PortInfo,
+    SandboxInfo,
+    SnapshotInfo,
+    parse,
+    parse_list,
+)
 from ember.client._stream import result_of
 from ember.protocol.messages import ContextInfo
 
@@ -57,6 +66,7 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         disk_mb: int | None = None,
         snapshot: str | None = None,
+        network: str | dict[str, Any] | None = None,
         *,
         api_key: str | None = None,
         base_url: str | None = None,
@@ -65,7 +75,7 @@ class AsyncSandbox:
         self._bind(AsyncTransport(resolve_config(api_key, base_url, request_timeout)), owned=True)
         self._spec: dict[str, Any] = {"vcpus": vcpus, "memory_mb": memory_mb, "timeout": timeout}
         optional = {"env": env, "idle_timeout": idle_timeout, "template": template}
-        optional.update(metadata=metadata, disk_mb=disk_mb, snapshot=snapshot)
+        optional.update(metadata=metadata, disk_mb=disk_mb, snapshot=snapshot, network=network)
         self._spec.update({key: value for key, value in optional.items() if value is not None})
         if CREATES_IN_INIT:
             self._create()  # only in the generated sync code; see CREATES_IN_INIT
@@ -82,6 +92,7 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         disk_mb: int | None = None,
         snapshot: str | None = None,
+        network: str | dict[str, Any] | None = None,
         *,
         api_key: str | None = None,
         base_url: str | None = None,
@@ -90,10 +101,12 @@ class AsyncSandbox:
         """Create a sandbox and wait until it runs; ``close()`` will kill it.
 
         With ``template`` (a name) or ``snapshot`` (an id) it resumes that saved
-        sandbox, REPL state and all, with its vcpus, memory and disk.
+        sandbox, REPL state and all, with its vcpus, memory and disk. ``network``
+        is its policy: ``"none"`` (default: no interface), ``"full"``, or
+        ``{"domains": [...], "cidrs": [...], "packages": bool}`` (an allowlist).
         """
         sandbox = cls(
-            vcpus, memory_mb, env, timeout, idle_timeout, template, metadata, disk_mb, snapshot,
+            vcpus, memory_mb, env, timeout, idle_timeout, template, metadata, disk_mb, snapshot, network,
             api_key=api_key, base_url=base_url, request_timeout=request_timeout,
         )  # fmt: skip
         await sandbox._create()
@@ -191,6 +204,7 @@ class AsyncSandbox:
         self._commands = AsyncCommands(self._transport, self._path)
         self._files = AsyncFiles(self._transport, self._path)
         self._pty = AsyncPty(self._transport, self._path)
+        self._network = AsyncNetwork(self._transport, self._path)
         self._lifecycle = _Lifecycle.OPEN
 
     async def _create(self) -> None:
@@ -239,6 +253,14 @@ class AsyncSandbox:
         finally:
             self._lifecycle = _Lifecycle.CLOSED
             await self._transport.aclose()
+
+    async def detach(self) -> None:
+        """Let go of the sandbox without killing it (its lifetime still applies).
+
+        ``connect(id)`` reaches it again.
+        """
+        self._owned = False
+        await self.close()
 
     async def kill(self) -> None:
         """End the sandbox now. This object stays usable for ``info()`` until ``close()``."""
@@ -329,6 +351,16 @@ class AsyncSandbox:
         """Interactive terminals."""
         self._require_open()
         return self._pty
+
+    @property
+    def network(self) -> AsyncNetwork:
+        """The network policy (``update``) and exposed ports (``expose``, ``unexpose``, ``ports``)."""
+        self._require_open()
+        return self._network
+
+    async def expose(self, port: int) -> PortInfo:
+        """Serve guest ``port`` through the daemon (the sandbox needs a network); returns its URL."""
+        return await self.network.expose(port)
 
     # ------------------------------------------------------------ code
 

@@ -16,11 +16,20 @@ from typing import Any, Self
 
 from ember import errors
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, resolve_config
-from ember.client._models import Execution, PoolInfo, SandboxInfo, SnapshotInfo, parse, parse_list
+from ember.client._models import (
+    Execution,
+    PoolInfo,
+    PortInfo,
+    SandboxInfo,
+    SnapshotInfo,
+    parse,
+    parse_list,
+)
 from ember.client._stream import result_of
 from ember.client._sync.commands import Commands
 from ember.client._sync.contexts import Contexts, context_id_of
 from ember.client._sync.files import Files
+from ember.client._sync.network import Network
 from ember.client._sync.pty import Pty
 from ember.client._sync.transport import TextCallback, Transport
 from ember.protocol.messages import ContextInfo
@@ -58,6 +67,7 @@ class Sandbox:
         metadata: dict[str, str] | None = None,
         disk_mb: int | None = None,
         snapshot: str | None = None,
+        network: str | dict[str, Any] | None = None,
         *,
         api_key: str | None = None,
         base_url: str | None = None,
@@ -66,7 +76,7 @@ class Sandbox:
         self._bind(Transport(resolve_config(api_key, base_url, request_timeout)), owned=True)
         self._spec: dict[str, Any] = {"vcpus": vcpus, "memory_mb": memory_mb, "timeout": timeout}
         optional = {"env": env, "idle_timeout": idle_timeout, "template": template}
-        optional.update(metadata=metadata, disk_mb=disk_mb, snapshot=snapshot)
+        optional.update(metadata=metadata, disk_mb=disk_mb, snapshot=snapshot, network=network)
         self._spec.update({key: value for key, value in optional.items() if value is not None})
         if CREATES_IN_INIT:
             self._create()  # only in the generated sync code; see CREATES_IN_INIT
@@ -83,6 +93,7 @@ class Sandbox:
         metadata: dict[str, str] | None = None,
         disk_mb: int | None = None,
         snapshot: str | None = None,
+        network: str | dict[str, Any] | None = None,
         *,
         api_key: str | None = None,
         base_url: str | None = None,
@@ -91,10 +102,12 @@ class Sandbox:
         """Create a sandbox and wait until it runs; ``close()`` will kill it.
 
         With ``template`` (a name) or ``snapshot`` (an id) it resumes that saved
-        sandbox, REPL state and all, with its vcpus, memory and disk.
+        sandbox, REPL state and all, with its vcpus, memory and disk. ``network``
+        is its policy: ``"none"`` (default: no interface), ``"full"``, or
+        ``{"domains": [...], "cidrs": [...], "packages": bool}`` (an allowlist).
         """
         sandbox = cls(
-            vcpus, memory_mb, env, timeout, idle_timeout, template, metadata, disk_mb, snapshot,
+            vcpus, memory_mb, env, timeout, idle_timeout, template, metadata, disk_mb, snapshot, network,
             api_key=api_key, base_url=base_url, request_timeout=request_timeout,
         )  # fmt: skip
         sandbox._create()
@@ -190,6 +203,7 @@ class Sandbox:
         self._commands = Commands(self._transport, self._path)
         self._files = Files(self._transport, self._path)
         self._pty = Pty(self._transport, self._path)
+        self._network = Network(self._transport, self._path)
         self._lifecycle = _Lifecycle.OPEN
 
     def _create(self) -> None:
@@ -238,6 +252,14 @@ class Sandbox:
         finally:
             self._lifecycle = _Lifecycle.CLOSED
             self._transport.close()
+
+    def detach(self) -> None:
+        """Let go of the sandbox without killing it (its lifetime still applies).
+
+        ``connect(id)`` reaches it again.
+        """
+        self._owned = False
+        self.close()
 
     def kill(self) -> None:
         """End the sandbox now. This object stays usable for ``info()`` until ``close()``."""
@@ -328,6 +350,16 @@ class Sandbox:
         """Interactive terminals."""
         self._require_open()
         return self._pty
+
+    @property
+    def network(self) -> Network:
+        """The network policy (``update``) and exposed ports (``expose``, ``unexpose``, ``ports``)."""
+        self._require_open()
+        return self._network
+
+    def expose(self, port: int) -> PortInfo:
+        """Serve guest ``port`` through the daemon (the sandbox needs a network); returns its URL."""
+        return self.network.expose(port)
 
     # ------------------------------------------------------------ code
 

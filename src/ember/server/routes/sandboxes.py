@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from ember.errors import InvalidRequestError
 from ember.server.deps import caller, ember_version, service
@@ -33,6 +33,7 @@ async def create_sandbox(body: CreateSandbox, request: Request, key: ApiKey = De
         owner=key.id,
         template=body.template,
         snapshot=body.snapshot,
+        network=body.network,
     )
     return SandboxInfo.of(sandbox.record)
 
@@ -69,6 +70,17 @@ def get_sandbox(sandbox_id: str, request: Request, key: ApiKey = Depends(caller)
 async def delete_sandbox(sandbox_id: str, request: Request, key: ApiKey = Depends(caller)) -> Response:
     await service(request).manager.destroy(sandbox_id, owner=key.id)
     return Response(status_code=204)
+
+
+@router.put("/v1/sandboxes/{sandbox_id}/network", response_model=SandboxInfo, tags=["sandboxes"])
+async def set_network(
+    sandbox_id: str,
+    request: Request,
+    body: Annotated[str | dict[str, Any], Body()],
+    key: ApiKey = Depends(caller),
+) -> SandboxInfo:
+    record = await service(request).manager.set_network(sandbox_id, body, owner=key.id)
+    return SandboxInfo.of(record)
 
 
 @router.post("/v1/sandboxes/{sandbox_id}/timeout", response_model=SandboxInfo, tags=["sandboxes"])

@@ -1,0 +1,82 @@
+"""``ember network`` and ``ember expose``: a sandbox's network policy and exposed ports, from the shell.
+
+A rule given with ``--allow`` is a CIDR when it parses as one, otherwise a domain
+(``api.example.com`` or ``*.example.com``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+import typer
+
+from ember.cli._output import stdout
+from ember.client import Sandbox
+
+Allow = Annotated[
+    list[str],
+    typer.Option("--allow", help="A domain (*.example.com for its subdomains) or a CIDR (repeatable)."),
+]
+Packages = Annotated[
+    bool, typer.Option("--packages", help="Also allow the hosts this host's pip, apt and npm use.")
+]
+
+
+def policy_of(mode: str | None, allow: list[str], packages: bool) -> dict[str, Any] | None:
+    """The API's network policy for these options (None: the default, no network)."""
+    if mode is None and not allow and not packages:
+        return None
+    cidrs = [rule for rule in allow if _is_cidr(rule)]
+    policy: dict[str, Any] = {
+        "domains": [r for r in allow if r not in cidrs],
+        "cidrs": cidrs,
+        "packages": packages,
+    }
+    if mode is not None:
+        policy["mode"] = mode
+    return policy
+
+
+def _is_cidr(rule: str) -> bool:
+    try:
+        ipaddress.ip_network(rule, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def network(
+    sandbox_id: Annotated[str, typer.Argument(metavar="SANDBOX_ID")],
+    mode: Annotated[
+        str | None, typer.Argument(metavar="[MODE]", help="none, full or allowlist (default with --allow).")
+    ] = None,
+    allow: Allow = [],  # noqa: B006
+    packages: Packages = False,
+) -> None:
+    """Show or change a running sandbox's network policy."""
+    with Sandbox.connect(sandbox_id) as sandbox:
+        policy = policy_of(mode, allow, packages)
+        info = sandbox.info().network if policy is None else sandbox.network.update(**policy)
+    rules = [*info.get("domains", []), *info.get("cidrs", [])] + (
+        ["packages"] if info.get("packages") else []
+    )
+    stdout.print(
+        f"{info.get('mode', 'none')}  address {info.get('address') or '-'}  {' '.join(rules)}".rstrip()
+    )
+
+
+def expose(
+    sandbox_id: Annotated[str, typer.Argument(metavar="SANDBOX_ID")],
+    port: Annotated[int, typer.Argument(help="The guest port, 1-65535.")],
+    close: Annotated[bool, typer.Option("--close", help="Stop serving the port.")] = False,
+) -> None:
+    """Serve a guest port through the daemon; prints its URL and access token."""
+    with Sandbox.connect(sandbox_id) as sandbox:
+        if close:
+            sandbox.network.unexpose(port)
+            stdout.print(f"closed port {port}")
+            return
+        exposed = sandbox.expose(port)
+    stdout.print(exposed.url)
+    stdout.print(f"token {exposed.token}  (header X-Ember-Port-Token, or ?ember_token=)")

@@ -1,0 +1,159 @@
+"""Sandbox networks as the engine sees them: attach one to a VM, change its policy, take it away.
+
+``Networks`` ties the parts together for one daemon: the host side (namespace,
+links, nftables: ``host``), the sandbox's DNS (``resolver``) and its name-checked
+proxy (``proxy``), and the VM's NIC backend (a tap added to the running QEMU).
+A ``Lease`` is one sandbox's attached network; the guest is told its address
+through the agent by the sandbox itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ember.network import host
+from ember.network.host import Addressing, HostNetwork, ServicePorts
+from ember.network.packages import host_package_hosts
+from ember.network.policy import DomainRules, NetworkPolicy
+from ember.network.proxy import NameProxy
+from ember.network.resolver import Resolver, Upstream
+from ember.settings import Settings
+
+log = logging.getLogger("ember.network")
+
+PACKAGE_HOSTS_TTL_S = 300.0
+
+
+class Nic(Protocol):
+    """The VM side: plug a host tap device into the guest's NIC, or unplug it."""
+
+    async def attach_nic(self, tap: str) -> None: ...
+
+    async def detach_nic(self) -> None: ...
+
+
+@dataclass
+class Lease:
+    """One sandbox's network: where it is and what it may reach now."""
+
+    sandbox_id: str
+    addressing: Addressing
+    policy: NetworkPolicy
+    rules: DomainRules
+    resolver: Resolver | None = None
+    proxy: NameProxy | None = None
+    ports: ServicePorts | None = None
+    denied: list[ipaddress.IPv4Network] = field(default_factory=list)
+
+    def guest_config(self) -> dict[str, str]:
+        """What the agent configures in the guest (its interface, route and resolver)."""
+        return {"address": f"{self.addressing.guest_ip}/30", "gateway": self.addressing.gateway}
+
+    def is_denied(self, address: ipaddress.IPv4Address) -> bool:
+        return any(address in network for network in self.denied)
+
+
+class Networks:
+    """Every sandbox network of one daemon (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.host = HostNetwork(settings.network_cidr, settings.data_dir)
+        self._upstream_spec = settings.dns_upstream
+        self._upstream: Upstream | None = None
+        self._package_hosts: tuple[float, tuple[str, ...]] | None = None
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            self._upstream = Upstream(self._upstream_spec)
+        return self._upstream
+
+    async def attach(self, sandbox_id: str, nic: Nic, policy: NetworkPolicy) -> Lease:
+        """Give a running VM a network under ``policy``; on failure nothing is left."""
+        addressing = await self.host.create(sandbox_id)
+        lease = Lease(sandbox_id, addressing, policy, DomainRules())
+        try:
+            await self._serve(lease)
+            await nic.attach_nic(addressing.tap)
+            await self.host.add_tap(sandbox_id, addressing)
+            await self.update(lease, policy)
+        except BaseException:
+            await self.detach(lease, nic)
+            raise
+        return lease
+
+    async def adopt(self, sandbox_id: str, slot: int, policy: NetworkPolicy) -> Lease:
+        """Take over the network a previous daemon made for a sandbox that is still running."""
+        lease = Lease(sandbox_id, Addressing(slot, self.host.cidr), policy, DomainRules())
+        await self.host.prepare_host()
+        try:
+            await self._serve(lease)
+            await self.update(lease, policy)
+        except BaseException:
+            await self._stop_services(lease)
+            raise
+        return lease
+
+    async def update(self, lease: Lease, policy: NetworkPolicy) -> None:
+        """Apply a new (enabled) policy to an attached network; established connections carry on."""
+        assert lease.ports is not None
+        rules = DomainRules.of(policy, await self.package_hosts() if policy.packages else ())
+        denied = [*host.ALWAYS_DENIED, str(self.host.cidr), *await host.host_addresses()]
+        await self.host.apply(lease.sandbox_id, lease.addressing, policy, lease.ports, denied)
+        lease.denied = [ipaddress.IPv4Network(n) for n in denied]
+        lease.policy, lease.rules = policy, rules
+
+    async def detach(self, lease: Lease, nic: Nic | None) -> None:
+        """Unplug and remove everything of the lease. Never raises: it runs on teardown paths."""
+        if nic is not None:
+            with contextlib.suppress(Exception):
+                await nic.detach_nic()
+        await self._stop_services(lease)
+        try:
+            await self.host.remove(lease.sandbox_id, lease.addressing.slot)
+        except Exception:
+            log.exception("removing the network of sandbox %s failed", lease.sandbox_id)
+
+    async def remove_leftovers(self, keep: set[str]) -> None:
+        """Delete the namespaces a previous run of this daemon left for sandboxes now gone."""
+        prefix = f"ember-{self.host.instance}-"
+        for netns in self.host.leftover_namespaces(keep):
+            log.info("removing leftover sandbox network %s", netns)
+            with contextlib.suppress(Exception):
+                await self.host.remove(netns[len(prefix) :], None)
+
+    async def close(self) -> None:
+        await self.host.release_host()
+
+    async def package_hosts(self) -> tuple[str, ...]:
+        """This host's package-manager hosts, read again every few minutes (configs change)."""
+        now = time.monotonic()
+        if self._package_hosts is None or now - self._package_hosts[0] > PACKAGE_HOSTS_TTL_S:
+            self._package_hosts = (now, await asyncio.to_thread(host_package_hosts))
+        return self._package_hosts[1]
+
+    async def _serve(self, lease: Lease) -> None:
+        address = lease.addressing.host_ip
+        lease.resolver = await Resolver.listen(address, self.upstream, lambda: lease.rules)
+        lease.proxy = NameProxy(self.upstream, lambda: lease.rules, lease.is_denied)
+        http, tls = await lease.proxy.listen(address)
+        lease.ports = ServicePorts(dns=lease.resolver.port, http=http, tls=tls)
+
+    @staticmethod
+    async def _stop_services(lease: Lease) -> None:
+        for service in (lease.resolver, lease.proxy):
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    await service.close()
+        lease.resolver = lease.proxy = None
+
+
+def describe(lease: Lease | None, policy: NetworkPolicy) -> dict[str, Any]:
+    """The network part of a sandbox's public description."""
+    return {**policy.to_dict(), "address": lease.addressing.guest_ip if lease is not None else None}
