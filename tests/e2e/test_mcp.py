@@ -147,6 +147,7 @@ TOOLS = {
     "snapshot_sandbox",
     "fork_sandbox",
     "kill_sandbox",
+    "expose_port",
     "list_sandboxes",
     "list_snapshots",
     "delete_snapshot",
@@ -276,6 +277,36 @@ async def _error(client: Client, tool: str, **arguments: Any) -> str:
     result = await client.call_tool(tool, arguments)
     assert result.is_error, f"{tool}({arguments}) succeeded: {_text(result)}"
     return _text(result)
+
+
+async def test_a_sandbox_with_an_allowlist_and_an_exposed_port(connect: Any, daemon: Daemon) -> None:
+    async with connect() as client:
+        assert "[invalid_request]" in await _error(
+            client, "create_sandbox", network="allowlist", allow=["not a domain"]
+        )
+        created = await _call(
+            client, "create_sandbox", vcpus=1, network="allowlist", allow=["allowed.test", "10.0.0.0/8"]
+        )
+        sandbox_id = created.structured_content["id"]
+        try:
+            network = created.structured_content["network"]
+            assert (
+                network["mode"] == "allowlist" and network["cidrs"] == ["10.0.0.0/8"] and network["address"]
+            )
+            names = await _call(
+                client,
+                "run_code",
+                sandbox_id=sandbox_id,
+                code="import socket; socket.gethostbyname('allowed.test')",
+            )
+            assert names.structured_content["results"][0]["text"].startswith("'10.213.")
+            exposed = await _call(client, "expose_port", sandbox_id=sandbox_id, port=8000)
+            assert (
+                exposed.structured_content["url"].startswith("http") and exposed.structured_content["token"]
+            )
+            assert "port" in await _error(client, "expose_port", sandbox_id=sandbox_id, port=70000)
+        finally:
+            await _call(client, "kill_sandbox", sandbox_id=sandbox_id)
 
 
 async def test_bad_arguments_and_unknown_ids_are_tool_errors_the_model_can_act_on(

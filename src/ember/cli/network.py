@@ -1,18 +1,13 @@
-"""``ember network`` and ``ember expose``: a sandbox's network policy and exposed ports, from the shell.
-
-A rule given with ``--allow`` is a CIDR when it parses as one, otherwise a domain
-(``api.example.com`` or ``*.example.com``).
-"""
+"""``ember network`` and ``ember expose``: a sandbox's network policy and exposed ports, from the shell."""
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ember.cli._output import stdout
-from ember.client import Sandbox
+from ember.client import Sandbox, network_policy
 
 Allow = Annotated[
     list[str],
@@ -21,29 +16,6 @@ Allow = Annotated[
 Packages = Annotated[
     bool, typer.Option("--packages", help="Also allow the hosts this host's pip, apt and npm use.")
 ]
-
-
-def policy_of(mode: str | None, allow: list[str], packages: bool) -> dict[str, Any] | None:
-    """The API's network policy for these options (None: the default, no network)."""
-    if mode is None and not allow and not packages:
-        return None
-    cidrs = [rule for rule in allow if _is_cidr(rule)]
-    policy: dict[str, Any] = {
-        "domains": [r for r in allow if r not in cidrs],
-        "cidrs": cidrs,
-        "packages": packages,
-    }
-    if mode is not None:
-        policy["mode"] = mode
-    return policy
-
-
-def _is_cidr(rule: str) -> bool:
-    try:
-        ipaddress.ip_network(rule, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def network(
@@ -56,7 +28,7 @@ def network(
 ) -> None:
     """Show or change a running sandbox's network policy."""
     with Sandbox.connect(sandbox_id) as sandbox:
-        policy = policy_of(mode, allow, packages)
+        policy = network_policy(mode, allow, packages)
         info = sandbox.info().network if policy is None else sandbox.network.update(**policy)
     rules = [*info.get("domains", []), *info.get("cidrs", [])] + (
         ["packages"] if info.get("packages") else []

@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from ember.cli._output import age, duration, print_error, print_listing, stderr, stdout
-from ember.cli.network import Allow, Packages, policy_of
-from ember.client import Sandbox, SandboxInfo
+from ember.cli.network import Allow, Packages
+from ember.client import Sandbox, SandboxInfo, network_policy
 from ember.errors import EmberError
 
 
@@ -28,7 +28,7 @@ def create(
     packages: Packages = False,
 ) -> None:
     """Start a sandbox that keeps running; print its id."""
-    sandbox = Sandbox(template=template, timeout=timeout, network=policy_of(network, allow, packages))
+    sandbox = Sandbox(template=template, timeout=timeout, network=network_policy(network, allow, packages))
     sandbox_id = sandbox.id
     sandbox.detach()
     stdout.print(sandbox_id)

@@ -22,6 +22,7 @@ from ember.client._models import (
     SandboxInfo,
     SnapshotInfo,
 )
+from ember.client._policy import network_policy
 from ember.client._sync.commands import CommandHandle
 from ember.client._sync.keys import Keys
 from ember.client._sync.pty import Terminal
@@ -55,4 +56,5 @@ __all__ = [
     "Terminal",
     "async_build_template",
     "build_template",
+    "network_policy",
 ]

@@ -38,6 +38,15 @@ class Sandbox(_FromSdk):
     snapshot: str | None = Field(None, description="The snapshot or template it was started from.")
     hostname: str | None = None
     expires_at: float | None = Field(None, description="When its lifetime ends (Unix time); None: no limit.")
+    network: dict[str, Any] = Field(
+        default_factory=dict, description="Its network policy (mode, domains, cidrs) and address."
+    )
+
+
+class ExposedPort(_FromSdk):
+    port: int
+    url: str = Field(description="Where the server answers, HTTP and WebSocket.")
+    token: str = Field(description="Send as header X-Ember-Port-Token, or as ?ember_token=.")
 
 
 class Sandboxes(BaseModel):

@@ -15,6 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ToolAnnotations
 from pydantic import Field
 
+from ember.client import network_policy
 from ember.integrations.mcp import models
 from ember.integrations.mcp.auth import caller_key
 from ember.integrations.mcp.content import execution_content, file_content
@@ -95,6 +96,7 @@ class SandboxTools:
             (self.list_files, _READS),
             (self.snapshot_sandbox, _ADDS),
             (self.fork_sandbox, _ADDS),
+            (self.expose_port, _ADDS),
             (self.kill_sandbox, _CHANGES),
             (self.list_sandboxes, _READS),
             (self.list_snapshots, _READS),
@@ -128,6 +130,20 @@ class SandboxTools:
         disk_mb: Annotated[
             int | None, Field(ge=MIN_DISK_MIB, le=MAX_DISK_MIB, description="Disk size, MiB (default 4096).")
         ] = None,
+        network: Annotated[
+            Literal["none", "full", "allowlist"],
+            Field(description="none: no network at all (default); full: internet; allowlist: only allow."),
+        ] = "none",
+        allow: Annotated[
+            list[str] | None,
+            Field(
+                max_length=256,
+                description="With network=allowlist: domains (api.example.com, *.example.com) and CIDRs.",
+            ),
+        ] = None,
+        packages: Annotated[
+            bool, Field(description="With network=allowlist: also the pip, apt and npm package hosts.")
+        ] = False,
     ) -> models.Sandbox:
         """Start a new sandbox: a Linux microVM with Python 3, Node.js, git and a shell.
 
@@ -145,6 +161,7 @@ class SandboxTools:
             vcpus=vcpus,
             memory_mb=memory_mb,
             disk_mb=disk_mb,
+            network=network_policy(None if network == "none" else network, allow or (), packages),
         )
         return models.Sandbox.model_validate(await sandbox.info())
 
@@ -265,6 +282,19 @@ class SandboxTools:
         return models.Sandboxes(
             sandboxes=[models.Sandbox.model_validate(await fork.info()) for fork in forks]
         )
+
+    @reports_ember_errors
+    async def expose_port(
+        self,
+        sandbox_id: SandboxId,
+        port: Annotated[int, Field(ge=1, le=65535, description="The port a server listens on (0.0.0.0).")],
+    ) -> models.ExposedPort:
+        """Make a server inside the sandbox reachable at a URL (the sandbox needs a network).
+
+        Opening the URL needs the token: header X-Ember-Port-Token, or ?ember_token=<token>.
+        """
+        async with self._sandboxes().use(sandbox_id) as sandbox:
+            return models.ExposedPort.model_validate(await sandbox.expose(port))
 
     @reports_ember_errors
     async def kill_sandbox(self, sandbox_id: SandboxId) -> str:

@@ -1,0 +1,37 @@
+"""A network policy for the API from the short form people type: a mode and a list of rules."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+
+def network_policy(
+    mode: str | None = None, allow: Iterable[str] = (), packages: bool = False
+) -> dict[str, Any] | None:
+    """``{"mode", "domains", "cidrs", "packages"}`` for the API; None (no network) when nothing is given.
+
+    A rule is a CIDR when it parses as one, otherwise a domain (``api.example.com``,
+    ``*.example.com``); the daemon checks both.
+    """
+    rules = list(allow)
+    if mode is None and not rules and not packages:
+        return None
+    cidrs = [rule for rule in rules if _is_cidr(rule)]
+    policy: dict[str, Any] = {
+        "domains": [r for r in rules if r not in cidrs],
+        "cidrs": cidrs,
+        "packages": packages,
+    }
+    if mode is not None:
+        policy["mode"] = mode
+    return policy
+
+
+def _is_cidr(rule: str) -> bool:
+    try:
+        ipaddress.ip_network(rule, strict=False)
+    except ValueError:
+        return False
+    return True
