@@ -240,6 +240,15 @@ class AsyncSandbox:
             self._lifecycle = _Lifecycle.CLOSED
             await self._transport.aclose()
 
+    def detach(self) -> None:
+        """Let ``close()`` leave the sandbox running, as for one joined with ``connect()``.
+
+        For code that hands a sandbox on (its id saved for a later ``connect()``); its
+        lifetime and idle timeout still end it.
+        """
+        self._require_open()
+        self._owned = False
+
     async def kill(self) -> None:
         """End the sandbox now. This object stays usable for ``info()`` until ``close()``."""
         self._require_open()
