@@ -8,6 +8,7 @@ behind the test daemon.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
@@ -253,3 +254,47 @@ async def test_resumed_session_reattaches_to_a_sandbox_kept_alive(
             )
             await sandbox.kill()
             await sandbox.close()
+
+
+async def test_snapshot_persistence_resumes_the_whole_sandbox_and_keeps_one_snapshot(
+    daemon: Daemon, client: EmberSandboxClient, tmp_path: Path
+) -> None:
+    connection = {"base_url": daemon.url, "api_key": daemon.api_key}
+    model = ScriptedModel(
+        [
+            shell("start", "echo saved > saved.txt; nohup sleep 600 >/dev/null 2>&1 & echo started"),
+            [assistant_message("ok")],
+        ]
+    )
+    agent = SandboxAgent(name="snapper", model=model, default_manifest=Manifest(root=ROOT))
+    options = EmberSandboxClientOptions(workspace_persistence="snapshot", timeout=600)
+    snapshots = LocalSnapshotSpec(base_path=tmp_path / "snapshots")
+    first = await run(agent, SandboxRunConfig(client=client, options=options, snapshot=snapshots))
+    state = saved_state(client, first)
+    kept = {state.ember_snapshot_id}
+    try:
+        assert state.ember_snapshot_id is not None
+        assert not await is_running(daemon, state.sandbox_id)
+
+        second_model = ScriptedModel(
+            [
+                shell("check", "cat saved.txt; pgrep -x sleep >/dev/null && echo alive"),
+                [assistant_message("ok")],
+            ]
+        )
+        second = await run(
+            SandboxAgent(name="snapper", model=second_model),
+            SandboxRunConfig(client=client, session_state=state),
+        )
+        check = str(tool_outputs(second)["check"])
+        # The process survived: the sandbox came back from the Ember snapshot, not from a tar of files.
+        assert "saved" in check and "alive" in check, check
+        resumed = saved_state(client, second)
+        kept.add(resumed.ember_snapshot_id)
+        assert resumed.sandbox_id != state.sandbox_id and resumed.ember_snapshot_id != state.ember_snapshot_id
+        left = {info.id for info in await AsyncSandbox.list_snapshots(**connection)}
+        assert state.ember_snapshot_id not in left and resumed.ember_snapshot_id in left
+    finally:
+        for snapshot_id in kept - {None}:
+            with contextlib.suppress(errors.SnapshotNotFoundError):
+                await AsyncSandbox.delete_snapshot(snapshot_id, **connection)

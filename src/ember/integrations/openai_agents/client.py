@@ -16,14 +16,10 @@ from agents.sandbox.session.manager import Instrumentation
 from agents.sandbox.session.sandbox_client import BaseSandboxClient
 from agents.sandbox.snapshot import SnapshotBase, SnapshotSpec, resolve_snapshot
 
-from ember import errors
-from ember.client import AsyncSandbox
+from ember.integrations.openai_agents._connection import Connection
 from ember.integrations.openai_agents.options import BACKEND_ID, EmberSandboxClientOptions
 from ember.integrations.openai_agents.session import EmberSandboxSession
 from ember.integrations.openai_agents.state import EmberSandboxSessionState
-
-#: Metadata key naming the SDK session a sandbox serves (``ember ls`` and ``AsyncSandbox.list`` show it).
-SESSION_METADATA_KEY = "openai_agents_session"
 
 
 class EmberSandboxClient(BaseSandboxClient[EmberSandboxClientOptions]):
@@ -38,8 +34,7 @@ class EmberSandboxClient(BaseSandboxClient[EmberSandboxClientOptions]):
         instrumentation: Instrumentation | None = None,
         dependencies: Dependencies | None = None,
     ) -> None:
-        self._base_url = base_url
-        self._api_key = api_key
+        self._connection = Connection(base_url, api_key)
         self._instrumentation = instrumentation or Instrumentation()
         self._dependencies = dependencies
 
@@ -54,7 +49,7 @@ class EmberSandboxClient(BaseSandboxClient[EmberSandboxClientOptions]):
         options = options or EmberSandboxClientOptions()
         manifest = self._validate_manifest_for_create(manifest or Manifest())
         session_id = uuid.uuid4()
-        sandbox = await self._start_sandbox(options, session_id)
+        sandbox = await self._connection.start(options, session_id)
         state = EmberSandboxSessionState(
             session_id=session_id,
             manifest=manifest,
@@ -63,25 +58,32 @@ class EmberSandboxClient(BaseSandboxClient[EmberSandboxClientOptions]):
             options=options,
             exposed_ports=options.exposed_ports,
         )
-        return self._wrap_session(EmberSandboxSession(state, sandbox), instrumentation=self._instrumentation)
+        session = EmberSandboxSession(state, sandbox, self._connection)
+        return self._wrap_session(session, instrumentation=self._instrumentation)
 
     async def resume(self, state: SandboxSessionState) -> SandboxSession:
         """Reattach to the state's sandbox if it still runs, else start a new one in its place.
 
         A reattached sandbox keeps its workspace (and processes); a new one gets the
-        workspace from the state's snapshot, or the manifest when there is none.
+        workspace from the state's snapshot, or the manifest when there is none. With
+        ``workspace_persistence="snapshot"`` the new one is restored from the session's
+        Ember snapshot, so it too starts with its workspace (and processes) in place.
         """
         if not isinstance(state, EmberSandboxSessionState):
             raise TypeError("EmberSandboxClient.resume expects an EmberSandboxSessionState")
         state.assert_path_grants_rebound()
-        sandbox = await self._reattach(state.sandbox_id)
-        reattached = sandbox is not None
+        sandbox = await self._connection.reattach(state.sandbox_id)
+        preserved = sandbox is not None
         if sandbox is None:
-            sandbox = await self._start_sandbox(state.options, state.session_id)
+            snapshot_id = (
+                state.ember_snapshot_id if state.options.workspace_persistence == "snapshot" else None
+            )
+            sandbox = await self._connection.start(state.options, state.session_id, snapshot_id)
             state.sandbox_id = sandbox.id
-            state.workspace_root_ready = False
-        session = EmberSandboxSession(state, sandbox)
-        session._set_start_state_preserved(reattached)
+            preserved = snapshot_id is not None
+            state.workspace_root_ready = preserved
+        session = EmberSandboxSession(state, sandbox, self._connection)
+        session._set_start_state_preserved(preserved)
         return self._wrap_session(session, instrumentation=self._instrumentation)
 
     async def delete(self, session: SandboxSession) -> SandboxSession:
@@ -94,20 +96,3 @@ class EmberSandboxClient(BaseSandboxClient[EmberSandboxClientOptions]):
 
     def deserialize_session_state(self, payload: dict[str, object]) -> SandboxSessionState:
         return self._deserialize_session_state_payload(payload, EmberSandboxSessionState)
-
-    async def _start_sandbox(self, options: EmberSandboxClientOptions, session_id: uuid.UUID) -> AsyncSandbox:
-        metadata = {**options.metadata, SESSION_METADATA_KEY: str(session_id)}
-        return await AsyncSandbox.create(
-            **options.sandbox_spec(), metadata=metadata, api_key=self._api_key, base_url=self._base_url
-        )
-
-    async def _reattach(self, sandbox_id: str) -> AsyncSandbox | None:
-        """The running sandbox `sandbox_id`, or None when it ended or never existed here."""
-        try:
-            sandbox = await AsyncSandbox.connect(sandbox_id, api_key=self._api_key, base_url=self._base_url)
-        except errors.SandboxNotFoundError:
-            return None
-        if (await sandbox.info()).state == "running":
-            return sandbox
-        await sandbox.close()
-        return None

@@ -23,6 +23,12 @@ class EmberSandboxClientOptions(BaseSandboxClientOptions):
     processes and memory intact; ``timeout`` and ``idle_timeout`` still end it.
     Without it the sandbox is killed at the end, and a resumed session starts a new
     one and restores the workspace from the session's snapshot (if it has one).
+
+    ``workspace_persistence`` says what that snapshot holds: ``"tar"`` (the
+    workspace's files, portable to any backend) or ``"snapshot"`` (the id of an
+    Ember snapshot of the whole sandbox: memory, processes and disk, so a resumed
+    session continues where the last one stopped). A session keeps one Ember
+    snapshot: each persist deletes the one before it; the last stays until deleted.
     """
 
     type: Literal["ember"] = "ember"
@@ -35,12 +41,14 @@ class EmberSandboxClientOptions(BaseSandboxClientOptions):
     idle_timeout: float | None = Field(default=None, gt=0)
     metadata: dict[str, str] = Field(default_factory=dict)
     keep_alive: bool = False
+    workspace_persistence: Literal["tar", "snapshot"] = "tar"
     exposed_ports: tuple[int, ...] = ()
 
-    def sandbox_spec(self) -> dict[str, Any]:
-        """The keyword arguments of ``AsyncSandbox.create`` these options describe."""
+    def sandbox_spec(self, snapshot_id: str | None = None) -> dict[str, Any]:
+        """``AsyncSandbox.create`` arguments: a new sandbox, or one restored from a snapshot."""
+        origin = {"snapshot": snapshot_id} if snapshot_id is not None else {"template": self.template}
         return {
-            "template": self.template,
+            **origin,
             "vcpus": self.vcpus,
             "memory_mb": self.memory_mb,
             "disk_mb": self.disk_mb,

@@ -7,7 +7,8 @@ shell round trip. Paths are confined to the workspace by the SDK's own path poli
 (lexically: ``..`` and outside absolute paths are refused with
 ``InvalidManifestPathError``); symlinks are not chased, since the agent owns the
 whole VM and reaches every file through ``exec`` anyway. The workspace persists
-as a tar archive moved through the file API.
+as a tar archive moved through the file API, or as an Ember snapshot of the whole
+sandbox (``workspace_persistence="snapshot"``), whose id is all the SDK stores.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from agents.sandbox.workspace_paths import sandbox_path_str
 from ember import errors
 from ember.client import AsyncSandbox, FileInfo
 from ember.integrations.openai_agents import _processes
+from ember.integrations.openai_agents._connection import SESSION_METADATA_KEY, Connection
 from ember.integrations.openai_agents._errors import raise_exec_error
 from ember.integrations.openai_agents.state import EmberSandboxSessionState
 
@@ -52,6 +54,8 @@ _KINDS = {"file": EntryKind.FILE, "dir": EntryKind.DIRECTORY, "symlink": EntryKi
 #: Default wait for output of a new interactive process (the SDK's exec_command default).
 _START_YIELD_MS = 10_000
 _WRITE_YIELD_MS = 250
+#: What ``persist_workspace`` returns for an Ember snapshot: this marker, then the snapshot's id.
+_SNAPSHOT_MARKER = b"EMBER_SNAPSHOT_V1\n"
 
 
 class EmberSandboxSession(BaseSandboxSession):
@@ -59,9 +63,12 @@ class EmberSandboxSession(BaseSandboxSession):
 
     state: EmberSandboxSessionState
 
-    def __init__(self, state: EmberSandboxSessionState, sandbox: AsyncSandbox) -> None:
+    def __init__(
+        self, state: EmberSandboxSessionState, sandbox: AsyncSandbox, connection: Connection
+    ) -> None:
         self.state = state
         self.sandbox = sandbox
+        self._connection = connection
         self._root_ready = state.workspace_root_ready
         self._processes = _processes.ProcessTable()
 
@@ -272,6 +279,57 @@ class EmberSandboxSession(BaseSandboxSession):
         return f"/tmp/ember-workspace-{self.state.session_id.hex}.tar"
 
     async def persist_workspace(self) -> io.IOBase:
+        if self.state.options.workspace_persistence == "snapshot":
+            return await self._persist_snapshot_ref()
+        return await self._persist_tar()
+
+    async def hydrate_workspace(self, data: io.IOBase) -> None:
+        raw = data.read()
+        if isinstance(raw, str):
+            raw = raw.encode()
+        if not isinstance(raw, bytes | bytearray):
+            raise WorkspaceWriteTypeError(path=self._workspace_root_path(), actual_type=type(raw).__name__)
+        if raw.startswith(_SNAPSHOT_MARKER):
+            await self._restore_snapshot(raw[len(_SNAPSHOT_MARKER) :].decode())
+        else:
+            await self._hydrate_tar(bytes(raw))
+
+    async def _persist_snapshot_ref(self) -> io.IOBase:
+        """Snapshot the whole sandbox and delete the session's previous snapshot."""
+        metadata = {SESSION_METADATA_KEY: str(self.state.session_id)}
+        try:
+            snapshot = await self.sandbox.snapshot(metadata=metadata)
+        except errors.EmberError as exc:
+            raise WorkspaceArchiveReadError(
+                path=self._workspace_root_path(), context={"code": exc.code}, cause=exc
+            ) from exc
+        previous, self.state.ember_snapshot_id = self.state.ember_snapshot_id, snapshot.id
+        if previous is not None and previous != snapshot.id:
+            try:
+                await self._connection.delete_snapshot(previous)
+            except errors.EmberError as exc:  # the new snapshot is what matters; the old one only wastes disk
+                logger.warning("could not delete the session's previous snapshot %s: %s", previous, exc)
+        return io.BytesIO(_SNAPSHOT_MARKER + snapshot.id.encode())
+
+    async def _restore_snapshot(self, snapshot_id: str) -> None:
+        """Replace this session's sandbox with one restored from Ember snapshot `snapshot_id`."""
+        try:
+            restored = await self._connection.start(self.state.options, self.state.session_id, snapshot_id)
+        except errors.EmberError as exc:
+            context = {"code": exc.code, "snapshot_id": snapshot_id}
+            raise WorkspaceArchiveWriteError(
+                path=self._workspace_root_path(), context=context, cause=exc
+            ) from exc
+        await self._processes.close()
+        with contextlib.suppress(errors.SandboxNotFoundError, errors.SandboxNotRunningError):
+            await self.sandbox.kill()
+        await self.sandbox.close()
+        self.sandbox = restored
+        self.state.sandbox_id = restored.id
+        self.state.ember_snapshot_id = snapshot_id
+        self._root_ready = True
+
+    async def _persist_tar(self) -> io.IOBase:
         """The workspace as a tar of workspace-relative members (skip paths left out)."""
         root = self._workspace_root_path()
         archive = self._archive_path()
@@ -290,16 +348,11 @@ class EmberSandboxSession(BaseSandboxSession):
             await self._remove_quietly(archive)
         return io.BytesIO(data)
 
-    async def hydrate_workspace(self, data: io.IOBase) -> None:
-        """Unpack a tar made by ``persist_workspace`` under the workspace root, after vetting it."""
+    async def _hydrate_tar(self, raw: bytes) -> None:
+        """Unpack a tar made by ``_persist_tar`` under the workspace root, after vetting it."""
         root = self._workspace_root_path()
-        raw = data.read()
-        if isinstance(raw, str):
-            raw = raw.encode()
-        if not isinstance(raw, bytes | bytearray):
-            raise WorkspaceWriteTypeError(path=root, actual_type=type(raw).__name__)
         try:
-            validate_tar_bytes(bytes(raw), allow_external_symlink_targets=False)
+            validate_tar_bytes(raw, allow_external_symlink_targets=False)
         except UnsafeTarMemberError as exc:
             context = {"reason": "unsafe_or_invalid_tar", "member": exc.member}
             raise WorkspaceArchiveWriteError(path=root, context=context, cause=exc) from exc
@@ -307,7 +360,7 @@ class EmberSandboxSession(BaseSandboxSession):
         root_arg = shlex.quote(sandbox_path_str(root))
         try:
             await self.sandbox.files.mkdir(sandbox_path_str(root), parents=True)
-            await self.sandbox.files.write(archive, bytes(raw))
+            await self.sandbox.files.write(archive, raw)
             result = await self.exec(f"tar -C {root_arg} -xf {shlex.quote(archive)}")
         except errors.EmberError as exc:
             raise WorkspaceArchiveWriteError(path=root, context={"code": exc.code}, cause=exc) from exc
