@@ -36,6 +36,8 @@ from ember.integrations.openai_agents import (
 )
 
 ROOT = "/workspace"
+#: One vCPU boots faster under TCG on a shared host.
+ONE_VCPU = EmberSandboxClientOptions(vcpus=1)
 
 # A 2x1 RGB PNG written with the standard library only (the guest has no PIL).
 MAKE_PNG = r"""
@@ -165,7 +167,7 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
     )
     snapshots = LocalSnapshotSpec(base_path=tmp_path / "snapshots")
     agent = SandboxAgent(name="builder", model=model, default_manifest=manifest)
-    first = await run(agent, SandboxRunConfig(client=client, snapshot=snapshots))
+    first = await run(agent, SandboxRunConfig(client=client, options=ONE_VCPU, snapshot=snapshots))
 
     outputs = tool_outputs(first)
     look = str(outputs["look"])
@@ -204,9 +206,13 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
     assert saved_state(client, second).sandbox_id != state.sandbox_id  # a new sandbox, hydrated from the tar
 
 
-async def test_resumed_session_reattaches_to_a_sandbox_kept_alive(
+async def test_kept_alive_sandbox_is_reattached_and_an_ember_snapshot_brings_it_back(
     daemon: Daemon, client: EmberSandboxClient, tmp_path: Path
 ) -> None:
+    """Run 1 leaves its sandbox running (keep_alive); a session resumed from its state reattaches
+    to it and, without keep_alive, kills it at the end; run 3 gets it back from the Ember snapshot
+    the session persisted, background process included."""
+    connection = {"base_url": daemon.url, "api_key": daemon.api_key}
     model = ScriptedModel(
         [
             shell("start", "echo kept > kept.txt; nohup sleep 600 >/dev/null 2>&1 & echo started"),
@@ -214,11 +220,15 @@ async def test_resumed_session_reattaches_to_a_sandbox_kept_alive(
         ]
     )
     agent = SandboxAgent(name="keeper", model=model, default_manifest=Manifest(root=ROOT))
-    options = EmberSandboxClientOptions(keep_alive=True, timeout=600)
+    options = EmberSandboxClientOptions(
+        vcpus=1, keep_alive=True, workspace_persistence="snapshot", timeout=600
+    )
     snapshots = LocalSnapshotSpec(base_path=tmp_path / "snapshots")
     first = await run(agent, SandboxRunConfig(client=client, options=options, snapshot=snapshots))
     state = saved_state(client, first)
+    ember_snapshots = {state.ember_snapshot_id}
     try:
+        assert state.ember_snapshot_id is not None
         assert await is_running(daemon, state.sandbox_id)
         state.options = state.options.model_copy(update={"keep_alive": False})
 
@@ -247,54 +257,31 @@ async def test_resumed_session_reattaches_to_a_sandbox_kept_alive(
             with pytest.raises(WorkspaceReadNotFoundError):
                 await session.read(Path("a/two.txt"))
         assert not await is_running(daemon, state.sandbox_id)
-    finally:
-        if await is_running(daemon, state.sandbox_id):
-            sandbox = await AsyncSandbox.connect(
-                state.sandbox_id, base_url=daemon.url, api_key=daemon.api_key
-            )
-            await sandbox.kill()
-            await sandbox.close()
+        ember_snapshots.add(state.ember_snapshot_id)  # stop() persisted a new one, deleting the first
 
-
-async def test_snapshot_persistence_resumes_the_whole_sandbox_and_keeps_one_snapshot(
-    daemon: Daemon, client: EmberSandboxClient, tmp_path: Path
-) -> None:
-    connection = {"base_url": daemon.url, "api_key": daemon.api_key}
-    model = ScriptedModel(
-        [
-            shell("start", "echo saved > saved.txt; nohup sleep 600 >/dev/null 2>&1 & echo started"),
-            [assistant_message("ok")],
-        ]
-    )
-    agent = SandboxAgent(name="snapper", model=model, default_manifest=Manifest(root=ROOT))
-    options = EmberSandboxClientOptions(workspace_persistence="snapshot", timeout=600)
-    snapshots = LocalSnapshotSpec(base_path=tmp_path / "snapshots")
-    first = await run(agent, SandboxRunConfig(client=client, options=options, snapshot=snapshots))
-    state = saved_state(client, first)
-    kept = {state.ember_snapshot_id}
-    try:
-        assert state.ember_snapshot_id is not None
-        assert not await is_running(daemon, state.sandbox_id)
-
-        second_model = ScriptedModel(
+        check = ScriptedModel(
             [
-                shell("check", "cat saved.txt; pgrep -x sleep >/dev/null && echo alive"),
+                shell("check", "cat kept.txt; pgrep -x sleep >/dev/null && echo alive"),
                 [assistant_message("ok")],
             ]
         )
-        second = await run(
-            SandboxAgent(name="snapper", model=second_model),
-            SandboxRunConfig(client=client, session_state=state),
+        third = await run(
+            SandboxAgent(name="keeper", model=check), SandboxRunConfig(client=client, session_state=state)
         )
-        check = str(tool_outputs(second)["check"])
-        # The process survived: the sandbox came back from the Ember snapshot, not from a tar of files.
-        assert "saved" in check and "alive" in check, check
-        resumed = saved_state(client, second)
-        kept.add(resumed.ember_snapshot_id)
-        assert resumed.sandbox_id != state.sandbox_id and resumed.ember_snapshot_id != state.ember_snapshot_id
+        checked = str(tool_outputs(third)["check"])
+        # The process survived the kill: the sandbox came back from the Ember snapshot, not from a tar.
+        assert "kept" in checked and "alive" in checked, checked
+        resumed = saved_state(client, third)
+        ember_snapshots.add(resumed.ember_snapshot_id)
+        assert resumed.sandbox_id != state.sandbox_id
+        assert not await is_running(daemon, resumed.sandbox_id)
         left = {info.id for info in await AsyncSandbox.list_snapshots(**connection)}
-        assert state.ember_snapshot_id not in left and resumed.ember_snapshot_id in left
+        assert left & ember_snapshots == {resumed.ember_snapshot_id}  # a session keeps one snapshot
     finally:
-        for snapshot_id in kept - {None}:
+        if await is_running(daemon, state.sandbox_id):
+            sandbox = await AsyncSandbox.connect(state.sandbox_id, **connection)
+            await sandbox.kill()
+            await sandbox.close()
+        for snapshot_id in ember_snapshots - {None}:
             with contextlib.suppress(errors.SnapshotNotFoundError):
                 await AsyncSandbox.delete_snapshot(snapshot_id, **connection)
