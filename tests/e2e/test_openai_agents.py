@@ -21,7 +21,13 @@ from agents.items import ToolCallOutputItem
 from agents.result import RunResult
 from agents.sandbox import LocalSnapshotSpec, Manifest, SandboxAgent, SandboxRunConfig
 from agents.sandbox.entries import Dir, File, LocalDir, LocalFile
-from agents.sandbox.errors import ExecTimeoutError, InvalidManifestPathError, WorkspaceReadNotFoundError
+from agents.sandbox.errors import (
+    ExecTimeoutError,
+    ExecTransportError,
+    ExposedPortUnavailableError,
+    InvalidManifestPathError,
+    WorkspaceReadNotFoundError,
+)
 from agents.sandbox.manifest import Environment
 from agents.testing import ModelCall, ModelStep, ScriptedModel, assistant_message, function_call
 from e2e_support import Daemon
@@ -209,9 +215,9 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
 async def test_kept_alive_sandbox_is_reattached_and_an_ember_snapshot_brings_it_back(
     daemon: Daemon, client: EmberSandboxClient, tmp_path: Path
 ) -> None:
-    """Run 1 leaves its sandbox running (keep_alive); a session resumed from its state reattaches
-    to it and, without keep_alive, kills it at the end; run 3 gets it back from the Ember snapshot
-    the session persisted, background process included."""
+    """Run 1 leaves its sandbox running (keep_alive) and saves an Ember snapshot; a session resumed
+    from its state reattaches to it; once it is gone, run 3 gets it back from the snapshot,
+    background process included."""
     connection = {"base_url": daemon.url, "api_key": daemon.api_key}
     model = ScriptedModel(
         [
@@ -221,7 +227,7 @@ async def test_kept_alive_sandbox_is_reattached_and_an_ember_snapshot_brings_it_
     )
     agent = SandboxAgent(name="keeper", model=model, default_manifest=Manifest(root=ROOT))
     options = EmberSandboxClientOptions(
-        vcpus=1, keep_alive=True, workspace_persistence="snapshot", timeout=600
+        vcpus=1, keep_alive=True, workspace_persistence="snapshot", timeout=600, exposed_ports=(8080,)
     )
     snapshots = LocalSnapshotSpec(base_path=tmp_path / "snapshots")
     first = await run(agent, SandboxRunConfig(client=client, options=options, snapshot=snapshots))
@@ -233,7 +239,8 @@ async def test_kept_alive_sandbox_is_reattached_and_an_ember_snapshot_brings_it_
         state.options = state.options.model_copy(update={"keep_alive": False})
 
         session = await client.resume(state)
-        async with session:  # start() reattaches; leaving the block kills the sandbox (keep_alive off)
+        await session.start()  # reattaches
+        try:
             assert session.state.sandbox_id == state.sandbox_id
             processes = await session.exec("pgrep -x sleep")
             assert processes.exit_code == 0, "the background process of the first run is gone"
@@ -256,8 +263,21 @@ async def test_kept_alive_sandbox_is_reattached_and_an_ember_snapshot_brings_it_
             await session.rm("a", recursive=True)
             with pytest.raises(WorkspaceReadNotFoundError):
                 await session.read(Path("a/two.txt"))
+
+            with pytest.raises(ExposedPortUnavailableError) as port:
+                await session.resolve_exposed_port(8080)
+            assert port.value.context["reason"] == "backend_unavailable"
+
+            # The sandbox vanishes under the session: a transport error, not a command result.
+            outside = await AsyncSandbox.connect(state.sandbox_id, **connection)
+            await outside.kill()
+            await outside.close()
+            with pytest.raises(ExecTransportError) as lost:
+                await session.exec("true")
+            assert lost.value.context["code"] in ("sandbox_not_running", "sandbox_not_found")
+        finally:
+            await session.shutdown()
         assert not await is_running(daemon, state.sandbox_id)
-        ember_snapshots.add(state.ember_snapshot_id)  # stop() persisted a new one, deleting the first
 
         check = ScriptedModel(
             [
