@@ -18,6 +18,7 @@ import io
 import logging
 import shlex
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from agents.sandbox.errors import (
@@ -194,13 +195,9 @@ class EmberSandboxSession(BaseSandboxSession):
     async def read(self, path: Path, *, user: str | User | None = None) -> io.IOBase:
         if user is not None:
             await self._check_read_with_exec(path, user=user)
-        target = sandbox_path_str(self.normalize_path(path))
-        try:
-            return io.BytesIO(await self.sandbox.files.read(target))
-        except errors.PathNotFoundError as exc:
-            raise WorkspaceReadNotFoundError(path=path, cause=exc) from exc
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveReadError(path=path, context={"code": exc.code}, cause=exc) from exc
+        target = self.normalize_path(path)
+        with _file_errors(target, writing=False):
+            return io.BytesIO(await self.sandbox.files.read(sandbox_path_str(target)))
 
     async def _read_bounded(self, path: Path, *, max_bytes: int) -> bytes:
         target = sandbox_path_str(self.normalize_path(path))
@@ -216,31 +213,26 @@ class EmberSandboxSession(BaseSandboxSession):
         if not isinstance(payload, bytes | bytearray):
             raise WorkspaceWriteTypeError(path=path, actual_type=type(payload).__name__)
         target = self.normalize_path(path, for_write=True)
-        try:
+        with _file_errors(target, writing=True):
             await self.sandbox.files.write(sandbox_path_str(target), bytes(payload))
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveWriteError(path=target, context={"code": exc.code}, cause=exc) from exc
 
     async def mkdir(self, path: Path | str, *, parents: bool = False, user: str | User | None = None) -> None:
         if user is not None:
             await self._check_mkdir_with_exec(path, parents=parents, user=user)
         target = self.normalize_path(path, for_write=True)
-        try:
+        with _file_errors(target, writing=True):
             await self.sandbox.files.mkdir(sandbox_path_str(target), parents=parents)
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveWriteError(path=target, context={"code": exc.code}, cause=exc) from exc
 
     async def rm(self, path: Path | str, *, recursive: bool = False, user: str | User | None = None) -> None:
         if user is not None:
             await self._check_rm_with_exec(path, recursive=recursive, user=user)
         target = self.normalize_path(path, for_write=True)
         try:
-            await self.sandbox.files.remove(sandbox_path_str(target), recursive=recursive)
-        except errors.PathNotFoundError:
+            with _file_errors(target, writing=True):
+                await self.sandbox.files.remove(sandbox_path_str(target), recursive=recursive)
+        except WorkspaceReadNotFoundError:
             if not recursive:  # as `rm -rf`, a recursive removal of nothing succeeds
-                raise WorkspaceReadNotFoundError(path=target) from None
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveWriteError(path=target, context={"code": exc.code}, cause=exc) from exc
+                raise
 
     async def mv(
         self, source: Path | str, destination: Path | str, *, user: str | User | None = None
@@ -248,29 +240,22 @@ class EmberSandboxSession(BaseSandboxSession):
         """Rename a file or symlink over `destination`; directories are refused, as by the SDK."""
         if user is not None:
             return await super().mv(source, destination, user=user)
-        from_path = sandbox_path_str(self.normalize_path(source, for_write=True))
+        from_path = self.normalize_path(source, for_write=True)
         to_path = self.normalize_path(destination, for_write=True)
-        try:
-            if (await self.sandbox.files.stat(from_path)).type == "dir":
+        with _file_errors(from_path, writing=False):
+            if (await self.sandbox.files.stat(sandbox_path_str(from_path))).type == "dir":
                 raise WorkspaceArchiveWriteError(
-                    path=to_path, message="move source must be a regular file or symlink"
+                    path=from_path, message="move source must be a file or symlink"
                 )
-            await self.sandbox.files.rename(from_path, sandbox_path_str(to_path), overwrite=True)
-        except errors.PathNotFoundError as exc:
-            raise WorkspaceReadNotFoundError(path=Path(from_path), cause=exc) from exc
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveWriteError(path=to_path, context={"code": exc.code}, cause=exc) from exc
+        with _file_errors(to_path, writing=True):
+            await self.sandbox.files.rename(sandbox_path_str(from_path), sandbox_path_str(to_path))
 
     async def ls(self, path: Path | str, *, user: str | User | None = None) -> list[FileEntry]:
         if user is not None:
             return await super().ls(path, user=user)
         target = self.normalize_path(path)
-        try:
+        with _file_errors(target, writing=False):
             infos = await self.sandbox.files.list(sandbox_path_str(target))
-        except errors.PathNotFoundError as exc:
-            raise WorkspaceReadNotFoundError(path=target, cause=exc) from exc
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveReadError(path=target, context={"code": exc.code}, cause=exc) from exc
         return [_file_entry(info) for info in infos]
 
     # ------------------------------------------------------------ persistence
@@ -376,6 +361,19 @@ class EmberSandboxSession(BaseSandboxSession):
             await self.sandbox.files.remove(path)
         except errors.EmberError as exc:  # a leftover temp file must not hide the real outcome
             logger.warning("could not remove %s from sandbox %s: %s", path, self.state.sandbox_id, exc)
+
+
+@contextlib.contextmanager
+def _file_errors(path: Path, *, writing: bool) -> Iterator[None]:
+    """Ember's file errors as the SDK's: a missing path is ``WorkspaceReadNotFoundError``
+    (what ``apply_patch`` and the manifest code test for), anything else a workspace I/O error."""
+    try:
+        yield
+    except errors.PathNotFoundError as exc:
+        raise WorkspaceReadNotFoundError(path=path, cause=exc) from exc
+    except errors.EmberError as exc:
+        failure = WorkspaceArchiveWriteError if writing else WorkspaceArchiveReadError
+        raise failure(path=path, context={"code": exc.code}, cause=exc) from exc
 
 
 def _split_user(argv: list[str]) -> tuple[list[str], str | None]:
