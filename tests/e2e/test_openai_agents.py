@@ -114,7 +114,9 @@ def saved_state(client: EmberSandboxClient, result: RunResult) -> EmberSandboxSe
 
 
 async def run(agent: SandboxAgent, config: SandboxRunConfig) -> RunResult:
-    result = await Runner.run(agent, "go", run_config=RunConfig(sandbox=config, tracing_disabled=True))
+    result = await Runner.run(
+        agent, "go", run_config=RunConfig(sandbox=config, tracing_disabled=True), max_turns=20
+    )
     assert isinstance(agent.model, ScriptedModel)
     agent.model.assert_complete()
     return result
@@ -168,6 +170,9 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
             [function_call("view_image", {"path": "../etc/passwd"}, call_id="escape")],
             shell("ask", ASK_NAME, tty=True, yield_time_ms=3000),
             ModelStep.respond(answer_the_prompt),
+            # Left running: the end of the run must end them (a pipe-backed one and a terminal).
+            shell("idle", "sleep 600", yield_time_ms=250),
+            shell("typing", "cat", tty=True, yield_time_ms=250),
             [assistant_message("done")],
         ]
     )
@@ -198,6 +203,9 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
     assert "name?" in str(outputs["ask"]) or "name?" in str(outputs["stdin"])
     answered = str(outputs["stdin"])
     assert "hello Ada" in answered and "Process exited with code 0" in answered, answered
+
+    for still_running in ("idle", "typing"):
+        assert "Process running with session ID" in str(outputs[still_running])
 
     state = saved_state(client, first)
     assert not await is_running(daemon, state.sandbox_id)  # without keep_alive the run's end killed it

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from agents.sandbox.errors import PtySessionNotFoundError
 from agents.sandbox.session.pty_output import collect_pty_output
 from agents.sandbox.session.pty_types import (
     PTY_PROCESSES_MAX,
@@ -28,6 +29,9 @@ from ember import errors
 from ember.client import AsyncCommandHandle, AsyncSandbox, AsyncTerminal
 
 logger = logging.getLogger(__name__)
+
+#: How long a killed process's waiter may take to see the exit before it is cancelled.
+_REAP_GRACE_S = 5.0
 
 
 @dataclass
@@ -67,34 +71,46 @@ class Process:
         await self.terminal.send(chars)
 
     async def terminate(self) -> None:
-        """Kill the process if it still runs and release its connection."""
+        """Kill the process if it still runs, release its connection and reap the waiter.
+
+        The kill (and, for a terminal, closing its WebSocket) is what ends the waiter;
+        it is cancelled only if it hangs on, since cancelling a terminal's wait would
+        cancel the terminal's reader with it.
+        """
         if not self.closed.is_set():
             with contextlib.suppress(errors.EmberError):
                 await (self.terminal or self.handle).kill()  # type: ignore[union-attr]
-        if self.waiter is not None:
-            self.waiter.cancel()
-            await asyncio.gather(self.waiter, return_exceptions=True)
         if self.terminal is not None:
             await self.terminal.close()
+        if self.waiter is not None:
+            await asyncio.wait({self.waiter}, timeout=_REAP_GRACE_S)
+            if not self.waiter.done():
+                self.waiter.cancel()
+                await asyncio.gather(self.waiter, return_exceptions=True)
 
     async def _wait(self, timeout_s: float | None) -> None:
         try:
             if self.terminal is not None:
-                self.exit_code = await asyncio.wait_for(self.terminal.wait(), timeout_s)
+                self.exit_code = await self._wait_terminal(self.terminal, timeout_s)
             else:
                 assert self.handle is not None
                 result = await self.handle.wait(on_stdout=self.append, on_stderr=self.append)
                 self.exit_code = result.exit_code if result.signal is None else 128 + result.signal
-        except TimeoutError:
-            with contextlib.suppress(errors.EmberError):
-                await self.terminal.kill()  # type: ignore[union-attr]
-            self.append(f"\n[terminated: ran longer than {timeout_s} s]\n")
         except errors.EmberError as exc:
-            # The process is lost to us (sandbox ended, daemon gone): report it as finished.
-            logger.warning("lost an interactive process in the Ember sandbox: %s", exc)
+            # The process is lost to us (sandbox ended, daemon gone, terminal closed): it is over.
+            logger.info("an interactive process in the Ember sandbox ended without an exit code: %s", exc)
             self.append(f"\n[lost: {exc}]\n")
         self.closed.set()
         self.notify.set()
+
+    async def _wait_terminal(self, terminal: AsyncTerminal, timeout_s: float | None) -> int:
+        """The terminal's exit code; past `timeout_s` (Ember terminals have no limit) it is killed."""
+        exiting = asyncio.ensure_future(terminal.wait())
+        await asyncio.wait({exiting}, timeout=timeout_s)
+        if not exiting.done():
+            self.append(f"\n[killed: ran longer than {timeout_s} s]\n")
+            await terminal.kill()
+        return await exiting
 
 
 async def start(
@@ -147,7 +163,9 @@ class ProcessTable:
         self, process_id: int, yield_time_ms: int, max_output_tokens: int | None
     ) -> PtyExecUpdate:
         """Output gathered for up to `yield_time_ms`; an ended process leaves the table."""
-        process = self._processes[process_id]
+        process = self._processes.get(process_id)
+        if process is None:  # it ended and left the table meanwhile
+            raise PtySessionNotFoundError(session_id=process_id)
         output, original_token_count, closed = await process.collect(yield_time_ms, max_output_tokens)
         live_id: int | None = process_id
         exit_code = None

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agents.sandbox.errors import (
+    ExecTimeoutError,
     ExposedPortUnavailableError,
     WorkspaceArchiveReadError,
     WorkspaceArchiveWriteError,
@@ -124,11 +125,7 @@ class EmberSandboxSession(BaseSandboxSession):
         except errors.EmberError as exc:
             raise_exec_error(exc, command=command, timeout_s=timeout)
         if result.timed_out:
-            raise_exec_error(
-                errors.TimeoutError(f"the command ran longer than {timeout} s"),
-                command=command,
-                timeout_s=timeout,
-            )
+            raise ExecTimeoutError(command=command, timeout_s=timeout)
         exit_code = result.exit_code if result.signal is None else 128 + result.signal
         return ExecResult(stdout=result.stdout.encode(), stderr=result.stderr.encode(), exit_code=exit_code)
 
