@@ -18,6 +18,7 @@ import io
 import logging
 import shlex
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,7 @@ _START_YIELD_MS = 10_000
 _WRITE_YIELD_MS = 250
 #: What ``persist_workspace`` returns for an Ember snapshot: this marker, then the snapshot's id.
 _SNAPSHOT_MARKER = b"EMBER_SNAPSHOT_V1\n"
+_SPOOL_MAX_BYTES = 32 * 1024 * 1024
 
 
 class EmberSandboxSession(BaseSandboxSession):
@@ -312,23 +314,30 @@ class EmberSandboxSession(BaseSandboxSession):
         self._root_ready = True
 
     async def _persist_tar(self) -> io.IOBase:
-        """The workspace as a tar of workspace-relative members (skip paths left out)."""
+        """The workspace as a tar of workspace-relative members (skip paths left out).
+
+        The archive is spooled: a large workspace goes to a temporary file, not into memory.
+        """
         root = self._workspace_root_path()
         archive = self._archive_path()
         excludes = " ".join(shell_tar_exclude_args(self._persist_workspace_skip_relpaths()))
         command = f"tar {excludes} -C {shlex.quote(sandbox_path_str(root))} -cf {shlex.quote(archive)} ."
-        try:
-            result = await self.exec(command)
-            if not result.ok():
-                raise WorkspaceArchiveReadError(
-                    path=root, context={"exit_code": result.exit_code, "stderr": result.stderr.decode()}
-                )
-            data = await self.sandbox.files.read(archive)
-        except errors.EmberError as exc:
-            raise WorkspaceArchiveReadError(path=root, context={"code": exc.code}, cause=exc) from exc
-        finally:
-            await self._remove_quietly(archive)
-        return io.BytesIO(data)
+        with contextlib.ExitStack() as until_handed_over:
+            spool = until_handed_over.enter_context(tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX_BYTES))
+            try:
+                result = await self.exec(command)
+                if not result.ok():
+                    context = {"exit_code": result.exit_code, "stderr": result.stderr.decode()}
+                    raise WorkspaceArchiveReadError(path=root, context=context)
+                async for chunk in self.sandbox.files.iter_read(archive):
+                    spool.write(chunk)
+            except errors.EmberError as exc:
+                raise WorkspaceArchiveReadError(path=root, context={"code": exc.code}, cause=exc) from exc
+            finally:
+                await self._remove_quietly(archive)
+            until_handed_over.pop_all()  # the caller closes it from here on
+        spool.seek(0)
+        return spool
 
     async def _hydrate_tar(self, raw: bytes) -> None:
         """Unpack a tar made by ``_persist_tar`` under the workspace root, after vetting it."""
