@@ -72,6 +72,15 @@ EDIT_APP = """*** Begin Patch
 +    return "bonjour " + name
 *** End Patch"""
 
+MOVE_AND_DELETE = """*** Begin Patch
+*** Update File: notes/readme.txt
+*** Move to: notes/moved.txt
+@@
+-manifest file
++moved file
+*** Delete File: local.txt
+*** End Patch"""
+
 ASK_NAME = "python3 -c \"name = input('name? '); print('hello', name)\""
 
 
@@ -165,6 +174,7 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
             ),
             patch("add", ADD_APP),
             patch("edit", EDIT_APP),
+            patch("move", MOVE_AND_DELETE),
             shell("run", f"python3 src/app.py && mkdir -p img && python3 -c {shlex.quote(MAKE_PNG)}"),
             [function_call("view_image", {"path": "img/dot.png"}, call_id="image")],
             [function_call("view_image", {"path": "../etc/passwd"}, call_id="escape")],
@@ -211,12 +221,17 @@ async def test_sandbox_agent_works_in_ember_and_a_resumed_run_finds_its_files(
     assert not await is_running(daemon, state.sandbox_id)  # without keep_alive the run's end killed it
 
     second_model = ScriptedModel(
-        [shell("again", "cat src/app.py; ls img empty; echo $GREETING"), [assistant_message("ok")]]
+        [
+            shell("again", "cat src/app.py notes/moved.txt; ls; ls img empty; echo $GREETING"),
+            [assistant_message("ok")],
+        ]
     )
     second_agent = SandboxAgent(name="builder", model=second_model)
     second = await run(second_agent, SandboxRunConfig(client=client, session_state=state))
     again = str(tool_outputs(second)["again"])
-    assert "bonjour" in again and "dot.png" in again and "from the manifest" in again, again
+    for expected in ("bonjour", "moved file", "dot.png", "from the manifest"):
+        assert expected in again, (expected, again)
+    assert "local.txt" not in again and "readme.txt" not in again, again
     assert saved_state(client, second).sandbox_id != state.sandbox_id  # a new sandbox, hydrated from the tar
 
 
