@@ -23,6 +23,8 @@ from ember.integrations.openai_agents.state import EmberSandboxSessionState
 
 
 class EmberSandboxClient(BaseSandboxClient[EmberSandboxClientOptions]):
+    """The SDK's sandbox client for one Ember daemon; it holds the credentials, sessions hold sandboxes."""
+
     backend_id = BACKEND_ID
     supports_default_options = True
 
