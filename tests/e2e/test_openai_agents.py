@@ -26,6 +26,7 @@ from agents.sandbox.errors import (
     ExecTransportError,
     ExposedPortUnavailableError,
     InvalidManifestPathError,
+    PtySessionNotFoundError,
     WorkspaceReadNotFoundError,
 )
 from agents.sandbox.manifest import Environment
@@ -286,6 +287,12 @@ async def test_kept_alive_sandbox_is_reattached_and_an_ember_snapshot_brings_it_
             await session.rm("a", recursive=True)
             with pytest.raises(WorkspaceReadNotFoundError):
                 await session.read(Path("a/two.txt"))
+
+            stuck = await session.pty_exec_start("sleep 60", tty=True, timeout=1, yield_time_s=10)
+            assert stuck.process_id is None and stuck.exit_code not in (None, 0), stuck
+            assert b"ran longer than 1 s" in stuck.output
+            with pytest.raises(PtySessionNotFoundError):
+                await session.pty_write_stdin(session_id=12345, chars="x")
 
             with pytest.raises(ExposedPortUnavailableError) as port:
                 await session.resolve_exposed_port(8080)
