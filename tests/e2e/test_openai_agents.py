@@ -144,7 +144,9 @@ async def is_running(daemon: Daemon, sandbox_id: str) -> bool:
 
 
 @pytest.fixture
-def client(daemon: Daemon) -> EmberSandboxClient:
+def client(daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EmberSandboxClient:
+    # The SDK's default snapshot directory lives under XDG_STATE_HOME: keep it out of the home directory.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     return EmberSandboxClient(base_url=daemon.url, api_key=daemon.api_key)
 
 
