@@ -29,9 +29,9 @@ def create(
 ) -> None:
     """Start a sandbox that keeps running; print its id."""
     sandbox = Sandbox(template=template, timeout=timeout, network=network_policy(network, allow, packages))
-    sandbox_id = sandbox.id
     sandbox.detach()
-    stdout.print(sandbox_id)
+    stdout.print(sandbox.id)
+    sandbox.close()
 
 
 def ls(

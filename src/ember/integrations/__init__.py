@@ -1,1 +1,1 @@
-"""Ember inside agent frameworks; each integration needs its own extra (``ember[mcp]``, ...)."""
+"""Ember inside agent frameworks; each integration needs its own extra (``ember[mcp]``, ``ember[agents]``)."""

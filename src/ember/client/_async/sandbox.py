@@ -254,13 +254,14 @@ class AsyncSandbox:
             self._lifecycle = _Lifecycle.CLOSED
             await self._transport.aclose()
 
-    async def detach(self) -> None:
-        """Let go of the sandbox without killing it (its lifetime still applies).
+    def detach(self) -> None:
+        """Let ``close()`` leave the sandbox running, as for one joined with ``connect()``.
 
-        ``connect(id)`` reaches it again.
+        For code that hands a sandbox on (its id saved for a later ``connect()``); its
+        lifetime and idle timeout still end it.
         """
+        self._require_open()
         self._owned = False
-        await self.close()
 
     async def kill(self) -> None:
         """End the sandbox now. This object stays usable for ``info()`` until ``close()``."""
