@@ -40,6 +40,8 @@ class Settings:
     tcg_tb_size_mib: int = 64
     #: Warm pool: how many ready sandboxes the daemon keeps per template (EMBER_POOL="base=2,data=1").
     pool: tuple[tuple[str, int], ...] = (("base", 2),)
+    #: E2B's host-based routing: ``{port}-{sandbox_id}.{e2b_domain}`` reaches that sandbox (EMBER_E2B_DOMAIN).
+    e2b_domain: str | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -62,6 +64,8 @@ class Settings:
             kwargs["debian_mirror"] = env["EMBER_DEBIAN_MIRROR"]
         if "EMBER_TCG_TB_SIZE" in env:
             kwargs["tcg_tb_size_mib"] = int(env["EMBER_TCG_TB_SIZE"])
+        if env.get("EMBER_E2B_DOMAIN"):
+            kwargs["e2b_domain"] = env["EMBER_E2B_DOMAIN"]
         if "EMBER_POOL" in env:
             kwargs["pool"] = parse_pool(env["EMBER_POOL"])
         return cls(**kwargs)  # type: ignore[arg-type]

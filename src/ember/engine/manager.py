@@ -104,12 +104,16 @@ class SandboxManager:
         owner: str | None = None,
         template: str | None = None,
         snapshot: str | None = None,
+        sandbox_id: str | None = None,
     ) -> Sandbox:
         """Start a new sandbox and return it once its agent answers.
 
         From ``snapshot`` (an id) or ``template`` (a name) it resumes that saved
         VM, with its vCPUs, memory and disk; otherwise it boots a fresh one.
+        ``sandbox_id`` reuses the id of an ended sandbox (a resume after a pause).
         """
+        if sandbox_id is not None and sandbox_id in self._sandboxes:
+            raise errors.AlreadyExistsError(f"sandbox {sandbox_id!r} is running")
         if snapshot is not None:
             source: SnapshotRecord | None = self.snapshots.get(snapshot, owner)
         elif template is not None:
@@ -139,7 +143,7 @@ class SandboxManager:
         )
         _check_duration("timeout", timeout_s)
         _check_duration("idle_timeout", idle_timeout_s)
-        if source is not None and source.kind == "template" and source.name is not None:
+        if sandbox_id is None and source is not None and source.kind == "template" and source.name:
             pooled = self.pool.take(source.name)
             if pooled is not None:
                 try:
@@ -152,14 +156,18 @@ class SandboxManager:
                         "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
                     )
                     return pooled
-        return await self._launch(config, source)
+        return await self._launch(config, source, sandbox_id=sandbox_id)
 
     async def _launch(
-        self, config: SandboxConfig, source: SnapshotRecord | None, pooled: bool = False
+        self,
+        config: SandboxConfig,
+        source: SnapshotRecord | None,
+        pooled: bool = False,
+        sandbox_id: str | None = None,
     ) -> Sandbox:
         """Boot a new VM, or restore ``source``, and wait for its agent."""
         images = self.images
-        sandbox_id = secrets.token_hex(8)
+        sandbox_id = sandbox_id or secrets.token_hex(8)
         run_dir = self.settings.run_dir / sandbox_id
         now = time.time()
         record = SandboxRecord(

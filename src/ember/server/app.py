@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import EmberError, PayloadTooLargeError
 from ember.server.deps import Service, ember_version
+from ember.server.e2b import SandboxPlane, plane_options
 from ember.server.routes import code, commands, files, keys, pty, sandboxes, snapshots
 
 log = logging.getLogger("ember.server")
@@ -113,4 +114,6 @@ def create_app(service_: Service) -> FastAPI:
     for module in (sandboxes, snapshots, code, commands, files, pty, keys):
         app.include_router(module.router)
     app.add_middleware(_BodyLimit, get_service=lambda: service_)
+    # Outermost: E2B's SDKs' requests (control plane, in-sandbox calls) go to their own apps.
+    app.add_middleware(SandboxPlane, **plane_options(service_, service_.manager.settings.e2b_domain))
     return app

@@ -1,0 +1,33 @@
+"""A drop-in backend for E2B's SDKs: E2B's control plane, envd and code interpreter on Ember's engine.
+
+Point ``E2B_API_URL`` and ``E2B_SANDBOX_URL`` at the daemon and ``E2B_API_KEY``
+at an Ember API key (``ember e2b-env``), and programs written for E2B run
+unchanged. It is another face of the same engine, mounted in the same app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+
+from ember.server.deps import Service
+from ember.server.e2b import filesystem, interpreter, process
+from ember.server.e2b.control import create_control_app
+from ember.server.e2b.plane import ENVD_PORT, INTERPRETER_PORT, AccessTokens, SandboxPlane
+
+
+def plane_options(service: Service, domain: str | None) -> dict[str, Any]:
+    """The keyword arguments of ``SandboxPlane`` (``app.add_middleware(SandboxPlane, **options)``)."""
+    tokens = AccessTokens(service.manager.settings.data_dir / "e2b-token-secret")
+    envd = Starlette(routes=[*process.routes, *filesystem.routes, *filesystem.http_routes])
+    return {
+        "service": service,
+        "tokens": tokens,
+        "ports": {ENVD_PORT: envd, INTERPRETER_PORT: Starlette(routes=interpreter.routes)},
+        "control": create_control_app(service, tokens),
+        "domain": domain,
+    }
+
+
+__all__ = ["SandboxPlane", "plane_options"]

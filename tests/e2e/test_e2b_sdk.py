@@ -1,0 +1,127 @@
+"""E2B's own SDK (``e2b``, sync and async) against Ember: control plane, commands, files.
+
+The SDK is configured the way a user switches: E2B_API_URL, E2B_SANDBOX_URL and
+E2B_API_KEY in the environment, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from e2b import AsyncSandbox, CommandExitException, Sandbox
+from e2b.exceptions import AuthenticationException, NotFoundException
+from e2e_support import Daemon
+
+
+@pytest.fixture(scope="module")
+def e2b_env(daemon: Daemon) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("E2B_API_URL", daemon.url)
+        patch.setenv("E2B_SANDBOX_URL", daemon.url)
+        patch.setenv("E2B_API_KEY", daemon.api_key)
+        yield
+
+
+@pytest.fixture(scope="module")
+def sandbox(e2b_env: None) -> Iterator[Sandbox]:
+    box = Sandbox.create(timeout=900, envs={"GREETING": "hello"}, metadata={"suite": "e2b"})
+    try:
+        yield box
+    finally:
+        box.kill()
+
+
+def test_create_with_env_and_metadata_is_listed(sandbox: Sandbox) -> None:
+    assert sandbox.commands.run("echo $GREETING").stdout == "hello\n"
+    info = sandbox.get_info()
+    assert info.sandbox_id == sandbox.sandbox_id and info.metadata == {"suite": "e2b"}
+    listed = Sandbox.list().next_items()
+    assert sandbox.sandbox_id in [s.sandbox_id for s in listed]
+    assert sandbox.is_running()
+
+
+def test_commands_stdout_stderr_exit_code(sandbox: Sandbox) -> None:
+    result = sandbox.commands.run("echo out; echo err >&2; exit 0")
+    assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 0)
+    with pytest.raises(CommandExitException) as failed:
+        sandbox.commands.run("echo nope >&2; exit 3")
+    assert failed.value.exit_code == 3 and failed.value.stderr == "nope\n"
+    seen: list[str] = []
+    sandbox.commands.run("for i in 1 2 3; do echo $i; done", on_stdout=seen.append)
+    assert "".join(seen) == "1\n2\n3\n"
+    assert sandbox.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    assert sandbox.commands.run("echo $X", envs={"X": "y"}).stdout == "y\n"
+
+
+def test_background_command_reconnected_by_pid_with_stdin(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("read line; echo got $line; sleep 1; echo done", background=True, stdin=True)
+    listed = {p.pid: p for p in sandbox.commands.list()}
+    assert handle.pid in listed and listed[handle.pid].cmd == "/bin/bash"
+    sandbox.commands.send_stdin(handle.pid, "ping\n")
+    again = sandbox.commands.connect(handle.pid)
+    result = again.wait()
+    assert result.exit_code == 0 and "done" in result.stdout
+    assert "got ping" in handle.wait().stdout
+
+
+def test_signal_kills_a_background_command(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("sleep 600", background=True)
+    assert sandbox.commands.kill(handle.pid)
+    with pytest.raises(CommandExitException):
+        handle.wait()
+    assert handle.pid not in [p.pid for p in sandbox.commands.list()]
+    assert not sandbox.commands.kill(handle.pid)
+
+
+def test_files_write_read_list_stat_move_remove(sandbox: Sandbox) -> None:
+    info = sandbox.files.write("/tmp/e2b/notes.txt", "hi there")
+    assert info.path == "/tmp/e2b/notes.txt"
+    assert sandbox.files.read("/tmp/e2b/notes.txt") == "hi there"
+    assert sandbox.files.make_dir("/tmp/e2b/sub")
+    assert not sandbox.files.make_dir("/tmp/e2b/sub")
+    names = sorted(entry.name for entry in sandbox.files.list("/tmp/e2b"))
+    assert names == ["notes.txt", "sub"]
+    entry = sandbox.files.get_info("/tmp/e2b/notes.txt")
+    assert entry.size == 8 and entry.type.value == "file"
+    moved = sandbox.files.rename("/tmp/e2b/notes.txt", "/tmp/e2b/sub/moved.txt")
+    assert moved.path == "/tmp/e2b/sub/moved.txt"
+    assert not sandbox.files.exists("/tmp/e2b/notes.txt")
+    sandbox.files.remove("/tmp/e2b")
+    assert not sandbox.files.exists("/tmp/e2b")
+    with pytest.raises(NotFoundException):
+        sandbox.files.read("/tmp/e2b/sub/moved.txt")
+
+
+def test_twenty_megabyte_binary_round_trip(sandbox: Sandbox) -> None:
+    data = secrets.token_bytes(20 * 1024 * 1024)
+    sandbox.files.write("/tmp/blob.bin", data)
+    assert sandbox.commands.run("stat -c %s /tmp/blob.bin").stdout.strip() == str(len(data))
+    assert bytes(sandbox.files.read("/tmp/blob.bin", format="bytes")) == data
+    sandbox.files.write_files([{"path": "/tmp/multi/a.bin", "data": data[:1000]}, {"path": "/tmp/multi/b", "data": "b"}])
+    assert sandbox.files.read("/tmp/multi/a.bin", format="bytes") == data[:1000]
+    sandbox.files.remove("/tmp/blob.bin")
+
+
+def test_wrong_key_and_unknown_sandbox(e2b_env: None, sandbox: Sandbox) -> None:
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="e2b_" + "0" * 40)
+    with pytest.raises(NotFoundException):
+        Sandbox.connect("0123456789abcdef")
+    assert not Sandbox.kill("0123456789abcdef")
+
+
+async def test_async_sandbox_commands_and_files(e2b_env: None) -> None:
+    box = await AsyncSandbox.create(timeout=600)
+    try:
+        result = await box.commands.run("echo async")
+        assert result.stdout == "async\n"
+        await box.files.write("/tmp/a.txt", b"bytes")
+        assert await box.files.read("/tmp/a.txt") == "bytes"
+        assert os.path.basename((await box.files.list("/tmp"))[0].path)
+        await box.set_timeout(120)
+    finally:
+        await box.kill()
+    assert not await AsyncSandbox.kill(box.sandbox_id)
