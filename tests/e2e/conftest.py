@@ -12,12 +12,22 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import AsyncSandboxFactory, Daemon, SandboxFactory, free_port, spawn_daemon, stop_process
+from e2e_support import (
+    AsyncSandboxFactory,
+    Daemon,
+    SandboxFactory,
+    free_port,
+    run_cli,
+    spawn_daemon,
+    stop_process,
+)
 
 from ember.client import AsyncSandbox, Sandbox
 from ember.images import ensure_guest_images
@@ -132,3 +142,25 @@ def shared_sandbox(daemon: Daemon) -> Iterator[Sandbox]:
         api_key=daemon.api_key,
     ) as sandbox:
         yield sandbox
+
+
+DATA_RECIPE = Path(__file__).resolve().parents[2] / "templates" / "data.sh"
+
+
+@pytest.fixture(scope="session")
+def data_template(daemon: Daemon) -> Iterator[str]:
+    """Template ``data`` (templates/data.sh: numpy, pandas, matplotlib), built once for the session.
+
+    The recipe downloads Debian's packages on the host (apt, as on any machine
+    that runs setup) and builds the template on the test daemon (minutes under
+    TCG), so every test that needs it shares this one build.
+    """
+    base = run_cli(daemon, "template", "build", "base", timeout_s=600)
+    assert base.returncode == 0, base.stderr
+    env = {**daemon.cli_env, "PYTHON": sys.executable, "EMBER": f"{sys.executable} -m ember"}
+    built = subprocess.run(["bash", str(DATA_RECIPE)], env=env, capture_output=True, text=True, timeout=2400)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "template data saved" in built.stderr
+    yield "data"
+    for name in ("data", "base"):
+        Sandbox.delete_template(name, base_url=daemon.url, api_key=daemon.api_key)
