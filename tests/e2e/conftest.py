@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -164,3 +165,22 @@ def data_template(daemon: Daemon) -> Iterator[str]:
     yield "data"
     for name in ("data", "base"):
         Sandbox.delete_template(name, base_url=daemon.url, api_key=daemon.api_key)
+
+
+@pytest.fixture(scope="module")
+def e2b_env(daemon: Daemon) -> Iterator[dict[str, str]]:
+    """The environment ``ember e2b-env`` prints, set as a user would: E2B's SDKs then reach this daemon."""
+    printed = run_cli(daemon, "e2b-env")
+    assert printed.returncode == 0, printed.stderr
+    exports = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.stdout.splitlines()
+    )
+    assert exports == {
+        "E2B_API_URL": daemon.url,
+        "E2B_SANDBOX_URL": daemon.url,
+        "E2B_API_KEY": daemon.api_key,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in exports.items():
+            patch.setenv(name, value)
+        yield exports

@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
-import pytest
 from e2b_code_interpreter import AsyncSandbox, Sandbox
-from e2e_support import Daemon
-
-
-@pytest.fixture(scope="module")
-def e2b_env(daemon: Daemon) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_URL", daemon.url)
-        patch.setenv("E2B_SANDBOX_URL", daemon.url)
-        patch.setenv("E2B_API_KEY", daemon.api_key)
-        yield
 
 
 def test_run_code_keeps_state_and_contexts_are_separate(e2b_env: None) -> None:
@@ -55,10 +43,14 @@ async def test_async_run_code_streams_stdout(e2b_env: None) -> None:
 
 def test_dataframe_html_and_matplotlib_png_from_the_data_template(e2b_env: None, data_template: str) -> None:
     with Sandbox.create(template=data_template, timeout=600) as sandbox:
-        frame = sandbox.run_code("import pandas\npandas.DataFrame({'city': ['Oslo', 'Lima'], 'temp': [3, 19]})")
+        frame = sandbox.run_code(
+            "import pandas\npandas.DataFrame({'city': ['Oslo', 'Lima'], 'temp': [3, 19]})"
+        )
         assert frame.error is None, frame.error
         assert frame.results[0].html is not None and "<table" in frame.results[0].html
         assert "Oslo" in frame.results[0].html
-        figure = sandbox.run_code("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 4, 9])\nfig")
+        figure = sandbox.run_code(
+            "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 4, 9])\nfig"
+        )
         assert figure.error is None, figure.error
         assert base64.b64decode(figure.results[0].png).startswith(b"\x89PNG\r\n\x1a\n")

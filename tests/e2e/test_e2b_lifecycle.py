@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from e2b import PtySize, SandboxState
 from e2b.exceptions import NotFoundException
 from e2b_code_interpreter import Sandbox
-from e2e_support import Daemon
-
-
-@pytest.fixture(scope="module")
-def e2b_env(daemon: Daemon) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_URL", daemon.url)
-        patch.setenv("E2B_SANDBOX_URL", daemon.url)
-        patch.setenv("E2B_API_KEY", daemon.api_key)
-        yield
 
 
 def test_pty_takes_input_and_resizes(e2b_env: None) -> None:

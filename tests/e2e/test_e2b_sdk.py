@@ -13,16 +13,6 @@ from collections.abc import Iterator
 import pytest
 from e2b import AsyncSandbox, CommandExitException, Sandbox
 from e2b.exceptions import AuthenticationException, NotFoundException
-from e2e_support import Daemon
-
-
-@pytest.fixture(scope="module")
-def e2b_env(daemon: Daemon) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("E2B_API_URL", daemon.url)
-        patch.setenv("E2B_SANDBOX_URL", daemon.url)
-        patch.setenv("E2B_API_KEY", daemon.api_key)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +47,9 @@ def test_commands_stdout_stderr_exit_code(sandbox: Sandbox) -> None:
 
 
 def test_background_command_reconnected_by_pid_with_stdin(sandbox: Sandbox) -> None:
-    handle = sandbox.commands.run("read line; echo got $line; sleep 1; echo done", background=True, stdin=True)
+    handle = sandbox.commands.run(
+        "read line; echo got $line; sleep 1; echo done", background=True, stdin=True
+    )
     listed = {p.pid: p for p in sandbox.commands.list()}
     assert handle.pid in listed and listed[handle.pid].cmd == "/bin/bash"
     sandbox.commands.send_stdin(handle.pid, "ping\n")
@@ -100,7 +92,9 @@ def test_twenty_megabyte_binary_round_trip(sandbox: Sandbox) -> None:
     sandbox.files.write("/tmp/blob.bin", data)
     assert sandbox.commands.run("stat -c %s /tmp/blob.bin").stdout.strip() == str(len(data))
     assert bytes(sandbox.files.read("/tmp/blob.bin", format="bytes")) == data
-    sandbox.files.write_files([{"path": "/tmp/multi/a.bin", "data": data[:1000]}, {"path": "/tmp/multi/b", "data": "b"}])
+    sandbox.files.write_files(
+        [{"path": "/tmp/multi/a.bin", "data": data[:1000]}, {"path": "/tmp/multi/b", "data": "b"}]
+    )
     assert sandbox.files.read("/tmp/multi/a.bin", format="bytes") == data[:1000]
     sandbox.files.remove("/tmp/blob.bin")
 

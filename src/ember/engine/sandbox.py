@@ -59,6 +59,7 @@ class SandboxConfig:
     idle_timeout_s: float | None = None
     owner: str | None = None
     template: str | None = None
+    on_timeout: str = "kill"
 
 
 class Sandbox:
@@ -161,6 +162,7 @@ class Sandbox:
         record, now = self.record, time.time()
         record.owner, record.metadata, record.template = config.owner, dict(config.metadata), config.template
         record.created_at, record.idle_timeout_s = now, config.idle_timeout_s
+        record.on_timeout = config.on_timeout
         record.expires_at = now + config.timeout_s if config.timeout_s is not None else None
         self.env = dict(config.env) if config.env else None
         self._set_state(SandboxState.RUNNING)

@@ -68,6 +68,8 @@ class SandboxRecord:
     #: True: the VM's RAM is its own memory file. False: a copy-on-write mapping of a snapshot's.
     memory_shared: bool = True
     snapshot_id: str | None = None
+    #: What its lifetime's end does: "kill" ends it, "pause" pauses it (see SandboxManager.pause).
+    on_timeout: str = "kill"
 
     @property
     def live(self) -> bool:

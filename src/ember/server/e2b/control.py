@@ -3,9 +3,9 @@
 Authentication is an Ember API key in ``X-API-KEY``. Templates ``base`` and
 ``code-interpreter-v1`` are Ember's default sandbox (template ``base`` when it is
 built, a fresh boot otherwise); any other template id is an Ember template name
-or one of the caller's snapshot ids. Pause is an Ember snapshot tagged with the
-sandbox's id, after which the sandbox ends; resume (or connect) restores that
-snapshot under the same id. Errors leave as ``{"code": status, "message"}``, the
+or one of the caller's snapshot ids. Pause, resume and ``autoPause`` (pause
+instead of ending at the timeout) are the engine's: a snapshot tagged with the
+sandbox's id, restored under the same id. Errors leave as ``{"code": status, "message"}``, the
 body the SDKs turn into their exceptions.
 """
 
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember import errors
+from ember.engine.manager import PAUSED_KEY
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.server.deps import Service
 from ember.server.e2b.plane import ENVD_VERSION, AccessTokens
@@ -34,7 +35,6 @@ log = logging.getLogger("ember.server.e2b")
 #: E2B template ids that mean Ember's default sandbox.
 DEFAULT_TEMPLATES = ("base", "code-interpreter-v1")
 DEFAULT_TIMEOUT_S = 300
-PAUSED_KEY = "e2b.paused_sandbox"
 CLIENT_ID = "ember"
 _FOREVER = datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC)
 
@@ -113,13 +113,7 @@ class E2bFace:
         }
 
     def paused(self, sandbox_id: str) -> SnapshotRecord | None:
-        for snapshot in self.manager.list_snapshots(owner=self.key.id):
-            if snapshot.metadata.get(PAUSED_KEY) == sandbox_id:
-                return snapshot
-        return None
-
-    def all_paused(self) -> list[SnapshotRecord]:
-        return [s for s in self.manager.list_snapshots(owner=self.key.id) if PAUSED_KEY in s.metadata]
+        return self.manager.paused_snapshot(sandbox_id, owner=self.key.id)
 
     def running(self, sandbox_id: str) -> SandboxRecord | None:
         try:
@@ -128,13 +122,12 @@ class E2bFace:
             return None
 
     async def create(self, body: NewSandbox) -> SandboxRecord:
-        if body.auto_pause:
-            raise errors.InvalidRequestError("autoPause is not supported by Ember yet; pause explicitly")
         options: dict[str, Any] = {
             "env": body.env_vars,
             "metadata": body.metadata,
             "timeout_s": body.timeout,
             "owner": self.key.id,
+            "on_timeout": "pause" if body.auto_pause else "kill",
         }
         template = body.template_id
         if template in DEFAULT_TEMPLATES:
@@ -146,29 +139,12 @@ class E2bFace:
         return sandbox.record
 
     async def pause(self, sandbox_id: str) -> None:
-        record = self.running(sandbox_id)
-        if record is None:
-            if self.paused(sandbox_id) is not None:
-                raise errors.ConflictError(f"sandbox {sandbox_id} is already paused")
-            raise errors.SandboxNotFoundError(f"sandbox {sandbox_id} not found")
-        metadata = {**record.metadata, PAUSED_KEY: sandbox_id}
-        await self.manager.snapshot(sandbox_id, owner=self.key.id, metadata=metadata)
-        await self.manager.destroy(sandbox_id, "paused", owner=self.key.id)
+        if self.running(sandbox_id) is None and self.paused(sandbox_id) is not None:
+            raise errors.ConflictError(f"sandbox {sandbox_id} is already paused")
+        await self.manager.pause(sandbox_id, owner=self.key.id)
 
     async def resume(self, sandbox_id: str, timeout_s: int) -> SandboxRecord:
-        snapshot = self.paused(sandbox_id)
-        if snapshot is None:
-            raise errors.SandboxNotFoundError(f"no paused sandbox {sandbox_id}")
-        metadata = {k: v for k, v in snapshot.metadata.items() if k != PAUSED_KEY}
-        sandbox = await self.manager.create(
-            snapshot=snapshot.id,
-            sandbox_id=sandbox_id,
-            owner=self.key.id,
-            metadata=metadata,
-            timeout_s=timeout_s,
-        )
-        await self.manager.delete_snapshot(snapshot.id, owner=self.key.id)
-        return sandbox.record
+        return (await self.manager.resume(sandbox_id, owner=self.key.id, timeout_s=timeout_s)).record
 
     def listed(self, record: SandboxRecord) -> dict[str, Any]:
         ends = _time(record.expires_at) if record.expires_at is not None else _FOREVER
@@ -239,7 +215,7 @@ def list_sandboxes(
     if "running" in states:
         found += [face.listed(r) for r in face.manager.records(owner=face.key.id) if r.state == "running"]
     if "paused" in states:
-        found += [face.listed_paused(s) for s in face.all_paused()]
+        found += [face.listed_paused(s) for s in face.manager.paused(owner=face.key.id)]
     found = [s for s in found if _matches(s["metadata"], metadata)]
     return found[:limit] if limit else found
 
