@@ -27,20 +27,29 @@ def test_pty_takes_input_and_resizes(e2b_env: None) -> None:
         assert "24 80" in text and "40 100" in text, text
 
 
-def test_pause_and_resume_keep_the_repl_under_the_same_id(e2b_env: None) -> None:
-    sandbox = Sandbox.create(timeout=600, metadata={"kind": "paused"})
+def test_pause_at_timeout_and_explicit_pause_resume_under_the_same_id(e2b_env: None) -> None:
+    sandbox = Sandbox.create(timeout=600, metadata={"kind": "paused"}, lifecycle={"on_timeout": "pause"})
     try:
         sandbox.run_code("kept = 'still here'")
-        assert sandbox.pause()
-        assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
-        assert not sandbox.pause()
+        sandbox.set_timeout(2)  # its lifetime ends: it pauses instead of ending
+        deadline = time.monotonic() + 60
+        while Sandbox.get_info(sandbox.sandbox_id).state != SandboxState.PAUSED:
+            assert time.monotonic() < deadline, "the sandbox did not pause at its timeout"
+            time.sleep(0.5)
+        assert not sandbox.pause()  # already paused
         resumed = Sandbox.connect(sandbox.sandbox_id, timeout=600)
         assert resumed.sandbox_id == sandbox.sandbox_id
         assert resumed.run_code("kept").text == "'still here'"
-        info = resumed.get_info()
+        resumed.run_code("kept += ', twice'")
+        assert resumed.pause()
+        again = Sandbox.connect(sandbox.sandbox_id, timeout=600)
+        assert again.run_code("kept").text == "'still here, twice'"
+        info = again.get_info()
         assert info.state == SandboxState.RUNNING and info.metadata == {"kind": "paused"}
     finally:
-        sandbox.kill()
+        Sandbox.kill(sandbox.sandbox_id)
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sandbox.sandbox_id)
 
 
 def test_fork_copies_state_with_distinct_entropy(e2b_env: None) -> None:
