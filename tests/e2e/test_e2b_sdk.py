@@ -6,8 +6,10 @@ E2B_API_KEY in the environment, nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -119,3 +121,39 @@ async def test_async_sandbox_commands_and_files(e2b_env: None) -> None:
     finally:
         await box.kill()
     assert not await AsyncSandbox.kill(box.sandbox_id)
+
+
+def test_watch_dir_reports_changes(sandbox: Sandbox) -> None:
+    sandbox.files.make_dir("/tmp/watched/deep")
+    handle = sandbox.files.watch_dir("/tmp/watched", recursive=True)
+    try:
+        sandbox.commands.run(
+            "echo a > /tmp/watched/a.txt; echo b > /tmp/watched/deep/b.txt; rm /tmp/watched/a.txt"
+        )
+        seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + 30
+        wanted = {("a.txt", "create"), ("a.txt", "write"), ("deep/b.txt", "create"), ("a.txt", "remove")}
+        while not wanted <= seen:
+            assert time.monotonic() < deadline, f"missing events {wanted - seen}"
+            seen |= {(e.name, e.type.name.lower()) for e in handle.get_new_events()}
+            time.sleep(0.2)
+    finally:
+        handle.stop()
+    with pytest.raises(NotFoundException):
+        sandbox.files.watch_dir("/tmp/no-such-dir")
+
+
+async def test_async_watch_dir_streams_changes(e2b_env: None) -> None:
+    box = await AsyncSandbox.create(timeout=600)
+    try:
+        await box.files.make_dir("/tmp/w")
+        events: list[tuple[str, str]] = []
+        handle = await box.files.watch_dir("/tmp/w", on_event=lambda e: events.append((e.name, e.type.name)))
+        await box.commands.run("touch /tmp/w/new")
+        deadline = time.monotonic() + 30
+        while ("new", "CREATE") not in events:
+            assert time.monotonic() < deadline, events
+            await asyncio.sleep(0.2)
+        await handle.stop()
+    finally:
+        await box.kill()

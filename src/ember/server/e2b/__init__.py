@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from ember.server.deps import Service
-from ember.server.e2b import filesystem, interpreter, process
+from ember.server.e2b import filesystem, interpreter, process, watchers
 from ember.server.e2b.control import create_control_app
 from ember.server.e2b.plane import ENVD_PORT, INTERPRETER_PORT, AccessTokens, SandboxPlane
 
@@ -20,7 +20,8 @@ from ember.server.e2b.plane import ENVD_PORT, INTERPRETER_PORT, AccessTokens, Sa
 def plane_options(service: Service, domain: str | None) -> dict[str, Any]:
     """The keyword arguments of ``SandboxPlane`` (``app.add_middleware(SandboxPlane, **options)``)."""
     tokens = AccessTokens(service.manager.settings.data_dir / "e2b-token-secret")
-    envd = Starlette(routes=[*process.routes, *filesystem.routes, *filesystem.http_routes])
+    envd = Starlette(routes=[*process.routes, *filesystem.routes, *watchers.routes, *filesystem.http_routes])
+    envd.state.watchers = watchers.Watchers()
     return {
         "service": service,
         "tokens": tokens,

@@ -49,7 +49,7 @@ def entry(info: m.FileInfo) -> Message:
     return body
 
 
-def _path(message: Message, name: str = "path") -> str:
+def required_path(message: Message, name: str = "path") -> str:
     value = message.get(name)
     if not isinstance(value, str) or not value:
         raise ConnectError("invalid_argument", f"{name} is required")
@@ -57,18 +57,18 @@ def _path(message: Message, name: str = "path") -> str:
 
 
 async def _stat(box: Sandbox, message: Message) -> Message:
-    return {"entry": entry(await box.files.stat(_path(message)))}
+    return {"entry": entry(await box.files.stat(required_path(message)))}
 
 
 async def _make_dir(box: Sandbox, message: Message) -> Message:
-    path = _path(message)
+    path = required_path(message)
     if await box.files.exists(path):
         raise ConnectError("already_exists", f"{path} already exists")
     return {"entry": entry(await box.files.mkdir(path, parents=True))}
 
 
 async def _move(box: Sandbox, message: Message) -> Message:
-    info = await box.files.rename(_path(message, "source"), _path(message, "destination"))
+    info = await box.files.rename(required_path(message, "source"), required_path(message, "destination"))
     return {"entry": entry(info)}
 
 
@@ -76,11 +76,11 @@ async def _list_dir(box: Sandbox, message: Message) -> Message:
     depth = message.get("depth") or 1
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ConnectError("invalid_argument", "depth must be a positive integer")
-    return {"entries": [entry(info) for info in await box.files.list(_path(message), depth)]}
+    return {"entries": [entry(info) for info in await box.files.list(required_path(message), depth)]}
 
 
 async def _remove(box: Sandbox, message: Message) -> Message:
-    await box.files.remove(_path(message), recursive=True)
+    await box.files.remove(required_path(message), recursive=True)
     return {}
 
 
