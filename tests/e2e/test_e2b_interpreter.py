@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
+from pathlib import Path
 
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 
@@ -54,3 +57,13 @@ def test_dataframe_html_and_matplotlib_png_from_the_data_template(e2b_env: None,
         )
         assert figure.error is None, figure.error
         assert base64.b64decode(figure.results[0].png).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_readme_example_runs(e2b_env: dict[str, str]) -> None:
+    """README's "Coming from E2B" program, as printed there, with the environment `ember e2b-env` gives."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    program = readme.split("## Coming from E2B", 1)[1].split("python - <<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[0] == "42" and lines[1].startswith("ember-") and lines[-1] == "hi", ran.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -47,8 +48,18 @@ def result_line(result: m.RichResult) -> dict[str, Any]:
     return line
 
 
-def _error(exc: errors.EmberError) -> Response:
-    return Response(exc.message, status_code=exc.status, media_type="text/plain")
+def _plain_errors(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Ember errors as the interpreter's plain-text error responses (404 becomes NotFoundException)."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except errors.EmberError as exc:
+            return Response(exc.message, status_code=exc.status, media_type="text/plain")
+
+    return answer
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -70,17 +81,15 @@ def _language(value: Any) -> str:
     return language  # type: ignore[no-any-return]
 
 
+@_plain_errors
 async def execute(request: Request) -> Response:
     box = sandbox_of(request)
-    try:
-        body = await _body(request)
-        if not isinstance(body.get("code"), str):
-            raise errors.InvalidRequestError("code is required")
-        context_id = body.get("context_id") or None
-        language = "python" if context_id else _language(body.get("language"))
-        env = body.get("env_vars") or None
-    except errors.EmberError as exc:
-        return _error(exc)
+    body = await _body(request)
+    if not isinstance(body.get("code"), str):
+        raise errors.InvalidRequestError("code is required")
+    context_id = body.get("context_id") or None
+    language = "python" if context_id else _language(body.get("language"))
+    env = body.get("env_vars") or None
 
     async def run(emit: Emit) -> dict[str, Any]:
         async def output(kind: str, text: str) -> None:
@@ -113,35 +122,27 @@ def _context(info: m.ContextInfo) -> dict[str, Any]:
     return {"id": info.context_id, "language": info.language, "cwd": info.cwd}
 
 
+@_plain_errors
 async def create_context(request: Request) -> Response:
-    try:
-        body = await _body(request)
-        info = await sandbox_of(request).code.create_context(_language(body.get("language")), body.get("cwd"))
-    except errors.EmberError as exc:
-        return _error(exc)
+    body = await _body(request)
+    info = await sandbox_of(request).code.create_context(_language(body.get("language")), body.get("cwd"))
     return JSONResponse(_context(info))
 
 
+@_plain_errors
 async def list_contexts(request: Request) -> Response:
-    try:
-        return JSONResponse([_context(c) for c in await sandbox_of(request).code.list_contexts()])
-    except errors.EmberError as exc:
-        return _error(exc)
+    return JSONResponse([_context(c) for c in await sandbox_of(request).code.list_contexts()])
 
 
+@_plain_errors
 async def delete_context(request: Request) -> Response:
-    try:
-        await sandbox_of(request).code.delete_context(request.path_params["context_id"])
-    except errors.EmberError as exc:
-        return _error(exc)
+    await sandbox_of(request).code.delete_context(request.path_params["context_id"])
     return Response(status_code=204)
 
 
+@_plain_errors
 async def restart_context(request: Request) -> Response:
-    try:
-        await sandbox_of(request).code.restart_context(request.path_params["context_id"])
-    except errors.EmberError as exc:
-        return _error(exc)
+    await sandbox_of(request).code.restart_context(request.path_params["context_id"])
     return Response(status_code=204)
 
 
