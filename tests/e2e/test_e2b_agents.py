@@ -36,7 +36,8 @@ async def test_scripted_agent_runs_commands_in_an_ember_sandbox(e2b_env: dict[st
     )
     agent = SandboxAgent(name="calculator", instructions="Use the shell.", model=model)
     options = E2BSandboxClientOptions(sandbox_type="e2b", timeout=600, metadata={"agent": "calculator"})
-    config = RunConfig(sandbox=SandboxRunConfig(client=E2BSandboxClient(), options=options))
+    sandbox = SandboxRunConfig(client=E2BSandboxClient(), options=options)
+    config = RunConfig(sandbox=sandbox, tracing_disabled=True)  # no trace export: no network
 
     result = await Runner.run(agent, "What is six times seven?", run_config=config)
 

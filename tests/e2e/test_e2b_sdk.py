@@ -14,7 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 from e2b import AsyncSandbox, CommandExitException, Sandbox
-from e2b.exceptions import AuthenticationException, NotFoundException
+from e2b.exceptions import (
+    AuthenticationException,
+    InvalidArgumentException,
+    NotFoundException,
+    SandboxException,
+    TimeoutException,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +107,20 @@ def test_twenty_megabyte_binary_round_trip(sandbox: Sandbox) -> None:
     sandbox.files.remove("/tmp/blob.bin")
 
 
-def test_wrong_key_and_unknown_sandbox(e2b_env: None, sandbox: Sandbox) -> None:
+def test_errors_map_to_the_sdks_exceptions(e2b_env: None, sandbox: Sandbox) -> None:
     with pytest.raises(AuthenticationException):
         Sandbox.create(api_key="e2b_" + "0" * 40)
     with pytest.raises(NotFoundException):
         Sandbox.connect("0123456789abcdef")
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info("0123456789abcdef")
     assert not Sandbox.kill("0123456789abcdef")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.make_dir("/etc/hostname/below-a-file")
+    with pytest.raises(TimeoutException):
+        sandbox.commands.run("sleep 30", timeout=1)
+    with pytest.raises(SandboxException):
+        Sandbox.create(template="no-such-template")
 
 
 async def test_async_sandbox_commands_and_files(e2b_env: None) -> None:

@@ -32,8 +32,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 class _BodyLimit:
     """Pure ASGI middleware: refuses request bodies over the limit, streamed or not.
 
-    File uploads (PUT .../files) get the upload limit; every other body the
-    (small) JSON limit. A Content-Length over the limit is refused before any
+    File uploads (PUT .../files, and E2B's POST /files) get the upload limit;
+    every other body the (small) JSON limit. A Content-Length over the limit is refused before any
     byte is read; a streamed body is cut off when it crosses the limit.
     """
 
@@ -48,7 +48,8 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         settings = self._service()
-        is_upload = scope["method"] == "PUT" and scope["path"].endswith("/files")
+        method, path = scope["method"], scope["path"]
+        is_upload = (method == "PUT" and path.endswith("/files")) or (method == "POST" and path == "/files")
         limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -113,7 +114,7 @@ def create_app(service_: Service) -> FastAPI:
 
     for module in (sandboxes, snapshots, code, commands, files, pty, keys):
         app.include_router(module.router)
-    app.add_middleware(_BodyLimit, get_service=lambda: service_)
-    # Outermost: E2B's SDKs' requests (control plane, in-sandbox calls) go to their own apps.
+    # E2B's SDKs' requests (control plane, in-sandbox calls) go to their own apps, inside the body limit.
     app.add_middleware(SandboxPlane, **plane_options(service_, service_.manager.settings.e2b_domain))
+    app.add_middleware(_BodyLimit, get_service=lambda: service_)
     return app
