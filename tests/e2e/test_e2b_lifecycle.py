@@ -6,7 +6,7 @@ import time
 
 import pytest
 from e2b import PtySize, SandboxState
-from e2b.exceptions import NotFoundException
+from e2b.exceptions import NotFoundException, SandboxException
 from e2b_code_interpreter import Sandbox
 
 
@@ -63,6 +63,14 @@ def test_fork_copies_state_with_distinct_entropy(e2b_env: None) -> None:
                 assert fork.run_code("shared").text == "'from the parent'"
             draws = {fork.run_code("os.urandom(16).hex()").text for fork in [sandbox, *forks]}
             assert len(draws) == 3
+            snapshot = sandbox.create_snapshot(name="forked")
+            assert snapshot.snapshot_id in [s.snapshot_id for s in Sandbox.list_snapshots().next_items()]
+            with Sandbox.create(template=snapshot.snapshot_id, timeout=600) as restored:
+                assert restored.run_code("shared").text == "'from the parent'"
+            assert Sandbox.delete_snapshot(snapshot.snapshot_id)
+            assert not Sandbox.delete_snapshot(snapshot.snapshot_id)
+            with pytest.raises(SandboxException, match="not supported"):
+                sandbox.get_metrics()
         finally:
             for fork in forks:
                 if isinstance(fork, Sandbox):

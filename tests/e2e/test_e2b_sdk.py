@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from e2b import AsyncSandbox, CommandExitException, Sandbox
 from e2b.exceptions import (
@@ -171,3 +172,25 @@ async def test_async_watch_dir_streams_changes(e2b_env: None) -> None:
         await handle.stop()
     finally:
         await box.kill()
+
+
+def test_in_sandbox_calls_need_the_sandboxs_access_token(e2b_env: dict[str, str], sandbox: Sandbox) -> None:
+    url, key = e2b_env["E2B_SANDBOX_URL"], e2b_env["E2B_API_KEY"]
+    token = httpx.get(f"{url}/sandboxes/{sandbox.sandbox_id}", headers={"X-API-KEY": key}).json()[
+        "envdAccessToken"
+    ]
+    envd = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49983"}
+    stat = f"{url}/filesystem.Filesystem/Stat"
+    assert httpx.post(stat, json={"path": "/"}, headers={**envd, "X-Access-Token": token}).status_code == 200
+    for headers in (envd, {**envd, "X-Access-Token": "0" * 64}, {**envd, "X-Access-Token": key}):
+        assert httpx.post(stat, json={"path": "/"}, headers=headers).status_code == 401
+    other = Sandbox.create(timeout=300)
+    try:  # one sandbox's token opens no other sandbox
+        headers = {**envd, "E2b-Sandbox-Id": other.sandbox_id, "X-Access-Token": token}
+        assert httpx.post(stat, json={"path": "/"}, headers=headers).status_code == 401
+    finally:
+        other.kill()
+    unknown = httpx.post(f"{url}/process.Process/Nope", json={}, headers={**envd, "X-Access-Token": token})
+    assert unknown.status_code == 501 and unknown.json()["code"] == "unimplemented"
+    closed = httpx.get(f"{url}/", headers={**envd, "E2b-Sandbox-Port": "8080", "X-Access-Token": token})
+    assert closed.status_code == 502 and "not open" in closed.json()["message"]

@@ -10,17 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from ember.server.deps import Service
-from ember.server.e2b import filesystem, interpreter, process, watchers
+from ember.server.e2b import connect, filesystem, interpreter, process, watchers
 from ember.server.e2b.control import create_control_app
 from ember.server.e2b.plane import ENVD_PORT, INTERPRETER_PORT, AccessTokens, SandboxPlane
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def plane_options(service: Service, domain: str | None) -> dict[str, Any]:
     """The keyword arguments of ``SandboxPlane`` (``app.add_middleware(SandboxPlane, **options)``)."""
     tokens = AccessTokens(service.manager.settings.data_dir / "e2b-token-secret")
-    envd = Starlette(routes=[*process.routes, *filesystem.routes, *watchers.routes, *filesystem.http_routes])
+    served = [*process.routes, *filesystem.routes, *watchers.routes, *filesystem.http_routes]
+    envd = Starlette(routes=[*served, Route("/{path:path}", connect.unimplemented, methods=_METHODS)])
     envd.state.watchers = watchers.Watchers()
     return {
         "service": service,

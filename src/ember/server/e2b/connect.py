@@ -257,3 +257,11 @@ def unary_routes(
         return call
 
     return [Route(prefix + name, endpoint(handler), methods=["POST"]) for name, handler in handlers.items()]
+
+
+async def unimplemented(request: Request) -> Response:
+    """Any method or path Ember's envd does not serve: Connect's ``unimplemented``, not a bare 404."""
+    message = f"{request.method} {request.url.path} is not supported by Ember"
+    return JSONResponse(
+        {"code": "unimplemented", "message": message}, status_code=HTTP_STATUS["unimplemented"]
+    )

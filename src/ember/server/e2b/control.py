@@ -17,7 +17,7 @@ import logging
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
@@ -36,6 +36,7 @@ log = logging.getLogger("ember.server.e2b")
 DEFAULT_TEMPLATES = ("base", "code-interpreter-v1")
 DEFAULT_TIMEOUT_S = 300
 CLIENT_ID = "ember"
+SNAPSHOT_NAME_KEY = "e2b.name"
 _FOREVER = datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC)
 
 
@@ -289,9 +290,35 @@ async def fork_sandbox(sandbox_id: str, body: ForkBody, face: Face) -> list[dict
 @router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
 async def snapshot_sandbox(sandbox_id: str, body: SnapshotBody, face: Face) -> dict[str, Any]:
     """A snapshot to start sandboxes from (``Sandbox.create(snapshot_id)``)."""
-    metadata = {"e2b.name": body.name} if body.name else {}
-    snapshot = await face.manager.snapshot(sandbox_id, owner=face.key.id, metadata=metadata)
-    return {"snapshotID": snapshot.id, "names": [body.name] if body.name else []}
+    metadata = {SNAPSHOT_NAME_KEY: body.name} if body.name else {}
+    return _snapshot_info(await face.manager.snapshot(sandbox_id, owner=face.key.id, metadata=metadata))
+
+
+def _snapshot_info(snapshot: SnapshotRecord) -> dict[str, Any]:
+    name = snapshot.metadata.get(SNAPSHOT_NAME_KEY)
+    return {"snapshotID": snapshot.id, "names": [name] if name else []}
+
+
+@router.get("/snapshots")
+def list_snapshots(
+    face: Face, sandbox_id: Annotated[str | None, Query(alias="sandboxID")] = None, name: str | None = None
+) -> list[dict[str, Any]]:
+    """The key's snapshots (pause snapshots are sandboxes, not listed here)."""
+    found = [
+        s
+        for s in face.manager.list_snapshots(owner=face.key.id)
+        if PAUSED_KEY not in s.metadata
+        and (sandbox_id is None or s.source_sandbox == sandbox_id)
+        and (name is None or s.metadata.get(SNAPSHOT_NAME_KEY) == name)
+    ]
+    return [_snapshot_info(s) for s in found]
+
+
+@router.delete("/templates/{snapshot_id}", status_code=204)
+async def delete_snapshot(snapshot_id: str, face: Face) -> Response:
+    """E2B deletes a snapshot as the template it is; Ember's own templates are not deleted here."""
+    await face.manager.delete_snapshot(snapshot_id, owner=face.key.id)
+    return Response(status_code=204)
 
 
 @router.put("/sandboxes/{sandbox_id}/network", status_code=204)
@@ -325,5 +352,11 @@ def create_control_app(service: Service, tokens: AccessTokens) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
 
+    async def not_implemented(request: Request) -> JSONResponse:
+        # E2B endpoints Ember does not serve (metrics, logs, volumes, ...): said plainly, not a 404.
+        return error(501, f"{request.method} {request.url.path} is not supported by Ember's E2B API")
+
     app.include_router(router)
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    app.add_api_route("/{path:path}", not_implemented, methods=methods, include_in_schema=False)
     return app

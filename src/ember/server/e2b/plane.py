@@ -41,7 +41,7 @@ INTERPRETER_PORT = 49999
 ENVD_VERSION = "0.6.4"
 
 #: E2B's control plane lives under these paths; Ember's own API is under /v1.
-CONTROL_PATHS = ("/sandboxes", "/v2/sandboxes", "/snapshots")
+CONTROL_PATHS = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates")
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Any], Awaitable[None]]
 
