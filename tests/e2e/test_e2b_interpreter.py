@@ -28,6 +28,9 @@ def test_run_code_keeps_state_and_contexts_are_separate(e2b_env: None) -> None:
         sandbox.restart_code_context(context)
         assert sandbox.run_code("y", context=context).error.name == "NameError"
         sandbox.remove_code_context(context)
+        home = sandbox.create_code_context()
+        assert sandbox.run_code("os.getcwd()", context=home).error.name == "NameError"
+        assert sandbox.run_code("import os; os.getcwd()", context=home).text == "'/home/user'"
         assert context.id not in [c.id for c in sandbox.list_code_contexts()]
         assert sandbox.run_code("echo $((6 * 7))", language="bash").logs.stdout == ["42\n"]
 

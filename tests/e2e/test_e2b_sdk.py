@@ -52,6 +52,8 @@ def test_commands_stdout_stderr_exit_code(sandbox: Sandbox) -> None:
     sandbox.commands.run("for i in 1 2 3; do echo $i; done", on_stdout=seen.append)
     assert "".join(seen) == "1\n2\n3\n"
     assert sandbox.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    assert sandbox.commands.run("pwd").stdout == "/home/user\n"  # E2B's working directory
+    assert sandbox.commands.run("whoami", user="user").stdout == "user\n"
     assert sandbox.commands.run("echo $X", envs={"X": "y"}).stdout == "y\n"
 
 
@@ -92,6 +94,9 @@ def test_files_write_read_list_stat_move_remove(sandbox: Sandbox) -> None:
     assert not sandbox.files.exists("/tmp/e2b/notes.txt")
     sandbox.files.remove("/tmp/e2b")
     assert not sandbox.files.exists("/tmp/e2b")
+    sandbox.files.write("notes/relative.txt", "under home")  # relative: under /home/user, as on E2B
+    assert sandbox.commands.run("cat notes/relative.txt").stdout == "under home"
+    assert sandbox.files.read("/home/user/notes/relative.txt") == "under home"
     with pytest.raises(NotFoundException):
         sandbox.files.read("/tmp/e2b/sub/moved.txt")
 

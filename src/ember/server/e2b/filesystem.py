@@ -23,7 +23,7 @@ from ember.engine.sandbox import Sandbox
 from ember.protocol import messages as m
 from ember.server.e2b import connect
 from ember.server.e2b.connect import ConnectError, Message
-from ember.server.e2b.plane import sandbox_of
+from ember.server.e2b.plane import sandbox_of, sandbox_path
 
 _TYPES = {"file": "FILE_TYPE_FILE", "dir": "FILE_TYPE_DIRECTORY", "symlink": "FILE_TYPE_SYMLINK"}
 _UPLOAD_CHUNK = 1024 * 1024
@@ -53,7 +53,7 @@ def required_path(message: Message, name: str = "path") -> str:
     value = message.get(name)
     if not isinstance(value, str) or not value:
         raise ConnectError("invalid_argument", f"{name} is required")
-    return value
+    return sandbox_path(value)
 
 
 async def _stat(box: Sandbox, message: Message) -> Message:
@@ -122,13 +122,13 @@ async def upload(request: Request) -> Response:
                     target = path if path and len(files) == 1 else part.filename
                     if not target:
                         raise errors.InvalidRequestError("a file part needs a path (filename or ?path=)")
-                    written.append(_write_info(await box.files.write(target, _parts(part))))
+                    written.append(_write_info(await box.files.write(sandbox_path(target), _parts(part))))
             return JSONResponse(written)
         if not path:
             raise errors.InvalidRequestError("an octet-stream upload needs ?path=")
         if request.headers.get("content-encoding", "identity") not in ("identity", ""):
             raise errors.InvalidRequestError("compressed uploads are not supported")
-        return JSONResponse([_write_info(await box.files.write(path, request.stream()))])
+        return JSONResponse([_write_info(await box.files.write(sandbox_path(path), request.stream()))])
     except errors.EmberError as exc:
         return _error(exc)
 
@@ -139,6 +139,7 @@ async def download(request: Request) -> Response:
     try:
         if not path:
             raise errors.InvalidRequestError("?path= is required")
+        path = sandbox_path(path)
         info = await box.files.stat(path)
         if info.type == "dir":
             raise errors.InvalidRequestError(f"{path} is a directory")

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from ember import errors
 from ember.protocol import messages as m
-from ember.server.e2b.plane import sandbox_of
+from ember.server.e2b.plane import sandbox_of, working_directory
 from ember.server.streaming import Emit, ndjson_response
 
 #: MIME types of a displayed value and the field E2B's ``Result`` has for each.
@@ -125,7 +125,8 @@ def _context(info: m.ContextInfo) -> dict[str, Any]:
 @_plain_errors
 async def create_context(request: Request) -> Response:
     body = await _body(request)
-    info = await sandbox_of(request).code.create_context(_language(body.get("language")), body.get("cwd"))
+    cwd = working_directory(body.get("cwd"), None)
+    info = await sandbox_of(request).code.create_context(_language(body.get("language")), cwd)
     return JSONResponse(_context(info))
 
 

@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import posixpath
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,8 @@ from ember.server.deps import Service
 
 ENVD_PORT = 49983
 INTERPRETER_PORT = 49999
+#: Where E2B's sandboxes work: the home of its default user (Ember's guest has the same user).
+E2B_HOME = "/home/user"
 #: The envd release whose features Ember serves (stdin, closing stdin, octet-stream uploads, ...).
 ENVD_VERSION = "0.6.4"
 
@@ -85,6 +88,18 @@ def username(request: Request) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         raise errors.InvalidRequestError("the Authorization header is not Basic user:") from None
     return user or None
+
+
+def sandbox_path(path: str) -> str:
+    """A path as E2B's envd reads it: a relative one is under the home directory."""
+    return path if posixpath.isabs(path) else posixpath.join(E2B_HOME, path)
+
+
+def working_directory(cwd: str | None, user: str | None) -> str:
+    """E2B starts processes in the user's home unless told otherwise."""
+    if cwd:
+        return sandbox_path(cwd)
+    return "/root" if user == "root" else E2B_HOME
 
 
 def _proxy_error(status: int, message: str, sandbox_id: str) -> JSONResponse:

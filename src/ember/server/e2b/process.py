@@ -18,7 +18,7 @@ from ember.engine.sandbox import Sandbox
 from ember.protocol import messages as m
 from ember.server.e2b import connect
 from ember.server.e2b.connect import ConnectError, Emit, Message
-from ember.server.e2b.plane import sandbox_of, username
+from ember.server.e2b.plane import sandbox_of, username, working_directory
 
 SIGNALS = {"SIGNAL_SIGKILL": "SIGKILL", "SIGNAL_SIGTERM": "SIGTERM", 9: "SIGKILL", 15: "SIGTERM"}
 _SIGNAL_NAMES = {9: "killed", 15: "terminated", 2: "interrupt", 1: "hangup"}
@@ -84,8 +84,8 @@ async def start(request: Request) -> Response:
         raise ConnectError("invalid_argument", "process.cmd is required")
     argv = [config["cmd"], *_strings(config.get("args"), "process.args")]
     env = config.get("envs") or None
-    cwd = config.get("cwd") or None
     user = username(request)
+    cwd = working_directory(config.get("cwd"), user)
     pty = message.get("pty")
     if pty is not None:
         size = pty.get("size") or {}
