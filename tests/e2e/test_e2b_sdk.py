@@ -70,6 +70,13 @@ def test_background_command_reconnected_by_pid_with_stdin(sandbox: Sandbox) -> N
     assert "got ping" in handle.wait().stdout
 
 
+def test_streamed_stdin_and_eof(sandbox: Sandbox) -> None:
+    handle = sandbox.commands.run("cat; echo end", background=True, stdin=True)
+    sandbox.commands.stream_input(handle.pid, [b"one ", "two ", b"three"])
+    sandbox.commands.close_stdin(handle.pid)
+    assert handle.wait().stdout == "one two threeend\n"
+
+
 def test_signal_kills_a_background_command(sandbox: Sandbox) -> None:
     handle = sandbox.commands.run("sleep 600", background=True)
     assert sandbox.commands.kill(handle.pid)
@@ -124,7 +131,8 @@ def test_errors_map_to_the_sdks_exceptions(e2b_env: None, sandbox: Sandbox) -> N
     with pytest.raises(InvalidArgumentException):
         sandbox.files.make_dir("/etc/hostname/below-a-file")
     with pytest.raises(TimeoutException):
-        sandbox.commands.run("sleep 30", timeout=1)
+        sandbox.commands.run("sleep 30 # deadline", timeout=1)
+    assert not [p for p in sandbox.commands.list() if "deadline" in " ".join(p.args)]  # killed, as on E2B
     with pytest.raises(SandboxException):
         Sandbox.create(template="no-such-template")
 

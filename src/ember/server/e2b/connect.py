@@ -13,6 +13,7 @@ SDK (and a protobuf runtime) just to move a few JSON fields.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -184,14 +185,19 @@ def _keepalive_s(request: Request) -> float | None:
 
 
 def server_stream(
-    run: Callable[[Emit], Awaitable[None]], request: Request, *, keepalive: Message | None = None
+    run: Callable[[Emit], Awaitable[None]],
+    request: Request,
+    *,
+    keepalive: Message | None = None,
+    on_deadline: Callable[[], Awaitable[None]] | None = None,
 ) -> StreamingResponse:
     """Stream what ``run`` emits as envelopes, then the end-of-stream envelope (with its error).
 
     A bounded queue between the call and the response keeps a slow client from
     filling the daemon's memory; a client that goes away cancels the call. When
     the client asks for keepalive pings (E2B's ``Keepalive-Ping-Interval``) an
-    idle stream sends ``keepalive`` so that idle-read limits do not cut it.
+    idle stream sends ``keepalive`` so that idle-read limits do not cut it. When
+    the call's deadline passes, ``on_deadline`` runs before the stream ends.
     """
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(64)
     deadline_s, interval_s = timeout_s(request), _keepalive_s(request)
@@ -205,6 +211,9 @@ def server_stream(
             await asyncio.wait_for(run(emit), deadline_s)
         except TimeoutError:
             end = {"error": _error_body(ConnectError("deadline_exceeded", "the call's deadline passed"))}
+            if on_deadline is not None:
+                with contextlib.suppress(Exception):
+                    await on_deadline()
         except Exception as exc:
             end = {"error": _error_body(connect_error(exc))}
         await queue.put(envelope(end, _END_STREAM))
@@ -235,7 +244,8 @@ async def client_stream(request: Request, run: Callable[[], Awaitable[Message]])
     try:
         reply = envelope(await asyncio.wait_for(run(), timeout_s(request))) + envelope({}, _END_STREAM)
     except TimeoutError:
-        reply = envelope({"error": _error_body(ConnectError("deadline_exceeded", "deadline passed"))}, 2)
+        deadline = ConnectError("deadline_exceeded", "the call's deadline passed")
+        reply = envelope({"error": _error_body(deadline)}, _END_STREAM)
     except Exception as exc:
         reply = envelope({"error": _error_body(connect_error(exc))}, _END_STREAM)
     return Response(reply, media_type=STREAM_TYPE)

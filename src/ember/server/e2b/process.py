@@ -96,8 +96,12 @@ async def start(request: Request) -> Response:
         pid = await box.commands.start(
             argv, env=env, cwd=cwd, user=user, stdin=bool(message.get("stdin", False)), tag=message.get("tag")
         )
+    # As envd does, a process whose Start call outlives its deadline is killed.
     return connect.server_stream(
-        lambda emit: _follow(box, pid, pty is not None, emit, replay=True), request, keepalive=_KEEPALIVE
+        lambda emit: _follow(box, pid, pty is not None, emit, replay=True),
+        request,
+        keepalive=_KEEPALIVE,
+        on_deadline=lambda: box.commands.kill(pid),
     )
 
 
