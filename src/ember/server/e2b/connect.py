@@ -13,7 +13,6 @@ SDK (and a protobuf runtime) just to move a few JSON fields.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -189,15 +188,13 @@ def server_stream(
     request: Request,
     *,
     keepalive: Message | None = None,
-    on_deadline: Callable[[], Awaitable[None]] | None = None,
 ) -> StreamingResponse:
     """Stream what ``run`` emits as envelopes, then the end-of-stream envelope (with its error).
 
     A bounded queue between the call and the response keeps a slow client from
     filling the daemon's memory; a client that goes away cancels the call. When
     the client asks for keepalive pings (E2B's ``Keepalive-Ping-Interval``) an
-    idle stream sends ``keepalive`` so that idle-read limits do not cut it. When
-    the call's deadline passes, ``on_deadline`` runs before the stream ends.
+    idle stream sends ``keepalive`` so that idle-read limits do not cut it.
     """
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(64)
     deadline_s, interval_s = timeout_s(request), _keepalive_s(request)
@@ -211,9 +208,6 @@ def server_stream(
             await asyncio.wait_for(run(emit), deadline_s)
         except TimeoutError:
             end = {"error": _error_body(ConnectError("deadline_exceeded", "the call's deadline passed"))}
-            if on_deadline is not None:
-                with contextlib.suppress(Exception):
-                    await on_deadline()
         except Exception as exc:
             end = {"error": _error_body(connect_error(exc))}
         await queue.put(envelope(end, _END_STREAM))
