@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, CommandExitException, Sandbox
+from e2b import AsyncSandbox, CommandExitException, Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import (
     AuthenticationException,
     InvalidArgumentException,
@@ -39,6 +39,9 @@ def test_create_with_env_and_metadata_is_listed(sandbox: Sandbox) -> None:
     assert info.sandbox_id == sandbox.sandbox_id and info.metadata == {"suite": "e2b"}
     listed = Sandbox.list().next_items()
     assert sandbox.sandbox_id in [s.sandbox_id for s in listed]
+    matching = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2b"}, state=[SandboxState.RUNNING]))
+    assert [s.sandbox_id for s in matching.next_items()] == [sandbox.sandbox_id]
+    assert not Sandbox.list(query=SandboxQuery(metadata={"suite": "other"})).next_items()
     assert sandbox.is_running()
 
 
