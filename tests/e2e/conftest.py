@@ -35,6 +35,9 @@ from ember.images import ensure_guest_images
 from ember.settings import Settings
 from leaks import qemu_pids_under
 
+#: The test daemon's E2B domain: ``{port}-{sandbox_id}.e2b.test`` reaches a sandbox by Host header.
+E2B_DOMAIN = "e2b.test"
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
@@ -67,6 +70,7 @@ def daemon() -> Iterator[Daemon]:
         EMBER_DATA_DIR=str(data_dir),
         EMBER_RUN_DIR=str(run_dir),
         XDG_CONFIG_HOME=str(scratch / "config"),
+        EMBER_E2B_DOMAIN=E2B_DOMAIN,
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
     running = Daemon(url, api_key, data_dir, run_dir, scratch / "daemon.log", cli_env)

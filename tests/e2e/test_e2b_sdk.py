@@ -213,3 +213,10 @@ def test_in_sandbox_calls_need_the_sandboxs_access_token(e2b_env: dict[str, str]
     assert unknown.status_code == 501 and unknown.json()["code"] == "unimplemented"
     closed = httpx.get(f"{url}/", headers={**envd, "E2b-Sandbox-Port": "8080", "X-Access-Token": token})
     assert closed.status_code == 502 and "not open" in closed.json()["message"]
+    # Host-based routing, as E2B's {port}-{sandbox_id}.{domain} (the test daemon's domain is e2b.test).
+    by_host = {"Host": f"49983-{sandbox.sandbox_id}.e2b.test", "X-Access-Token": token}
+    listed = httpx.post(f"{url}/filesystem.Filesystem/ListDir", json={"path": "/"}, headers=by_host)
+    assert listed.status_code == 200 and "etc" in [e["name"] for e in listed.json()["entries"]]
+    interpreter = {**by_host, "Host": f"49999-{sandbox.sandbox_id}.e2b.test"}
+    assert httpx.get(f"{url}/contexts", headers=interpreter).status_code == 200
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"  # Ember's own API on its own host
