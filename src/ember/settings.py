@@ -46,6 +46,8 @@ class Settings:
     dns_upstream: str | None = None
     #: Host-based port URLs ``{port}-{id}.{domain}`` when set (the path-based ones always work).
     domain: str | None = None
+    #: E2B's host-based routing: ``{port}-{sandbox_id}.{e2b_domain}`` reaches that sandbox (EMBER_E2B_DOMAIN).
+    e2b_domain: str | None = None
 
     @property
     def images_dir(self) -> Path:
@@ -74,6 +76,8 @@ class Settings:
             kwargs["dns_upstream"] = env["EMBER_DNS_UPSTREAM"]
         if env.get("EMBER_DOMAIN"):
             kwargs["domain"] = env["EMBER_DOMAIN"].strip(".").lower()
+        if env.get("EMBER_E2B_DOMAIN"):
+            kwargs["e2b_domain"] = env["EMBER_E2B_DOMAIN"]
         if "EMBER_POOL" in env:
             kwargs["pool"] = parse_pool(env["EMBER_POOL"])
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from e2e_support import (
     Daemon,
     SandboxFactory,
     free_port,
+    run_cli,
     spawn_daemon,
     stop_process,
 )
@@ -33,6 +37,9 @@ from ember.images import ensure_guest_images
 from ember.settings import Settings
 from leaks import qemu_pids_under, sandbox_networks_of
 from netlab import TestInternet, test_internet
+
+#: The test daemon's E2B domain: ``{port}-{sandbox_id}.e2b.test`` reaches a sandbox by Host header.
+E2B_DOMAIN = "e2b.test"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -77,6 +84,7 @@ def daemon(internet: TestInternet) -> Iterator[Daemon]:
         EMBER_DOMAIN=PORTS_DOMAIN,
         # The daemon reads its host's package indexes from pip's configuration: here, a test host.
         PIP_INDEX_URL=PACKAGE_INDEX,
+        EMBER_E2B_DOMAIN=E2B_DOMAIN,
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
     running = Daemon(url, api_key, data_dir, run_dir, scratch / "daemon.log", cli_env)
@@ -155,3 +163,44 @@ def shared_sandbox(daemon: Daemon) -> Iterator[Sandbox]:
         api_key=daemon.api_key,
     ) as sandbox:
         yield sandbox
+
+
+DATA_RECIPE = Path(__file__).resolve().parents[2] / "templates" / "data.sh"
+
+
+@pytest.fixture(scope="session")
+def data_template(daemon: Daemon) -> Iterator[str]:
+    """Template ``data`` (templates/data.sh: numpy, pandas, matplotlib), built once for the session.
+
+    The recipe downloads Debian's packages on the host (apt, as on any machine
+    that runs setup) and builds the template on the test daemon (minutes under
+    TCG), so every test that needs it shares this one build.
+    """
+    base = run_cli(daemon, "template", "build", "base", timeout_s=600)
+    assert base.returncode == 0, base.stderr
+    env = {**daemon.cli_env, "PYTHON": sys.executable, "EMBER": f"{sys.executable} -m ember"}
+    built = subprocess.run(["bash", str(DATA_RECIPE)], env=env, capture_output=True, text=True, timeout=2400)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "template data saved" in built.stderr
+    yield "data"
+    for name in ("data", "base"):
+        Sandbox.delete_template(name, base_url=daemon.url, api_key=daemon.api_key)
+
+
+@pytest.fixture(scope="module")
+def e2b_env(daemon: Daemon) -> Iterator[dict[str, str]]:
+    """The environment ``ember e2b-env`` prints, set as a user would: E2B's SDKs then reach this daemon."""
+    printed = run_cli(daemon, "e2b-env")
+    assert printed.returncode == 0, printed.stderr
+    exports = dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.stdout.splitlines()
+    )
+    assert exports == {
+        "E2B_API_URL": daemon.url,
+        "E2B_SANDBOX_URL": daemon.url,
+        "E2B_API_KEY": daemon.api_key,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in exports.items():
+            patch.setenv(name, value)
+        yield exports

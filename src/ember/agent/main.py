@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember.agent import files, network, system
+from ember.agent import files, network, system, watch
 from ember.agent._errors import AgentError
 from ember.agent.paths import WORKDIR
 from ember.agent.port import SocketPort, VirtioPort, find_port
@@ -60,6 +60,7 @@ class Agent:
             m.FileMkdir: self.file_mkdir,
             m.FileRemove: self.file_remove,
             m.FileRename: self.file_rename,
+            m.FileWatch: self.file_watch,
         }
 
     async def handle(self, context: RequestContext, request: m.Request) -> WireModel | None:
@@ -210,6 +211,14 @@ class Agent:
 
     async def file_rename(self, context: RequestContext, request: m.FileRename) -> m.FileInfo:
         return await files.rename(request.source, request.destination, request.overwrite)
+
+    async def file_watch(self, context: RequestContext, request: m.FileWatch) -> None:
+        await watch.watch(
+            request.path,
+            request.recursive,
+            lambda: context.event("watching"),
+            lambda name, kind: context.event("change", m.FileChange(name=name, kind=kind)),
+        )
 
 
 async def serve(listen: str | None) -> None:

@@ -12,6 +12,7 @@ import typer
 
 from ember.cli._output import print_error
 from ember.cli.bench import bench
+from ember.cli.e2b import e2b_env
 from ember.cli.execute import execute, run
 from ember.cli.images import image_app
 from ember.cli.keys import keys_app
@@ -44,6 +45,7 @@ app.command()(expose)
 app.command()(pool)
 app.command()(bench)
 app.command()(mcp)
+app.command("e2b-env")(e2b_env)
 app.add_typer(image_app, name="image")
 app.add_typer(keys_app, name="keys")
 app.add_typer(snapshot_app, name="snapshot")

@@ -91,6 +91,27 @@ class Commands:
                 raise
         return _finished(result, collector)
 
+    async def follow(
+        self,
+        pid: int,
+        on_output: Callable[[str, bytes], Awaitable[None] | None],
+        *,
+        replay: bool = True,
+    ) -> m.ProcessExit:
+        """Deliver a process's raw output (``on_output(stream, bytes)``) until it exits."""
+        async with self._sandbox.agent_call() as agent:
+            call = agent.start(m.ProcAttach(pid=pid, replay=replay))
+            try:
+                async for item in call:
+                    if isinstance(item, Chunk):
+                        result = on_output(item.stream, item.data)
+                        if inspect.isawaitable(result):
+                            await result
+                return m.ProcessExit.from_wire(await call.result())
+            except BaseException:
+                await call.cancel()
+                raise
+
     async def list(self) -> list[m.ProcessInfo]:
         async with self._sandbox.agent_call() as agent:
             return m.ProcessListing.from_wire(await agent.request(m.ProcList())).processes
@@ -131,18 +152,7 @@ class Pty:
         self, pid: int, on_data: Callable[[bytes], Awaitable[None] | None], *, replay: bool = True
     ) -> m.ProcessExit:
         """Deliver the terminal's output bytes until its process exits."""
-        async with self._sandbox.agent_call() as agent:
-            call = agent.start(m.ProcAttach(pid=pid, replay=replay))
-            try:
-                async for item in call:
-                    if isinstance(item, Chunk):
-                        result = on_data(item.data)
-                        if inspect.isawaitable(result):
-                            await result
-                return m.ProcessExit.from_wire(await call.result())
-            except BaseException:
-                await call.cancel()
-                raise
+        return await self._sandbox.commands.follow(pid, lambda _stream, data: on_data(data), replay=replay)
 
     async def send(self, pid: int, data: bytes) -> None:
         await self._sandbox.commands.send_stdin(pid, data)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ember.engine.channel import Chunk
+from ember.engine.channel import Chunk, Event
 from ember.errors import PathNotFoundError
 from ember.protocol import messages as m
 
@@ -76,3 +77,28 @@ class Files:
         async with self._sandbox.agent_call() as agent:
             request = m.FileRename(source=source, destination=destination, overwrite=overwrite)
             return m.FileInfo.from_wire(await agent.request(request))
+
+    async def watch(
+        self,
+        path: str,
+        on_change: Callable[[m.FileChange], Awaitable[None] | None],
+        *,
+        recursive: bool = False,
+        on_start: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> None:
+        """Report changes under the directory ``path`` until cancelled (or the directory goes)."""
+        async with self._sandbox.agent_call() as agent:
+            call = agent.start(m.FileWatch(path=path, recursive=recursive))
+            try:
+                async for item in call:
+                    if not isinstance(item, Event):
+                        continue
+                    if item.name == "watching":
+                        result = on_start() if on_start is not None else None
+                    else:
+                        result = on_change(m.FileChange.from_wire(item.data))
+                    if inspect.isawaitable(result):
+                        await result
+                await call.result()
+            finally:
+                await call.cancel()

@@ -41,6 +41,9 @@ REAPER_INTERVAL_S = 1.0
 MAX_LIFETIME_S = 30 * 24 * 3600
 MAX_FORKS = 16
 BASE_TEMPLATE = "base"
+#: Snapshot metadata naming the sandbox a pause snapshot will resume as.
+PAUSED_KEY = "ember.paused_sandbox"
+ON_TIMEOUT = ("kill", "pause")
 TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
@@ -109,14 +112,22 @@ class SandboxManager:
         template: str | None = None,
         snapshot: str | None = None,
         network: NetworkPolicy | dict[str, object] | str | None = None,
+        sandbox_id: str | None = None,
+        on_timeout: str = "kill",
     ) -> Sandbox:
         """Start a new sandbox and return it once its agent answers.
 
         From ``snapshot`` (an id) or ``template`` (a name) it resumes that saved
         VM, with its vCPUs, memory and disk; otherwise it boots a fresh one.
         ``network`` is its policy (``ember.network.parse``; default: none).
+        ``sandbox_id`` reuses the id of an ended sandbox (a resume after a pause).
+        ``on_timeout="pause"`` pauses it when its lifetime ends instead of ending it.
         """
         policy = parse_network(network)
+        if on_timeout not in ON_TIMEOUT:
+            raise errors.InvalidRequestError(f"on_timeout is one of {', '.join(ON_TIMEOUT)}")
+        if sandbox_id is not None and sandbox_id in self._sandboxes:
+            raise errors.AlreadyExistsError(f"sandbox {sandbox_id!r} is running")
         if snapshot is not None:
             source: SnapshotRecord | None = self.snapshots.get(snapshot, owner)
         elif template is not None:
@@ -143,11 +154,12 @@ class SandboxManager:
                 owner=owner,
                 template=template,
                 network=policy,
+                on_timeout=on_timeout,
             )
         )
         _check_duration("timeout", timeout_s)
         _check_duration("idle_timeout", idle_timeout_s)
-        if source is not None and source.kind == "template" and source.name is not None:
+        if sandbox_id is None and source is not None and source.kind == "template" and source.name:
             pooled = self.pool.take(source.name)
             if pooled is not None:
                 try:
@@ -160,14 +172,18 @@ class SandboxManager:
                         "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
                     )
                     return pooled
-        return await self._launch(config, source)
+        return await self._launch(config, source, sandbox_id=sandbox_id)
 
     async def _launch(
-        self, config: SandboxConfig, source: SnapshotRecord | None, pooled: bool = False
+        self,
+        config: SandboxConfig,
+        source: SnapshotRecord | None,
+        pooled: bool = False,
+        sandbox_id: str | None = None,
     ) -> Sandbox:
         """Boot a new VM, or restore ``source``, and wait for its agent."""
         images = self.images
-        sandbox_id = secrets.token_hex(8)
+        sandbox_id = sandbox_id or secrets.token_hex(8)
         run_dir = self.settings.run_dir / sandbox_id
         now = time.time()
         record = SandboxRecord(
@@ -190,6 +206,7 @@ class SandboxManager:
             memory_shared=source is None,
             snapshot_id=source.id if source else None,
             network=config.network.to_dict() if config.network.enabled else {},
+            on_timeout=config.on_timeout,
         )
         run_dir.mkdir(parents=True)
         try:
@@ -281,6 +298,40 @@ class SandboxManager:
             await self.collect()
             raise failures[0]
         return forks
+
+    async def pause(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord:
+        """Snapshot the sandbox and end it; ``resume`` brings it back under the same id."""
+        sandbox = self.get(sandbox_id, owner)
+        metadata = {**sandbox.record.metadata, PAUSED_KEY: sandbox_id}
+        snapshot = await sandbox.snapshot(self.snapshots, metadata=metadata)
+        await self._end(sandbox, "paused")
+        return snapshot
+
+    def paused(self, owner: str | None = None) -> list[SnapshotRecord]:
+        """The pause snapshots (each names its sandbox under ``PAUSED_KEY``)."""
+        return [s for s in self.snapshots.list(owner) if PAUSED_KEY in s.metadata]
+
+    def paused_snapshot(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord | None:
+        return next((s for s in self.paused(owner) if s.metadata[PAUSED_KEY] == sandbox_id), None)
+
+    async def resume(
+        self, sandbox_id: str, owner: str | None = None, timeout_s: float | None = None
+    ) -> Sandbox:
+        """Restore a paused sandbox under its id, with its metadata; its pause snapshot goes."""
+        snapshot = self.paused_snapshot(sandbox_id, owner)
+        if snapshot is None:
+            raise errors.SandboxNotFoundError(f"no paused sandbox {sandbox_id!r}")
+        previous = self.store.get(sandbox_id)
+        sandbox = await self.create(
+            snapshot=snapshot.id,
+            sandbox_id=sandbox_id,
+            owner=owner,
+            metadata={k: v for k, v in snapshot.metadata.items() if k != PAUSED_KEY},
+            timeout_s=timeout_s,
+            on_timeout=previous.on_timeout if previous is not None else "kill",
+        )
+        await self.delete_snapshot(snapshot.id, owner)
+        return sandbox
 
     def _current_base(self) -> SnapshotRecord | None:
         """Template ``base`` when it was made on today's images: what a plain create resumes.
@@ -426,8 +477,19 @@ class SandboxManager:
             ):
                 reason = "idle_timeout"
             if reason is not None and sandbox.state is not SandboxState.BOOTING:
+                if reason == "timeout" and record.on_timeout == "pause" and await self._pause_at_end(sandbox):
+                    continue
                 log.info("ending sandbox %s: %s", sandbox.id, reason.splitlines()[0])
                 await self._end(sandbox, reason)
+
+    async def _pause_at_end(self, sandbox: Sandbox) -> bool:
+        try:
+            await self.pause(sandbox.id)
+        except errors.EmberError as exc:
+            log.warning("sandbox %s could not be paused at its timeout, so it ends: %s", sandbox.id, exc)
+            return False
+        log.info("paused sandbox %s at its timeout", sandbox.id)
+        return True
 
     # ------------------------------------------------------------ restart safety
 

@@ -62,6 +62,7 @@ class SandboxConfig:
     owner: str | None = None
     template: str | None = None
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    on_timeout: str = "kill"
 
 
 class Sandbox:
@@ -178,6 +179,7 @@ class Sandbox:
         record, now = self.record, time.time()
         record.owner, record.metadata, record.template = config.owner, dict(config.metadata), config.template
         record.created_at, record.idle_timeout_s = now, config.idle_timeout_s
+        record.on_timeout = config.on_timeout
         record.expires_at = now + config.timeout_s if config.timeout_s is not None else None
         self.env = dict(config.env) if config.env else None
         self._set_state(SandboxState.RUNNING)

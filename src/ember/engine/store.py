@@ -76,6 +76,8 @@ class SandboxRecord:
     address: str | None = None
     #: Exposed guest ports: port (as text) -> its access token.
     ports: dict[str, str] = field(default_factory=dict)
+    #: What its lifetime's end does: "kill" ends it, "pause" pauses it (see SandboxManager.pause).
+    on_timeout: str = "kill"
 
     @property
     def live(self) -> bool:

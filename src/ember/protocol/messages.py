@@ -366,6 +366,28 @@ class FileRename(Request):
     overwrite: bool = True
 
 
+@_request
+@dataclass
+class FileWatch(Request):
+    """Streams a ``change`` event (``FileChange``) per change under ``path`` until cancelled.
+
+    A ``watching`` event says the watch is in place; the result comes only if the
+    directory itself goes away.
+    """
+
+    op: ClassVar[str] = "file_watch"
+    path: str
+    recursive: bool = False
+
+
+@dataclass
+class FileChange(WireModel):
+    #: Relative to the watched directory.
+    name: str
+    #: "create" | "write" | "remove" | "rename" | "chmod"
+    kind: str
+
+
 # ---------------------------------------------------------------- replies
 
 

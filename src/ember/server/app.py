@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import EmberError, PayloadTooLargeError
 from ember.server.deps import Service, ember_version
+from ember.server.e2b import SandboxPlane, plane_options
 from ember.server.routes import code, commands, files, keys, ports, pty, sandboxes, snapshots
 
 log = logging.getLogger("ember.server")
@@ -35,8 +36,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 class _BodyLimit:
     """Pure ASGI middleware: refuses request bodies over the limit, streamed or not.
 
-    File uploads (PUT .../files) get the upload limit; every other body the
-    (small) JSON limit. A Content-Length over the limit is refused before any
+    File uploads (PUT .../files, and E2B's POST /files) get the upload limit;
+    every other body the (small) JSON limit. A Content-Length over the limit is refused before any
     byte is read; a streamed body is cut off when it crosses the limit.
     """
 
@@ -52,7 +53,9 @@ class _BodyLimit:
             return
         settings = self._service()
         match = _STREAMED_BODY.fullmatch(scope["path"])
-        is_upload = match is not None and (match[1] != "files" or scope["method"] == "PUT")
+        is_upload = (match is not None and (match[1] != "files" or scope["method"] == "PUT")) or (
+            scope["method"] == "POST" and scope["path"] == "/files"  # E2B's upload
+        )
         limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -120,6 +123,8 @@ def create_app(service_: Service) -> FastAPI:
 
     for module in (sandboxes, snapshots, code, commands, files, pty, keys, ports):
         app.include_router(module.router)
+    # E2B's SDKs' requests (control plane, in-sandbox calls) go to their own apps, inside the body limit.
+    app.add_middleware(SandboxPlane, **plane_options(service_, service_.manager.settings.e2b_domain))
     app.add_middleware(_BodyLimit, get_service=lambda: service_)
     app.add_middleware(ports.PortHosts, domain=service_.manager.settings.domain)
     return app
