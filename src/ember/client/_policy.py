@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Any
+
+from ember.network.policy import split_rules
 
 
 def network_policy(
@@ -18,20 +19,7 @@ def network_policy(
     rules = list(allow)
     if mode is None and not rules and not packages:
         return None
-    cidrs = [rule for rule in rules if _is_cidr(rule)]
-    policy: dict[str, Any] = {
-        "domains": [r for r in rules if r not in cidrs],
-        "cidrs": cidrs,
-        "packages": packages,
-    }
+    policy: dict[str, Any] = {**split_rules(rules), "packages": packages}
     if mode is not None:
         policy["mode"] = mode
     return policy
-
-
-def _is_cidr(rule: str) -> bool:
-    try:
-        ipaddress.ip_network(rule, strict=False)
-    except ValueError:
-        return False
-    return True

@@ -29,8 +29,9 @@ from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images import GuestImages, ImagesMissing, find_guest_images
-from ember.network import NetworkPolicy, Networks
-from ember.network import parse as parse_network
+from ember.network.networks import Networks
+from ember.network.policy import NetworkPolicy
+from ember.network.policy import parse as parse_network
 from ember.settings import Settings
 from ember.vmm import QemuDriver, detect
 from ember.vmm.base import Restore
@@ -317,7 +318,7 @@ class SandboxManager:
     async def resume(
         self, sandbox_id: str, owner: str | None = None, timeout_s: float | None = None
     ) -> Sandbox:
-        """Restore a paused sandbox under its id, with its metadata; its pause snapshot goes."""
+        """Restore a paused sandbox under its id, metadata and network policy; its pause snapshot goes."""
         snapshot = self.paused_snapshot(sandbox_id, owner)
         if snapshot is None:
             raise errors.SandboxNotFoundError(f"no paused sandbox {sandbox_id!r}")
@@ -329,6 +330,7 @@ class SandboxManager:
             metadata={k: v for k, v in snapshot.metadata.items() if k != PAUSED_KEY},
             timeout_s=timeout_s,
             on_timeout=previous.on_timeout if previous is not None else "kill",
+            network=previous.network or None if previous is not None else None,
         )
         await self.delete_snapshot(snapshot.id, owner)
         return sandbox

@@ -29,8 +29,9 @@ from ember.engine.disks import disk_format
 from ember.engine.files import Files
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
-from ember.network import Lease, NetworkPolicy, Networks
-from ember.network import parse as parse_policy
+from ember.network.networks import Lease, Networks
+from ember.network.policy import NetworkPolicy
+from ember.network.policy import parse as parse_policy
 from ember.protocol.messages import AgentInfo, Configure
 from ember.vmm.base import VirtualMachine, VmSpec, VmState
 

@@ -1,6 +1,4 @@
-"""Sandbox networks on the host: policies, namespaces and rules, DNS and the name-checked proxy."""
-
-from ember.network.networks import Lease, Networks, Nic, describe
-from ember.network.policy import NetworkPolicy, parse
-
-__all__ = ["Lease", "NetworkPolicy", "Networks", "Nic", "describe", "parse"]
+"""Sandbox networks on the host: policies (``policy``, pure, shared with the SDK), namespaces and
+rules (``host``), DNS (``resolver``), the name-checked proxy (``proxy``), and ``networks`` tying them
+to sandboxes. Import the module you need: the package itself loads nothing.
+"""

@@ -26,11 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ember import errors
 from ember.engine.manager import PAUSED_KEY
 from ember.engine.store import SandboxRecord, SnapshotRecord
+from ember.network.policy import split_rules
 from ember.server.deps import Service
 from ember.server.e2b.plane import ENVD_VERSION, AccessTokens
 from ember.server.keys import ApiKey
 
 log = logging.getLogger("ember.server.e2b")
+#: E2B's name for every IPv4 destination (``e2b.sandbox.network.ALL_TRAFFIC``).
+ALL_TRAFFIC = "0.0.0.0/0"
 
 #: E2B template ids that mean Ember's default sandbox.
 DEFAULT_TEMPLATES = ("base", "code-interpreter-v1")
@@ -46,7 +49,7 @@ class _Body(BaseModel):
 
 
 class NetworkConfig(_Body):
-    """Egress rules, validated here; Ember's egress policy applies them (see docs/api.md)."""
+    """E2B's egress rules, mapped onto an Ember network policy (``policy``)."""
 
     allow_out: list[str] | None = Field(None, alias="allowOut")
     deny_out: list[str] | None = Field(None, alias="denyOut")
@@ -64,6 +67,34 @@ class NetworkConfig(_Body):
                         f"{target!r} is neither a CIDR range, an address nor a host name"
                     ) from None
         return value
+
+    def policy(self, internet: bool | None = None) -> dict[str, Any] | str:
+        """The Ember policy: all outbound traffic unless ``denyOut`` (or no internet access) says no.
+
+        ``allowOut`` goes before ``denyOut``, as on E2B. Ember can deny everything
+        but ``allowOut`` (an allowlist), or nothing: a ``denyOut`` of some ranges
+        only is refused rather than half applied.
+        """
+        denied = list(self.deny_out or [])
+        if internet is False:
+            denied.append(ALL_TRAFFIC)
+        if not denied:
+            return "full"
+        if ALL_TRAFFIC not in denied:
+            raise errors.InvalidRequestError(
+                "Ember applies denyOut as all traffic (0.0.0.0/0) with allowOut as the exceptions; "
+                f"a denyOut of {', '.join(denied)} alone is not supported"
+            )
+        rules = [_cidr(rule) for rule in self.allow_out or []]
+        return {"mode": "allowlist", **split_rules(rules)}
+
+
+def _cidr(rule: str) -> str:
+    """An address becomes its /32; ranges and host names stay as they are."""
+    try:
+        return str(ipaddress.ip_network(rule, strict=False))
+    except ValueError:
+        return rule
 
 
 class NewSandbox(_Body):
@@ -98,6 +129,7 @@ class E2bFace:
 
     def __init__(self, service: Service, tokens: AccessTokens, key: ApiKey) -> None:
         self.manager = service.manager
+        self.domain = service.manager.settings.e2b_domain
         self.tokens = tokens
         self.key = key
 
@@ -110,7 +142,8 @@ class E2bFace:
             "envdVersion": ENVD_VERSION,
             "envdAccessToken": token,
             "trafficAccessToken": token,
-            "domain": None,
+            # The SDK's get_host(port) builds {port}-{id}.{domain}: Ember's E2B domain when it has one.
+            "domain": self.domain,
         }
 
     def paused(self, sandbox_id: str) -> SnapshotRecord | None:
@@ -129,6 +162,7 @@ class E2bFace:
             "timeout_s": body.timeout,
             "owner": self.key.id,
             "on_timeout": "pause" if body.auto_pause else "kill",
+            "network": (body.network or NetworkConfig()).policy(body.allow_internet_access),
         }
         template = body.template_id
         if template in DEFAULT_TEMPLATES:
@@ -226,7 +260,7 @@ def get_sandbox(sandbox_id: str, face: Face) -> dict[str, Any]:
     record = face.running(sandbox_id)
     if record is not None:
         token = face.tokens.token(sandbox_id)
-        return face.listed(record) | {"envdAccessToken": token, "domain": None}
+        return face.listed(record) | {"envdAccessToken": token, "domain": face.domain}
     snapshot = face.paused(sandbox_id)
     if snapshot is None:
         raise errors.SandboxNotFoundError(f"sandbox {sandbox_id} not found")
@@ -322,12 +356,10 @@ async def delete_snapshot(snapshot_id: str, face: Face) -> Response:
 
 
 @router.put("/sandboxes/{sandbox_id}/network", status_code=204)
-def update_network(sandbox_id: str, body: NetworkConfig, face: Face) -> Response:
+async def update_network(sandbox_id: str, body: NetworkConfig, face: Face) -> Response:
     if face.running(sandbox_id) is None:
         raise errors.SandboxNotFoundError(f"sandbox {sandbox_id} not found")
-    log.warning(
-        "sandbox %s: network rules validated; Ember's egress policy does not map them yet", sandbox_id
-    )
+    await face.manager.set_network(sandbox_id, body.policy(), owner=face.key.id)
     return Response(status_code=204)
 
 

@@ -31,10 +31,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
 
 from ember import errors
 from ember.engine.sandbox import Sandbox
 from ember.server.deps import Service
+from ember.server.routes import ports
 
 ENVD_PORT = 49983
 INTERPRETER_PORT = 49999
@@ -149,14 +151,13 @@ class SandboxPlane:
             box = self._service.manager.get(sandbox_id)
         except errors.SandboxNotFoundError:
             box = None
-        if box is None or scope["type"] != "http":
+        app = self._ports.get(port)
+        if box is None or (scope["type"] != "http" and app is not None):
             response = _proxy_error(502, f"The sandbox {sandbox_id} was not found", sandbox_id)
             await response(scope, receive, send)
             return
-        app = self._ports.get(port)
         if app is None:
-            message = f"The sandbox {sandbox_id} is running but port {port} is not open"
-            await _proxy_error(502, message, sandbox_id)(scope, receive, send)
+            await self._other_port(box, port, scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
         token = headers.get(b"x-access-token") or headers.get(b"e2b-traffic-access-token")
@@ -165,3 +166,23 @@ class SandboxPlane:
             await _proxy_error(401, message, sandbox_id)(scope, receive, send)
             return
         await app({**scope, "ember.e2b.sandbox": box}, receive, send)
+
+    @staticmethod
+    async def _other_port(box: Sandbox, port: int, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Any other port: the server in the guest, over the sandbox's network (public, as on E2B)."""
+        if box.lease is None:
+            message = f"The sandbox {box.id} is running but port {port} is not open: it has no network"
+            await _proxy_error(502, message, box.id)(scope, receive, send)
+            return
+        address, path = box.lease.addressing.guest_ip, scope["path"].lstrip("/")
+        if scope["type"] == "websocket":
+            await ports.forward_websocket(
+                WebSocket(scope, receive, send), address, port, path, used_key=False
+            )
+            return
+        try:
+            response = await ports.forward(Request(scope, receive), address, port, path, used_key=False)
+        except errors.PortUnreachableError:
+            message = f"The sandbox {box.id} is running but port {port} is not open"
+            response = _proxy_error(502, message, box.id)
+        await response(scope, receive, send)

@@ -36,6 +36,8 @@ CONNECT_TIMEOUT_S = 10.0
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", TOKEN_HEADER,
+    # E2B's routing and access headers (the E2B plane forwards other ports here too).
+    "e2b-sandbox-id", "e2b-sandbox-port", "e2b-traffic-access-token",
 }  # fmt: skip
 _PORT_HOST = re.compile(r"(?P<port>\d{1,5})-(?P<id>[0-9a-f]{16})\.(?P<domain>.+)")
 
@@ -113,27 +115,7 @@ def _guest_url(address: str, port: int, path: str, query: str, scheme: str = "ht
 )
 async def proxy(sandbox_id: str, port: int, path: str, request: Request) -> StreamingResponse:
     address, used_key = _target(request, sandbox_id, port)
-    client: httpx.AsyncClient = request.app.state.port_client
-    outgoing = client.build_request(
-        request.method,
-        _guest_url(address, port, path, request.url.query),
-        headers=_forward_headers(request, used_key),
-        content=request.stream(),
-    )
-    try:
-        answer = await client.send(outgoing, stream=True)
-    except httpx.TransportError as exc:
-        raise errors.PortUnreachableError(
-            f"nothing answered on port {port} of sandbox {sandbox_id} ({type(exc).__name__}); "
-            "is a server listening on 0.0.0.0 there?"
-        ) from exc
-    headers = [
-        (k, v) for k, v in answer.headers.multi_items() if k.lower() not in _HOP_BY_HOP - {"content-length"}
-    ]
-    response = StreamingResponse(
-        answer.aiter_raw(), status_code=answer.status_code, background=BackgroundTask(answer.aclose)
-    )
-    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    response = await forward(request, address, port, path, used_key)
     given = request.query_params.get(TOKEN_QUERY)
     if given is not None:
         prefix = f"/v1/sandboxes/{sandbox_id}/ports/{port}/"
@@ -148,6 +130,38 @@ async def proxy_websocket(websocket: WebSocket, sandbox_id: str, port: int, path
     except errors.EmberError as exc:
         await websocket.close(code=4000 + min(exc.status, 999), reason=exc.message[:120])
         return
+    await forward_websocket(websocket, address, port, path, used_key)
+
+
+async def forward(request: Request, address: str, port: int, path: str, used_key: bool) -> StreamingResponse:
+    """Send ``request`` to the guest's ``address:port/path`` and stream the answer back (both ways)."""
+    client: httpx.AsyncClient = request.app.state.port_client
+    outgoing = client.build_request(
+        request.method,
+        _guest_url(address, port, path, request.url.query),
+        headers=_forward_headers(request, used_key),
+        content=request.stream(),
+    )
+    try:
+        answer = await client.send(outgoing, stream=True)
+    except httpx.TransportError as exc:
+        raise errors.PortUnreachableError(
+            f"nothing answered on port {port} of the sandbox ({type(exc).__name__}); "
+            "is a server listening on 0.0.0.0 there?"
+        ) from exc
+    response = StreamingResponse(
+        answer.aiter_raw(), status_code=answer.status_code, background=BackgroundTask(answer.aclose)
+    )
+    response.raw_headers = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in answer.headers.multi_items()
+        if k.lower() not in _HOP_BY_HOP
+    ]
+    return response
+
+
+async def forward_websocket(websocket: WebSocket, address: str, port: int, path: str, used_key: bool) -> None:
+    """Join ``websocket`` to a WebSocket on the guest's ``address:port/path``, messages both ways."""
     headers = _forward_headers(websocket, used_key)
     for name in (
         "sec-websocket-key",
