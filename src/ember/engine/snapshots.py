@@ -18,9 +18,9 @@ Taking one depends on where the sandbox's RAM lives:
   source's agent connection and streams, while the copy costs a pause of
   roughly 1 ms per 10 MB of touched guest memory and nothing else.
 - a restored sandbox's RAM is a private mapping that only its QEMU can see, so
-  it is streamed out live (pre-copy; the guest pauses only for the last dirty
-  pages), then a paused helper QEMU loads that stream into a fresh memory file
-  of its own and saves its devices again (``_flatten``). So every snapshot ends
+  it is streamed out with the guest paused (stop and copy: see QemuVM.save),
+  then a paused helper QEMU loads that stream into a fresh memory file of its
+  own and saves its devices again (``_flatten``). So every snapshot ends
   as one mappable file, whatever it was taken of.
 """
 
