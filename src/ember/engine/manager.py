@@ -209,7 +209,9 @@ class SandboxManager:
             network=config.network.to_dict() if config.network.enabled else {},
             on_timeout=config.on_timeout,
         )
-        run_dir.mkdir(parents=True)
+        # A resumed sandbox takes its old id: whatever its ended run left goes first.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         try:
             async with self.layers.lock:
                 if source is None:

@@ -384,6 +384,12 @@ def create_control_app(service: Service, tokens: AccessTokens) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # E2B's SDKs read every error body as JSON: never answer with a bare text 500.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error(500, f"{type(exc).__name__}: {exc}")
+
     async def not_implemented(request: Request) -> JSONResponse:
         # E2B endpoints Ember does not serve (metrics, logs, volumes, ...): said plainly, not a 404.
         return error(501, f"{request.method} {request.url.path} is not supported by Ember's E2B API")
