@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ember.network import host
 from ember.network.host import Addressing, HostNetwork, ServicePorts
@@ -152,8 +152,3 @@ class Networks:
                 with contextlib.suppress(Exception):
                     await service.close()
         lease.resolver = lease.proxy = None
-
-
-def describe(lease: Lease | None, policy: NetworkPolicy) -> dict[str, Any]:
-    """The network part of a sandbox's public description."""
-    return {**policy.to_dict(), "address": lease.addressing.guest_ip if lease is not None else None}

@@ -75,9 +75,6 @@ class Resolver(asyncio.DatagramProtocol):
         assert self._transport is not None
         return self._transport.get_extra_info("sockname")[1]
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))
         self._pending.add(task)
