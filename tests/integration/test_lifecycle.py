@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import replace
 
 import pytest
@@ -35,6 +36,22 @@ async def test_sandbox_boots_with_the_requested_shape(sandbox_factory):
     assert hostname == sandbox.hostname
     assert sandbox.agent_info is not None and sandbox.agent_info.python.startswith("3.11")
     print(f"\ncold boot to agent ready: {sandbox.boot_seconds:.2f} s")
+
+
+async def test_guest_keeps_time_with_the_tsc(sandbox_factory, manager):
+    # Under TCG the kernel is told the host's TSC rate: a guest booted on a busy
+    # host would otherwise fall back to jiffies and its clock would drift.
+    sandbox = await sandbox_factory()
+    clocksource = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+    source = await sandbox.commands.run(f"cat {clocksource}")
+    expected = {"tsc"} if manager.driver.accel.kind == "tcg" else {"kvm-clock", "tsc"}
+    assert source.stdout.strip() in expected
+    if manager.driver.tsc_khz:
+        cmdline = (await sandbox.files.read("/proc/cmdline")).decode()
+        assert f"tsc_early_khz={manager.driver.tsc_khz}" in cmdline
+    host_before = time.time()
+    guest = float((await sandbox.commands.run("date +%s.%N")).stdout)
+    assert host_before - 1 < guest < time.time() + 1
 
 
 async def test_root_is_an_overlay_on_a_read_only_base(sandbox_factory):

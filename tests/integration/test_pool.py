@@ -69,6 +69,19 @@ async def test_pool_hands_out_ready_sandboxes_and_refills(test_settings: Setting
         for sandbox in (hit, miss):
             shown = await sandbox.commands.run("ip -4 -o address show scope global")
             assert f"inet {sandbox.record.address}/30" in shown.stdout, shown.stdout
+
+        # A plain hit (no env, no network) asks nothing of the guest at hand-over: it
+        # still has its own name, a right clock and its own random numbers.
+        await wait_ready(manager, "pooled", 1)
+        plain = await manager.create(template="pooled")
+        print(f"plain pool hit handed over in {plain.boot_seconds * 1000:.2f} ms")
+        host_before = time.time()
+        shown = await plain.code.run("import random, socket, time; print(socket.gethostname(), time.time())")
+        name, guest_time = shown.stdout.split()
+        assert name == plain.hostname and name not in (hit.hostname, miss.hostname)
+        assert host_before - 1 < float(guest_time) < time.time() + 1
+        draws = [(await s.code.run("import random; print(random.random())")).stdout for s in (plain, hit)]
+        assert draws[0] != draws[1]
     finally:
         await manager.close()
         networks = sandbox_networks_of(data_dir)

@@ -163,20 +163,26 @@ class Sandbox:
         """Put a freshly restored sandbox in the warm pool: running, but nobody's yet.
 
         Under TCG a restored guest starts with no translated code, so its first
-        requests are slow. The hand-over's request, a cell (in a throwaway
-        context, so the user's REPL and its execution count are untouched) and a
-        command are made once here, off the clock: the code they run is the code
-        the user's first calls run.
+        requests are slow. A cell (in a throwaway context, so the user's REPL and
+        its execution count are untouched) and a command run once here, off the
+        clock: the code they run is the code the user's first calls run. Then the
+        guest gets its name, clock and entropy again, now that the path is warm
+        (on a cold guest the clock lands tens of ms late), and keeps them.
         """
-        await self._reidentify()
         context = await self.code.create_context()
         await self.code.run("1 + 1", context_id=context.context_id)
         await self.code.delete_context(context.context_id)
         await self.commands.run("true")
+        await self._reidentify()
         self._set_state(SandboxState.POOLED)
 
     async def hand_over(self, config: SandboxConfig) -> None:
-        """Give a pooled sandbox to a caller: their lifetime and metadata, a fresh clock and entropy."""
+        """Give a pooled sandbox to a caller: their lifetime, metadata, env and network.
+
+        Its name, clock (a TSC clocksource: it does not drift while parked) and
+        entropy are its own since ``park``, so without env or a network the
+        hand-over asks nothing of the guest.
+        """
         started = time.perf_counter()
         record, now = self.record, time.time()
         record.owner, record.metadata, record.template = config.owner, dict(config.metadata), config.template
@@ -187,7 +193,8 @@ class Sandbox:
         self._set_state(SandboxState.RUNNING)
         if config.network.enabled:
             await self._attach_network(config.network)
-        await self._reidentify()
+        if self.env is not None or self.lease is not None:
+            await self._reidentify()
         record.boot_seconds = time.perf_counter() - started
         self._store.save(record)
 

@@ -33,6 +33,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from ember.errors import BootFailedError, VmmError
 from ember.settings import Settings
+from ember.vmm import clock
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import AGENT_PORT_NAME, Restore, VirtualMachine, VmSpec, VmState
 
@@ -57,11 +58,14 @@ GUEST_MAC = "02:e0:00:00:00:02"
 class QemuVM(VirtualMachine):
     """One QEMU process running one microVM."""
 
-    def __init__(self, spec: VmSpec, settings: Settings, accel: Acceleration) -> None:
+    def __init__(
+        self, spec: VmSpec, settings: Settings, accel: Acceleration, tsc_khz: int | None = None
+    ) -> None:
         self.spec = spec
         self.state = VmState.STOPPED
         self._settings = settings
         self._accel = accel
+        self._tsc_khz = tsc_khz
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._qmp: QMPClient | None = None
@@ -93,6 +97,10 @@ class QemuVM(VirtualMachine):
 
     # ------------------------------------------------------------ command line
 
+    def _clock_args(self) -> tuple[str, ...]:
+        """Pin the guest clocksource to the TSC when its frequency is known (see ember.vmm.clock)."""
+        return (f"tsc_early_khz={self._tsc_khz}",) if self._tsc_khz else ()
+
     def command_line(self) -> list[str]:
         spec = self.spec
         if self._accel.kind == "kvm":
@@ -112,7 +120,7 @@ class QemuVM(VirtualMachine):
             "-object", f"memory-backend-file,id=mem,size={memory},mem-path={spec.memory_file},"
                        f"share={'on' if spec.memory_shared else 'off'}",
             "-kernel", str(spec.kernel),
-            "-append", " ".join((*KERNEL_ARGS, *spec.kernel_args)),
+            "-append", " ".join((*KERNEL_ARGS, *self._clock_args(), *spec.kernel_args)),
             "-chardev", f"file,id=console,path={self.console_log},append=on",
             "-serial", "chardev:console",
             "-drive", f"id=root,file={spec.rootfs},format=raw,if=none,readonly=on",
@@ -387,11 +395,14 @@ class QemuDriver:
     name = "qemu"
     #: The machine and device set a saved VM state belongs to: a state saved under
     #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
-    machine_abi = "qemu-microvm-3"
+    #: 4: TCG guests boot with the host's TSC frequency (``ember.vmm.clock``).
+    machine_abi = "qemu-microvm-4"
 
     def __init__(self, settings: Settings, accel: Acceleration) -> None:
         self.settings = settings
         self.accel = accel
+        # Under KVM the guest has kvm-clock; only a TCG guest needs the host's TSC rate.
+        self.tsc_khz = clock.host_tsc_khz() if accel.kind == "tcg" else None
 
     def create(self, spec: VmSpec) -> QemuVM:
-        return QemuVM(spec, self.settings, self.accel)
+        return QemuVM(spec, self.settings, self.accel, self.tsc_khz)
