@@ -98,7 +98,7 @@ async def test_a_restored_sandbox_can_be_snapshotted_and_forked_again(sandbox_fa
 
     started = time.perf_counter()
     second = await manager.snapshot(child.id)
-    print(f"\nsnapshot of a restored sandbox (stream + flatten): {time.perf_counter() - started:.3f} s")
+    print(f"\nsnapshot of a restored sandbox: {time.perf_counter() - started:.3f} s")
     assert await value(child, "generation") == "2"  # it ran on
     grandchildren = await manager.fork(child.id, 1)
     grandchild = await sandbox_factory(snapshot=second.id)

@@ -17,11 +17,11 @@ Taking one depends on where the sandbox's RAM lives:
   needs a new QEMU process (about 0.3 s to answer under TCG) and would cut the
   source's agent connection and streams, while the copy costs a pause of
   roughly 1 ms per 10 MB of touched guest memory and nothing else.
-- a restored sandbox's RAM is a private mapping that only its QEMU can see, so
-  it is streamed out with the guest paused (stop and copy: see QemuVM.save),
-  then a paused helper QEMU loads that stream into a fresh memory file of its
-  own and saves its devices again (``_flatten``). So every snapshot ends
-  as one mappable file, whatever it was taken of.
+- a restored sandbox's RAM is the memory file it maps privately plus the pages
+  its guest wrote since. The file is copied while the guest runs; in the pause
+  only the written pages are read out of QEMU (``ember.vmm.ram``), and they are
+  laid over the copy once the guest runs on. So every snapshot ends as one
+  mappable file, whatever it was taken of, and no pause copies all the RAM.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
 from ember.vmm import QemuDriver
-from ember.vmm.base import Restore, VirtualMachine, VmSpec, VmState
+from ember.vmm.base import VirtualMachine, VmState
+from ember.vmm.ram import write_pages
 
 log = logging.getLogger("ember.engine")
 
@@ -91,16 +92,23 @@ class Snapshots:
             metadata=dict(metadata or {}),
         )
         try:
+            if not record.memory_shared:
+                # A restored sandbox's RAM is the file it maps plus what it wrote: the
+                # file never changes, so it is copied while the guest still runs.
+                await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
             async with self.layers.lock:
                 next_disk = self.layers.new_path("qcow2")
                 # The layer is recorded before it exists, so a collection cannot take it.
                 record.disk_chain = [str(next_disk), *record.disk_chain]
                 self.store.save(record)
             started = time.perf_counter()
+            written: list[tuple[int, bytes]] = []
             try:
-                ram_in_state = await vm.save(directory / _RAM_STATE, next_disk)
-                if not ram_in_state:
+                await vm.save(snapshot.state_file, next_disk)
+                if record.memory_shared:
                     await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
+                else:
+                    written = await asyncio.to_thread(vm.written_ram)
             except BaseException:
                 if not next_disk.exists():  # the disk was not frozen: the VM still writes the old top
                     record.disk_chain = snapshot.disk_chain
@@ -110,10 +118,9 @@ class Snapshots:
                 if vm.state is VmState.PAUSED:
                     await vm.resume()
             log.info("sandbox %s paused %.1f ms for snapshot %s", record.id, _ms(started), snapshot_id)
-            if ram_in_state:
-                await self._flatten(snapshot)
-            else:
-                (directory / _RAM_STATE).rename(snapshot.state_file)
+            await asyncio.to_thread(write_pages, snapshot.memory_file, written)
+            for path in (snapshot.memory_file, snapshot.state_file):
+                path.chmod(0o444)  # a restore maps them; nothing writes them again
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
             unchanged = "the sandbox runs on unchanged"
@@ -128,40 +135,6 @@ class Snapshots:
         snapshot.size_bytes = _allocated_bytes(directory)
         self.store.save_snapshot(snapshot)
         return snapshot
-
-    async def _flatten(self, snapshot: SnapshotRecord) -> None:
-        """Turn a stream that carries the RAM into a memory file plus device state."""
-        started = time.perf_counter()
-        stream = Path(snapshot.directory) / _RAM_STATE
-        run_dir = self.settings.run_dir / f"flatten-{snapshot.id}"
-        run_dir.mkdir(parents=True)
-        # The helper never runs the guest, but QEMU takes a write lock on its disk:
-        # a scratch overlay keeps it off the frozen layer that the source reads.
-        scratch = await self.layers.overlay(Path(snapshot.disk_chain[0]), run_dir / "scratch.qcow2")
-        spec = VmSpec(
-            vcpus=snapshot.vcpus,
-            memory_mib=snapshot.memory_mib,
-            kernel=Path(snapshot.kernel),
-            rootfs=Path(snapshot.rootfs),
-            disk=scratch,
-            disk_format="qcow2",
-            run_dir=run_dir,
-            memory_file=snapshot.memory_file,
-            memory_shared=True,
-            restore=Restore(stream, ram_in_state=True, run=False),
-        )
-        vm = self.driver.create(spec)
-        try:
-            await vm.start()
-            await vm.save(snapshot.state_file, None)
-        except BaseException:
-            log.error("flatten failed: %s", vm.failure_report("flatten"))
-            raise
-        finally:
-            await vm.stop()
-            shutil.rmtree(spec.run_dir, ignore_errors=True)
-            stream.unlink(missing_ok=True)
-        log.info("snapshot %s flattened in %.0f ms", snapshot.id, _ms(started))
 
     # ------------------------------------------------------------ restoring
 
@@ -216,9 +189,6 @@ class Snapshots:
         removed = self.layers.collect([*(r.disk_chain for r in live), *(s.disk_chain for s in kept)])
         if removed:
             log.info("removed %d unused disk layers", removed)
-
-
-_RAM_STATE = "state.partial"
 
 
 def _ms(started: float) -> float:

@@ -30,17 +30,10 @@ class VmState(enum.Enum):
 
 @dataclass(frozen=True)
 class Restore:
-    """Start a VM from saved state instead of booting it.
-
-    ``ram_in_state``: the state file carries the RAM too (a snapshot of a VM whose
-    memory was a private copy-on-write mapping); otherwise the RAM is the spec's
-    memory file and the state holds devices only. ``run``: resume the guest once
-    loaded (False leaves it paused, to be saved again).
-    """
+    """Start a VM from saved device state (``save``) instead of booting it; its RAM
+    is the spec's memory file."""
 
     state: Path
-    ram_in_state: bool = False
-    run: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,13 +86,17 @@ class VirtualMachine(abc.ABC):
         """Take over this spec's VM, started by a previous daemon; VmmError if it is gone."""
 
     @abc.abstractmethod
-    async def save(self, state: Path, next_disk: Path | None) -> bool:
-        """Snapshot the VM: devices (and RAM unless it is the shared memory file) into
-        ``state``, the disk frozen where it is while the VM goes on writing to a new
-        overlay ``next_disk`` (None: leave the disk alone, for a VM that never runs
-        on). The VM is left paused; returns whether RAM went into ``state``. When
-        it did not, the memory file must be copied before ``resume``.
+    async def save(self, state: Path, next_disk: Path) -> None:
+        """Pause the VM and save its devices (not its RAM) into ``state``; its disk
+        is frozen where it is and the VM goes on writing to a new overlay
+        ``next_disk``. The VM is left paused, for the caller to take its RAM: the
+        shared memory file copied, or a restored VM's ``written_ram`` laid over a
+        copy of the file it maps, before ``resume``.
         """
+
+    @abc.abstractmethod
+    def written_ram(self) -> list[tuple[int, bytes]]:
+        """``(offset, contents)`` of the RAM a paused, restored VM wrote over its memory file."""
 
     @abc.abstractmethod
     async def attach_nic(self, tap: str) -> None:

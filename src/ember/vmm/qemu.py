@@ -33,7 +33,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from ember.errors import BootFailedError, VmmError
 from ember.settings import Settings
-from ember.vmm import clock
+from ember.vmm import clock, ram
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import AGENT_PORT_NAME, Restore, VirtualMachine, VmSpec, VmState
 
@@ -48,8 +48,6 @@ KERNEL_ARGS = (
     "panic=-1",
 )
 _QMP_CONNECT_TIMEOUT_S = 10.0
-# QEMU's default migration bandwidth (32 MiB/s) is for networks; this is a local file.
-_MIGRATION_BANDWIDTH = 16 * 1024**3
 _NIC_PORT, _UPLINK, _UPLINK_PORT = "nic0", "uplink0", "uplink0port"
 #: Every guest's MAC: each sandbox's link is its own (a tap in its own namespace).
 GUEST_MAC = "02:e0:00:00:00:02"
@@ -142,7 +140,9 @@ class QemuVM(VirtualMachine):
             "-device", "virtio-balloon-device",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-pidfile", str(spec.run_dir / "qemu.pid"),
-            # Restored VMs stay paused after loading until `cont` (or for good, to be saved again).
+            # Saved states are devices only, in the stream format that a restore loads.
+            "-global", "migration.send-configuration=off",
+            # A restored VM waits for its state, then `cont`.
             *(("-S", "-incoming", "defer") if spec.restore is not None else ()),
         ]  # fmt: skip
 
@@ -175,22 +175,16 @@ class QemuVM(VirtualMachine):
                 raise
 
     async def _load(self, restore: Restore) -> None:
-        """Load saved state into this fresh QEMU (started with -incoming defer)."""
-        await self._set_ram_capture(restore.ram_in_state)
+        """Load saved device state into this fresh QEMU (started with -incoming defer).
+
+        The RAM is the spec's memory file, mapped before the load; the state
+        holds devices only (see ``save``).
+        """
         await self.qmp("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(restore.state))}"})
         status = await self._migration_done()
         if status != "completed":
             raise BootFailedError(self.failure_report(f"restoring {restore.state} failed ({status})"))
-        if restore.run:
-            await self.qmp("cont")
-        else:
-            self.state = VmState.PAUSED
-
-    async def _set_ram_capture(self, ram_in_state: bool) -> None:
-        # x-ignore-shared: the RAM stays in the shared memory file, out of the
-        # stream. Both ends of a migration must agree on it.
-        capabilities = [{"capability": "x-ignore-shared", "state": not ram_in_state}]
-        await self.qmp("migrate-set-capabilities", {"capabilities": capabilities})
+        await self.qmp("cont")
 
     async def _migration_done(self) -> str:
         while True:
@@ -202,26 +196,27 @@ class QemuVM(VirtualMachine):
                 return "failed"
             await asyncio.sleep(0.001)
 
-    async def save(self, state: Path, next_disk: Path | None) -> bool:
+    async def save(self, state: Path, next_disk: Path) -> None:
         self.require(VmState.RUNNING, VmState.PAUSED)
-        ram_in_state = not self.spec.memory_shared
-        await self.qmp("migrate-set-parameters", {"max-bandwidth": _MIGRATION_BANDWIDTH})
-        await self._set_ram_capture(ram_in_state)
-        uri = f"exec:cat > {shlex.quote(str(state))}"
-        # Stop and copy, RAM or not: the guest is paused for the whole save. A live
-        # pre-copy of a restored VM's private RAM (pause-before-switchover) let forks
-        # of a busy source come up with corrupt memory (kernel oopses, a dying init)
-        # under load here, so it is not used until that is understood.
         if self.state is VmState.RUNNING:
             await self.pause()
-        if next_disk is not None:
-            await self._freeze_disk(next_disk)
-        await self.qmp("migrate", {"uri": uri})
-        status = await self._migration_done()
-        self.state = VmState.PAUSED
-        if status != "completed":
-            raise VmmError(f"saving the VM state failed ({status}); the VM runs on unchanged")
-        return ram_in_state
+        # Devices only (no RAM block, whether the RAM is shared or private): the
+        # stream a restore loads with migrate-incoming, without the configuration
+        # section (``-global migration.send-configuration=off`` on every VM).
+        # QEMU writes it next to its sockets; the copy into ``state`` is ours, so a
+        # full disk there is an OSError like any other.
+        written = self.spec.run_dir / "devices.state"
+        await self.qmp("xen-save-devices-state", {"filename": str(written), "live": False})
+        try:
+            await asyncio.to_thread(shutil.copyfile, written, state)
+        finally:
+            written.unlink(missing_ok=True)
+        await self._freeze_disk(next_disk)
+
+    def written_ram(self) -> ram.Pages:
+        if self.spec.memory_shared or self.state is not VmState.PAUSED or self._pid is None:
+            raise VmmError("only a paused VM restored from a snapshot has written RAM to read")
+        return ram.written_pages(self._pid, self.spec.memory_file)
 
     async def _freeze_disk(self, next_disk: Path) -> None:
         arguments = {
@@ -395,7 +390,8 @@ class QemuDriver:
     name = "qemu"
     #: The machine and device set a saved VM state belongs to: a state saved under
     #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
-    #: 4: TCG guests boot with the host's TSC frequency (``ember.vmm.clock``).
+    #: 4: TCG guests boot with the host's TSC frequency (``ember.vmm.clock``), and
+    #: saved states hold devices only, without the configuration section.
     machine_abi = "qemu-microvm-4"
 
     def __init__(self, settings: Settings, accel: Acceleration) -> None:
