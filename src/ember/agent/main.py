@@ -76,7 +76,7 @@ class Agent:
             self.contexts.reseed()
         if request.hostname is not None:
             system.set_hostname(request.hostname)
-        if request.network is not None:
+        if request.network is not None and network.changes(request.network):
             await asyncio.to_thread(network.configure, request.network)
         if request.env is not None:
             self.processes.base_env = dict(request.env)

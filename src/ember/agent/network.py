@@ -30,8 +30,24 @@ _RTF_UP, _RTF_GATEWAY = 0x1, 0x2
 _RTENTRY = "@L16s16s16sHhLPhPLLH0L"
 
 
+#: The configuration last applied. It is part of the guest's memory, so a
+#: restored guest knows what its snapshot had and skips a request for the same.
+_applied: dict[str, str] | None = None
+
+
+def changes(config: dict[str, str]) -> bool:
+    """Whether ``config`` differs from what the interface has (the no-op costs no thread)."""
+    return config != _applied
+
+
 def configure(config: dict[str, str]) -> None:
     """``{}``: remove the interface; ``{"address": "a.b.c.d/n", "gateway": "..."}``: bring it up so."""
+    global _applied
+    _apply(config)
+    _applied = dict(config)
+
+
+def _apply(config: dict[str, str]) -> None:
     device = _nic()
     if device is None:
         if config:

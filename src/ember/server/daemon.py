@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 
 import uvicorn
@@ -42,9 +43,22 @@ def bootstrap_keys(keys: KeyStore) -> None:
         )
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: every sandbox holds a few
+    sockets and files, and the usual soft 1024 would end a few hundred sandboxes
+    with EMFILE long before memory runs out. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # an unlimited hard limit is above what the kernel allows
+        return soft
+    return hard
+
+
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings | None = None) -> None:
     """Run the daemon until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log.info("open files limit: %d", raise_open_files_limit())
     manager = SandboxManager(settings or Settings.from_env())
     keys = KeyStore(manager.store)
     bootstrap_keys(keys)
