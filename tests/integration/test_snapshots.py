@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -194,3 +195,23 @@ async def test_a_snapshot_that_fills_the_disk_fails_cleanly(test_settings) -> No
         subprocess.run(["umount", str(data_dir / "snapshots")], check=True)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_a_resume_racing_the_end_of_its_pause_waits_for_it(sandbox_factory, manager):
+    # The paused snapshot exists before the old VM's teardown is over. A resume under
+    # the same id in that window must not have the old teardown delete its new run
+    # directory (E2B clients see "paused" and connect at once).
+    sandbox = await sandbox_factory()
+    await sandbox.code.run("kept = 'still here'")
+    pausing = asyncio.create_task(manager.pause(sandbox.id))
+    while manager.paused_snapshot(sandbox.id) is None:
+        assert not pausing.done() or pausing.exception() is None
+        await asyncio.sleep(0.001)
+    resumed = await manager.resume(sandbox.id)
+    await pausing
+    try:
+        assert resumed.id == sandbox.id and resumed.state is SandboxState.RUNNING
+        assert await value(resumed, "kept") == "still here"
+        assert Path(resumed.record.run_dir, "qmp.sock").exists()
+    finally:
+        await manager.destroy(resumed.id)

@@ -62,6 +62,9 @@ class SandboxManager:
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
+        #: Sandboxes being torn down, by id: a resume under the same id waits for it,
+        #: or the old teardown would delete the new run directory under its QEMU.
+        self._ending: dict[str, asyncio.Event] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -127,8 +130,11 @@ class SandboxManager:
         policy = parse_network(network)
         if on_timeout not in ON_TIMEOUT:
             raise errors.InvalidRequestError(f"on_timeout is one of {', '.join(ON_TIMEOUT)}")
-        if sandbox_id is not None and sandbox_id in self._sandboxes:
-            raise errors.AlreadyExistsError(f"sandbox {sandbox_id!r} is running")
+        if sandbox_id is not None:
+            if (ending := self._ending.get(sandbox_id)) is not None:
+                await ending.wait()
+            if sandbox_id in self._sandboxes:
+                raise errors.AlreadyExistsError(f"sandbox {sandbox_id!r} is running")
         if snapshot is not None:
             source: SnapshotRecord | None = self.snapshots.get(snapshot, owner)
         elif template is not None:
@@ -431,7 +437,13 @@ class SandboxManager:
 
     async def _end(self, sandbox: Sandbox, reason: str, dead: bool = False) -> None:
         self._sandboxes.pop(sandbox.id, None)
-        await sandbox.destroy(reason, dead=dead)
+        ending = self._ending.setdefault(sandbox.id, asyncio.Event())
+        try:
+            await sandbox.destroy(reason, dead=dead)
+        finally:
+            ending.set()
+            if self._ending.get(sandbox.id) is ending:
+                del self._ending[sandbox.id]
         await self.collect()
 
     async def set_network(
