@@ -215,3 +215,39 @@ async def test_a_resume_racing_the_end_of_its_pause_waits_for_it(sandbox_factory
         assert Path(resumed.record.run_dir, "qmp.sock").exists()
     finally:
         await manager.destroy(resumed.id)
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["booted", "restored"])
+async def test_forks_of_a_source_busy_on_its_agent_channel_come_up_whole(sandbox_factory, manager, restored):
+    # A paused VM's virtio-serial still writes what the host sends into guest
+    # buffers: requests that arrive while the source is paused for the fork must
+    # not leave the forks' memory and devices out of step.
+    source = await sandbox_factory()
+    await source.code.run("n = 0\nbig = bytes(8 << 20)")
+    if restored:
+        snapshot = await manager.snapshot(source.id)
+        source = await sandbox_factory(snapshot=snapshot.id)
+    stop = asyncio.Event()
+
+    async def traffic(path: str) -> int:
+        calls = 0
+        while not stop.is_set():
+            await source.files.write(path, b"x" * 65536)
+            assert (await source.commands.run(f"wc -c < {path}")).stdout == "65536\n"
+            calls += 1
+        return calls
+
+    busy = [asyncio.create_task(traffic(f"/tmp/traffic{n}")) for n in range(3)]
+    try:
+        for _ in range(3):
+            (child,) = await manager.fork(source.id, 1)
+            try:
+                assert await value(child, "len(big)") == str(8 << 20)
+                assert (await child.commands.run("echo alive")).stdout == "alive\n"
+            finally:
+                await manager.destroy(child.id)
+    finally:
+        stop.set()
+        calls = await asyncio.gather(*busy)
+    assert all(calls)
+    assert await value(source, "len(big)") == str(8 << 20)

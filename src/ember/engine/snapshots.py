@@ -105,10 +105,19 @@ class Snapshots:
             written: list[tuple[int, bytes]] = []
             try:
                 await vm.save(snapshot.state_file, next_disk)
-                if record.memory_shared:
-                    await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
+                for _ in range(_RAM_CAPTURES):
+                    if record.memory_shared:
+                        snapshot.memory_file.unlink(missing_ok=True)
+                        await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
+                    else:
+                        written = await asyncio.to_thread(vm.written_ram)
+                    if await vm.devices_unchanged(snapshot.state_file):
+                        break
                 else:
-                    written = await asyncio.to_thread(vm.written_ram)
+                    raise errors.VmmError(
+                        "the sandbox's devices kept writing its memory while it was paused for the "
+                        "snapshot (traffic on its agent channel); the sandbox runs on, try again"
+                    )
             except BaseException:
                 if not next_disk.exists():  # the disk was not frozen: the VM still writes the old top
                     record.disk_chain = snapshot.disk_chain
@@ -189,6 +198,10 @@ class Snapshots:
         removed = self.layers.collect([*(r.disk_chain for r in live), *(s.disk_chain for s in kept)])
         if removed:
             log.info("removed %d unused disk layers", removed)
+
+
+#: RAM captures per snapshot before giving up on devices that keep writing it.
+_RAM_CAPTURES = 5
 
 
 def _ms(started: float) -> float:

@@ -95,6 +95,16 @@ class VirtualMachine(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def devices_unchanged(self, state: Path) -> bool:
+        """Save the paused VM's devices into ``state`` again; True when nothing changed.
+
+        A stopped VM's devices still serve the host: virtio-serial takes what the
+        host sends and writes it into guest buffers, so guest RAM taken after the
+        devices were saved may be ahead of them. Equal device state on both sides
+        of the RAM capture means no device touched RAM in between.
+        """
+
+    @abc.abstractmethod
     def written_ram(self) -> list[tuple[int, bytes]]:
         """``(offset, contents)`` of the RAM a paused, restored VM wrote over its memory file."""
 
