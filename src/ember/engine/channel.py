@@ -236,13 +236,13 @@ class AgentClient:
     def connected(self) -> bool:
         return self._transport is not None and self._synced is not None and self._synced.done()
 
-    async def connect(self, socket_path: str) -> None:
-        """Open the socket and sync with the agent; waits as long as the guest takes to boot.
+    async def open(self, socket_path: str) -> None:
+        """Open the socket without syncing, for a restored guest that is not running yet.
 
-        The preamble is repeated with a fresh nonce (``SYNC_RETRIES_S``, then every ``SYNC_RETRY_S``): bytes
-        crossing virtio-serial while a previous connection closes can be lost,
-        and a booting guest only starts reading once its agent is up. Only the
-        reply to the latest nonce counts.
+        A restored guest's agent remembers its source's host connection. Opened
+        before the guest runs, the connection is all it ever sees; opened after,
+        the guest may learn that its source's host left only after it answered
+        the new sync, and drop the session it had just begun.
         """
         loop = asyncio.get_running_loop()
         self._protocol = None
@@ -261,9 +261,23 @@ class AgentClient:
         except OSError as exc:
             raise errors.AgentUnavailableError(f"{self.name}: cannot connect: {exc}") from exc
         self._transport = transport
+
+    async def connect(self, socket_path: str) -> None:
+        """Open the socket (unless ``open`` did) and sync with the agent; waits as long
+        as the guest takes to boot.
+
+        The preamble is repeated with a fresh nonce (``SYNC_RETRIES_S``, then every ``SYNC_RETRY_S``): bytes
+        crossing virtio-serial while a previous connection closes can be lost,
+        and a booting guest only starts reading once its agent is up. Only the
+        reply to the latest nonce counts.
+        """
+        if self._transport is None:
+            await self.open(socket_path)
+        transport, synced = self._transport, self._synced
+        assert transport is not None and synced is not None
         try:
             for attempt in itertools.count():
-                if self._synced.done():
+                if synced.done():
                     # The reply came as the wait timed out. Another sync now would
                     # reset the agent and its reply would land in the frame stream.
                     return
@@ -271,7 +285,7 @@ class AgentClient:
                 transport.write(HOST_SYNC_MAGIC + self._nonce)
                 wait_s = SYNC_RETRIES_S[attempt] if attempt < len(SYNC_RETRIES_S) else SYNC_RETRY_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._synced), wait_s)
+                    await asyncio.wait_for(asyncio.shield(synced), wait_s)
                     return
         except BaseException:
             transport.abort()

@@ -39,6 +39,8 @@ log = logging.getLogger("ember.engine")
 
 BOOT_TIMEOUT_S = 90.0
 RECONNECT_TIMEOUT_S = 15.0
+# A synced agent answers its first request in well under a second; never wait forever.
+FIRST_ANSWER_TIMEOUT_S = 30.0
 
 
 class SandboxState(enum.Enum):
@@ -146,8 +148,12 @@ class Sandbox:
             self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
             if self.network.enabled:
                 await self._attach_network(self.network)
+            if self.vm.state is VmState.PAUSED:  # restored: connect first (AgentClient.open)
+                await self._agent.open(str(self.vm.agent_socket))
+                await self.vm.resume()
             await self._connect(BOOT_TIMEOUT_S)
-            self.agent_info = AgentInfo.from_wire(await self._agent.request(self._identity()))
+            identity = self._agent.request(self._identity())
+            self.agent_info = AgentInfo.from_wire(await asyncio.wait_for(identity, FIRST_ANSWER_TIMEOUT_S))
         except BaseException as exc:
             report = self.vm.failure_report("boot failed")
             await self.destroy("boot failed", dead=True)

@@ -79,7 +79,8 @@ class VirtualMachine(abc.ABC):
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Launch the VMM; returns once it runs (the guest may still be booting)."""
+        """Launch the VMM; returns once it runs (the guest may still be booting), or,
+        for a restore, once the saved state is loaded: that VM waits paused for ``resume``."""
 
     @abc.abstractmethod
     async def adopt(self) -> None:

@@ -178,13 +178,13 @@ class QemuVM(VirtualMachine):
         """Load saved device state into this fresh QEMU (started with -incoming defer).
 
         The RAM is the spec's memory file, mapped before the load; the state
-        holds devices only (see ``save``).
+        holds devices only (see ``save``). The VM stays paused for ``resume``.
         """
         await self.qmp("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(restore.state))}"})
         status = await self._migration_done()
         if status != "completed":
             raise BootFailedError(self.failure_report(f"restoring {restore.state} failed ({status})"))
-        await self.qmp("cont")
+        self.state = VmState.PAUSED
 
     async def _migration_done(self) -> str:
         while True:
