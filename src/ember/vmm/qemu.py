@@ -212,9 +212,7 @@ class QemuVM(VirtualMachine):
         # A stopped VM saves the same bytes every time unless a device moved on.
         before = await asyncio.to_thread(state.read_bytes)
         await self._save_devices(state)
-        same = await asyncio.to_thread(state.read_bytes) == before
-        print("DEVICES SAME", same, flush=True)
-        return same
+        return await asyncio.to_thread(state.read_bytes) == before
 
     async def _save_devices(self, state: Path) -> None:
         written = self.spec.run_dir / "devices.state"
