@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from ember.bench.stats import Row
@@ -30,7 +31,9 @@ def bench(
     plan = replace(QUICK if quick else FULL, density_max=capacity)
     suite = Suite(plan, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
     report = suite.run()
-    stdout.print(_table(report))
+    # Piped, rich assumes 80 columns and the numbers would not fit.
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=132)
+    out.print(_table(report))
     if json_file is not None:
         json_file.write_text(json.dumps(report.as_dict(), indent=2))
 
@@ -46,7 +49,7 @@ def _table(report: Report) -> Table:
         ratio = f"{p50 / base_p50:.1f}x" if p50 is not None and base_p50 else ""
         cells = [_value(row, q) for q in (50, 95, 99)]
         table.add_row(row.name, str(len(row.samples)), *cells, _value(base, 50) if base else "", ratio)
-        if row.note and not row.samples:
+        if row.note:
             table.add_row(f"  {row.note}", "", "", "", "", "", "")
     return table
 
