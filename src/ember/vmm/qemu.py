@@ -12,7 +12,11 @@ Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
 - ``-no-reboot`` plus ``panic=-1``: when the agent (PID 1) dies the guest panics,
   reboots, and QEMU exits instead of hanging.
 - ``tsc=reliable``: under TCG with several vCPUs the kernel otherwise distrusts
-  the TSC and loses its tickless idle (5x the idle CPU).
+  the TSC and loses its tickless idle (5x the idle CPU); ``tsc_early_khz``
+  spares it a calibration that fails on a busy host (``ember.vmm.clock``).
+- saved state is devices only (``xen-save-devices-state``), loaded by
+  ``migrate-incoming``, so every VM runs with ``migration.send-configuration=off``;
+  the RAM is always the memory file (``ember.vmm.ram`` for restored VMs).
 QEMU runs in its own session so that it outlives a daemon crash; the daemon finds
 it again through the pid file.
 """
