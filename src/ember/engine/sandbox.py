@@ -84,7 +84,6 @@ class Sandbox:
         self.env = env
         self.lease: Lease | None = None
         self._networks = networks
-        self._guest_network: dict[str, str] | None = None  # what the guest's interface was last set to
         self._network_lock = asyncio.Lock()
         self.agent_info: AgentInfo | None = None
         self.last_active = time.monotonic()
@@ -248,18 +247,9 @@ class Sandbox:
             hostname=self.hostname,
             time_ns=time.time_ns(),
             entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
-            network=self._network_change(self.lease.guest_config() if self.lease is not None else {}),
+            # The agent remembers what its interface has and skips a repeat (agent/network.py).
+            network=self.lease.guest_config() if self.lease is not None else {},
         )
-
-    def _network_change(self, wanted: dict[str, str]) -> dict[str, str] | None:
-        """``wanted`` for the guest's interface, or None when the guest already has it so.
-
-        A booted or restored guest's interface is unknown (None until told), so it is
-        always told; a pooled one was told at parking, so its hand-over skips it.
-        """
-        change = None if wanted == self._guest_network else wanted
-        self._guest_network = wanted
-        return change
 
     @staticmethod
     def _probe() -> Configure:
@@ -276,16 +266,13 @@ class Sandbox:
                 await self._attach_network(policy)
                 try:
                     async with self.agent_call() as agent:
-                        await agent.request(
-                            Configure(network=self._network_change(self.lease.guest_config()))
-                        )  # type: ignore[union-attr]
+                        await agent.request(Configure(network=self.lease.guest_config()))  # type: ignore[union-attr]
                 except BaseException:
-                    self._guest_network = None  # the guest may or may not have applied it
                     await self._detach_network()
                     raise
             elif not policy.enabled and self.lease is not None:
                 async with self.agent_call() as agent:
-                    await agent.request(Configure(network=self._network_change({})))
+                    await agent.request(Configure(network={}))
                 await self._detach_network()
             elif self.lease is not None:
                 await self._networks.update(self.lease, policy)
