@@ -23,6 +23,7 @@ def test_quick_bench_measures_every_operation_and_cleans_up(daemon: Daemon, tmp_
         "command true",
         "create from a snapshot (restore)",
         "fork(1)",
+        "fork(1) after 4 MB each way",
         "create with a cold boot",
         "upload 4 MB",
         "PSS per idle sandbox (2)",

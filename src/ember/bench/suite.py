@@ -92,8 +92,9 @@ class Suite:
             self._baselines()
             with self._sandbox() as source:
                 self._round_trips(source)
-                self._transfer(source)
                 self._restore_and_fork(source)
+                self._transfer(source)
+                self._fork_after_transfer(source)
             self._creates()
             self._density()
             self._concurrency()
@@ -161,6 +162,8 @@ class Suite:
         sandbox.files.remove("/app/bench.bin")
 
     def _restore_and_fork(self, source: Sandbox) -> None:
+        """Snapshot, restore and fork a sandbox in the state of an agent's session: a
+        REPL with variables, commands run, a few MB of guest memory written."""
         source.run_code("state = list(range(1000))")
         snapshot = source.snapshot()
         try:
@@ -174,15 +177,38 @@ class Suite:
         finally:
             Sandbox.delete_snapshot(snapshot.id, base_url=self.url, api_key=self.key)
         for count in self.plan.fork_counts:
-            row = Row(f"fork({count})", baseline="fork(1)" if count > 1 else None)
-            for _ in range(self.plan.forks):
-                started = time.perf_counter()
-                forks = source.fork(count)
-                row.samples.append(time.perf_counter() - started)
-                for fork in forks:
-                    fork.close()
-            self._add(row)
-        # How long the source stops answering while it is forked.
+            self._add(
+                self._forks(source, count, Row(f"fork({count})", baseline="fork(1)" if count > 1 else None))
+            )
+        self._add(
+            self._source_during_fork(
+                source, Row("source run_code during a fork (worst)", baseline="run_code 1+1")
+            )
+        )
+
+    def _fork_after_transfer(self, source: Sandbox) -> None:
+        """The same fork once the transfers went through the guest: a snapshot reads
+        (in the pause) and writes every page the guest wrote since its restore."""
+        name = f"after {self.plan.transfer_mb} MB each way"
+        self._add(self._forks(source, 1, Row(f"fork(1) {name}", baseline="fork(1)")))
+        self._add(
+            self._source_during_fork(
+                source, Row(f"source run_code during a fork {name}", baseline="run_code 1+1")
+            )
+        )
+
+    def _forks(self, source: Sandbox, count: int, row: Row) -> Row:
+        for _ in range(self.plan.forks):
+            started = time.perf_counter()
+            forks = source.fork(count)
+            row.samples.append(time.perf_counter() - started)
+            for fork in forks:
+                fork.close()
+        return row
+
+    @staticmethod
+    def _source_during_fork(source: Sandbox, row: Row) -> Row:
+        """The longest the source takes to answer while it is forked (its pause)."""
         with ThreadPoolExecutor(1) as pool:
             forking = pool.submit(source.fork, 1)
             worst = 0.0
@@ -192,7 +218,8 @@ class Suite:
                 worst = max(worst, time.perf_counter() - started)
             for fork in forking.result():
                 fork.close()
-        self._add(Row("source run_code during a fork (worst)", [worst], baseline="run_code 1+1"))
+        row.samples.append(worst)
+        return row
 
     def _creates(self) -> None:
         http = baselines.HTTP

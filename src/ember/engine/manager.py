@@ -223,7 +223,7 @@ class SandboxManager:
                 if source is None:
                     top = await self.layers.base(config.disk_mib)
                 else:
-                    top = await self.layers.overlay(Path(source.disk_chain[0]))
+                    top = await self.layers.overlay(Path(source.disk_chain[0]), source.blank_overlay)
                 record.disk_chain = [str(top), *(source.disk_chain if source else [])]
                 self.store.save(record)
         except BaseException:

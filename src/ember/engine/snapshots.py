@@ -1,9 +1,10 @@
 """Snapshots: a sandbox's memory, devices and disk, frozen on the host's disk.
 
 A snapshot is a directory ``data_dir/snapshots/<id>`` holding ``memory`` (the
-guest RAM, a sparse file that is never written again) and ``state`` (device
-state only, tens of KB), plus the sandbox's disk layers frozen in
-``data_dir/layers``. Every restore maps ``memory`` copy-on-write (private
+guest RAM, a sparse file that is never written again), ``state`` (device state
+only, tens of KB) and ``overlay.qcow2`` (an empty overlay on the frozen disk
+top, which each restore copies rather than run qemu-img), plus the sandbox's
+disk layers frozen in ``data_dir/layers``. Every restore maps ``memory`` copy-on-write (private
 mapping): sandboxes restored from one snapshot share its pages in the host's
 page cache, and each writes only its own copies.
 
@@ -21,7 +22,8 @@ Taking one depends on where the sandbox's RAM lives:
   its guest wrote since. The file is copied while the guest runs; in the pause
   only the written pages are read out of QEMU (``ember.vmm.ram``), and they are
   laid over the copy once the guest runs on. So every snapshot ends as one
-  mappable file, whatever it was taken of, and no pause copies all the RAM.
+  mappable file, whatever it was taken of, and no pause copies all the RAM;
+  the pause grows with what the guest wrote (about 45 ms per 100 MB).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ember import errors
-from ember.engine.disks import Layers
+from ember.engine.disks import Layers, create_overlay
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
@@ -91,11 +93,17 @@ class Snapshots:
             machine=self.driver.machine_abi,
             metadata=dict(metadata or {}),
         )
+        # The blank overlay that restores copy, made on the top that the pause
+        # freezes; qemu-img runs alongside the copy below.
+        top = Path(record.disk_chain[0])
+        blank = asyncio.create_task(create_overlay(top, snapshot.blank_overlay, record.disk_mib))
         try:
             if not record.memory_shared:
                 # A restored sandbox's RAM is the file it maps plus what it wrote: the
-                # file never changes, so it is copied while the guest still runs.
+                # file never changes, so it is copied before the pause. (Copied during
+                # the pause instead, it takes the CPU the pause needs: a longer pause.)
                 await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
+            await blank
             async with self.layers.lock:
                 next_disk = self.layers.new_path("qcow2")
                 # The layer is recorded before it exists, so a collection cannot take it.
@@ -128,18 +136,18 @@ class Snapshots:
                     await vm.resume()
             log.info("sandbox %s paused %.1f ms for snapshot %s", record.id, _ms(started), snapshot_id)
             await asyncio.to_thread(write_pages, snapshot.memory_file, written)
-            for path in (snapshot.memory_file, snapshot.state_file):
-                path.chmod(0o444)  # a restore maps them; nothing writes them again
-        except OSError as exc:
+            for path in (snapshot.memory_file, snapshot.state_file, snapshot.blank_overlay):
+                path.chmod(0o444)  # a restore maps or copies them; nothing writes them again
+        except BaseException as exc:
+            await asyncio.gather(blank, return_exceptions=True)  # it would write into the directory
             shutil.rmtree(directory, ignore_errors=True)
             unchanged = "the sandbox runs on unchanged"
-            if exc.errno == errno.ENOSPC:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise errors.DiskFullError(
                     f"no space left for the snapshot in {self.directory}; {unchanged}"
                 ) from exc
-            raise errors.IOError(f"writing the snapshot failed ({exc}); {unchanged}") from exc
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise errors.IOError(f"writing the snapshot failed ({exc}); {unchanged}") from exc
             raise
         snapshot.size_bytes = _allocated_bytes(directory)
         self.store.save_snapshot(snapshot)

@@ -115,6 +115,11 @@ class SnapshotRecord:
     def state_file(self) -> Path:
         return Path(self.directory) / "state"
 
+    @property
+    def blank_overlay(self) -> Path:
+        """An empty overlay on the frozen disk top, copied by every restore."""
+        return Path(self.directory) / "overlay.qcow2"
+
 
 class Store:
     """Thread-safe access to the state database; every call is one short transaction."""
