@@ -106,8 +106,8 @@ class QemuVM(VirtualMachine):
     def _boot_args(self) -> tuple[str, ...]:
         """The kernel to boot; none for a restore, whose kernel is already in the memory file.
 
-        QEMU keeps a loaded kernel's segments in its heap for a reset (about 12 MB
-        per VM) and reads them at every start; a restored VM never boots them.
+        QEMU reads and parses the 19 MB kernel image at every start (about 4 ms of
+        a restore, measured) although a restored VM never boots it.
         """
         if self.spec.restore is not None:
             return ()
