@@ -27,6 +27,7 @@ def test_quick_bench_measures_every_operation_and_cleans_up(daemon: Daemon, tmp_
         "create with a cold boot",
         "upload 4 MB",
         "PSS per idle sandbox (2)",
+        "PSS per idle fork (2)",
         "2 concurrent create -> run_code -> close",
     ):
         assert rows[name]["n"] >= 1 and rows[name]["p50"] > 0, rows[name]

@@ -185,6 +185,7 @@ class Suite:
                 source, Row("source run_code during a fork (worst)", baseline="run_code 1+1")
             )
         )
+        self._fork_density(source)
 
     def _fork_after_transfer(self, source: Sandbox) -> None:
         """The same fork once the transfers went through the guest: a snapshot reads
@@ -253,20 +254,13 @@ class Suite:
         for count in self.plan.idle_counts:
             with ExitStack() as stack:
                 sandboxes = [stack.enter_context(self._sandbox()) for _ in range(count)]
-                time.sleep(2)  # idle
-                pss = [_qemu_pss_mib(s.id) for s in sandboxes]
-            if None in pss:
-                self._add(Row(f"PSS per idle sandbox ({count})", note="n/a: the daemon runs on another host"))
-                continue
-            total = sum(p for p in pss if p is not None)
-            self._add(
-                Row(
-                    f"PSS per idle sandbox ({count})",
-                    [total / count],
-                    unit="MiB",
-                    note=f"total {total:.0f} MiB",
-                )
-            )
+                self._add(_idle_pss(f"PSS per idle sandbox ({count})", sandboxes))
+
+    def _fork_density(self, source: Sandbox) -> None:
+        count = max(self.plan.fork_counts)
+        with ExitStack() as stack:
+            forks = [stack.enter_context(fork) for fork in source.fork(count)]
+            self._add(_idle_pss(f"PSS per idle fork ({count})", forks))
 
     def _capacity(self, limit: int) -> None:
         """Idle sandboxes held at once until a create fails (cleanly, with an error code) or ``limit``."""
@@ -308,6 +302,16 @@ class Suite:
         wall = time.perf_counter() - started
         self._add(Row(f"{clients} concurrent create -> run_code -> close", durations))
         self._add(Row(f"throughput with {clients} clients", [clients / wall], unit="sandboxes/s"))
+
+
+def _idle_pss(name: str, sandboxes: list[Sandbox]) -> Row:
+    """PSS per sandbox of ``sandboxes`` after 2 s idle, and their total."""
+    time.sleep(2)
+    pss = [_qemu_pss_mib(s.id) for s in sandboxes]
+    if None in pss:
+        return Row(name, note="n/a: the daemon runs on another host")
+    total = sum(p for p in pss if p is not None)
+    return Row(name, [total / len(sandboxes)], unit="MiB", note=f"total {total:.0f} MiB")
 
 
 def _qemu_pss_mib(sandbox_id: str) -> float | None:
