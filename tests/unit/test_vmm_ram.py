@@ -35,3 +35,23 @@ def test_a_file_the_process_does_not_map_has_no_written_pages(tmp_path):
     memory = tmp_path / "memory"
     memory.write_bytes(b"\0" * PAGE)
     assert written_pages(os.getpid(), memory) == []
+
+
+def test_many_runs_come_back_in_order_whatever_reader_took_them(tmp_path):
+    memory = tmp_path / "memory"
+    original = bytes(64 * PAGE)
+    memory.write_bytes(original)
+    with memory.open("rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), len(original), access=mmap.ACCESS_COPY)
+    try:
+        for page in range(0, 64, 2):  # 32 runs of one page, of different sizes of content
+            mapping[page * PAGE : page * PAGE + page + 1] = bytes([page + 1]) * (page + 1)
+        expected = bytes(mapping)
+        pages = written_pages(os.getpid(), memory)
+    finally:
+        mapping.close()
+    assert [offset // PAGE for offset, _ in pages] == list(range(0, 64, 2))
+    copy = tmp_path / "copy"
+    copy.write_bytes(original)
+    write_pages(copy, pages)
+    assert copy.read_bytes() == expected
