@@ -115,9 +115,16 @@ async def test_a_restored_sandbox_can_be_snapshotted_and_forked_again(sandbox_fa
 async def test_restored_sandboxes_never_write_the_snapshot_memory_file(sandbox_factory, manager):
     source = await sandbox_factory()
     snapshot = await manager.snapshot(source.id)
+    files = sorted(Path(snapshot.directory).iterdir())
+    assert [f.name for f in files] == ["memory", "overlay.qcow2", "state"]
+    assert all(f.stat().st_mode & 0o777 == 0o444 for f in files), "snapshot files are written read-only"
+    blank = Path(snapshot.directory, "overlay.qcow2").read_bytes()
     memory = Path(snapshot.directory, "memory")
     before = memory.stat()
     restored = await sandbox_factory(snapshot=snapshot.id)
+    # Its disk is a copy of the snapshot's blank overlay, which it writes on its own.
+    assert (await restored.commands.run("echo own > /app/own.txt && sync")).exit_code == 0
+    assert Path(snapshot.directory, "overlay.qcow2").read_bytes() == blank
     # Touch and free a lot of memory, as a package install does, and give the guest time to report it.
     freed = await restored.code.run(
         "x = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\ndel x"
