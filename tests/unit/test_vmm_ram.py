@@ -5,7 +5,8 @@ from __future__ import annotations
 import mmap
 import os
 
-from ember.vmm.ram import PAGE, write_pages, written_pages
+from ember.vmm import ram
+from ember.vmm.ram import PAGE, Capture, write_pages
 
 
 def test_only_written_pages_are_read_and_they_rebuild_the_memory(tmp_path):
@@ -19,7 +20,7 @@ def test_only_written_pages_are_read_and_they_rebuild_the_memory(tmp_path):
         mapping[2 * PAGE : 4 * PAGE] = b"a" * (2 * PAGE)  # a run of two pages
         mapping[9 * PAGE] = 0x7A  # one byte dirties its whole page
         expected = bytes(mapping)
-        pages = written_pages(os.getpid(), memory)
+        pages = Capture(os.getpid(), memory).read()
     finally:
         mapping.close()
     assert [(offset // PAGE, len(data) // PAGE) for offset, data in pages] == [(2, 2), (9, 1)]
@@ -34,7 +35,7 @@ def test_only_written_pages_are_read_and_they_rebuild_the_memory(tmp_path):
 def test_a_file_the_process_does_not_map_has_no_written_pages(tmp_path):
     memory = tmp_path / "memory"
     memory.write_bytes(b"\0" * PAGE)
-    assert written_pages(os.getpid(), memory) == []
+    assert Capture(os.getpid(), memory).read() == []
 
 
 def test_many_runs_come_back_in_order_whatever_reader_took_them(tmp_path):
@@ -47,10 +48,36 @@ def test_many_runs_come_back_in_order_whatever_reader_took_them(tmp_path):
         for page in range(0, 64, 2):  # 32 runs of one page, of different sizes of content
             mapping[page * PAGE : page * PAGE + page + 1] = bytes([page + 1]) * (page + 1)
         expected = bytes(mapping)
-        pages = written_pages(os.getpid(), memory)
+        pages = Capture(os.getpid(), memory).read()
     finally:
         mapping.close()
     assert [offset // PAGE for offset, _ in pages] == list(range(0, 64, 2))
+    copy = tmp_path / "copy"
+    copy.write_bytes(original)
+    write_pages(copy, pages)
+    assert copy.read_bytes() == expected
+
+
+def test_a_prepared_buffer_holds_what_was_written_and_what_came_after(tmp_path, monkeypatch):
+    # Prepared for every written set, with no room to spare: pages written after the
+    # preparation (before the pause, in a VM) are read into fresh memory instead.
+    monkeypatch.setattr(ram, "_PREPARE_MIN_BYTES", 0)
+    monkeypatch.setattr(ram, "_SLACK_BYTES", 0)
+    memory = tmp_path / "memory"
+    original = bytes(8 * PAGE)
+    memory.write_bytes(original)
+    with memory.open("rb") as handle:
+        mapping = mmap.mmap(handle.fileno(), len(original), access=mmap.ACCESS_COPY)
+    try:
+        mapping[1 * PAGE] = 1
+        capture = Capture(os.getpid(), memory)
+        mapping[3 * PAGE] = 3
+        mapping[1 * PAGE + 1] = 2
+        expected = bytes(mapping)
+        pages = capture.read()
+    finally:
+        mapping.close()
+    assert [offset // PAGE for offset, _ in pages] == [1, 3]
     copy = tmp_path / "copy"
     copy.write_bytes(original)
     write_pages(copy, pages)

@@ -44,7 +44,7 @@ from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
 from ember.vmm import QemuDriver
 from ember.vmm.base import VirtualMachine, VmState
-from ember.vmm.ram import write_pages
+from ember.vmm.ram import Capture, Pages, write_pages
 
 log = logging.getLogger("ember.engine")
 
@@ -97,12 +97,14 @@ class Snapshots:
         # freezes; qemu-img runs alongside the copy below.
         top = Path(record.disk_chain[0])
         blank = asyncio.create_task(create_overlay(top, snapshot.blank_overlay, record.disk_mib))
+        capture: Capture | None = None  # for a restored sandbox: see ember.vmm.ram
         try:
             if not record.memory_shared:
                 # A restored sandbox's RAM is the file it maps plus what it wrote: the
                 # file never changes, so it is copied before the pause. (Copied during
                 # the pause instead, it takes the CPU the pause needs: a longer pause.)
                 await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
+                capture = await asyncio.to_thread(vm.ram_capture)
             await blank
             async with self.layers.lock:
                 next_disk = self.layers.new_path("qcow2")
@@ -110,15 +112,15 @@ class Snapshots:
                 record.disk_chain = [str(next_disk), *record.disk_chain]
                 self.store.save(record)
             started = time.perf_counter()
-            written: list[tuple[int, bytes]] = []
+            written: Pages = []
             try:
                 await vm.save(snapshot.state_file, next_disk)
                 for _ in range(_RAM_CAPTURES):
-                    if record.memory_shared:
+                    if capture is None:  # a booted sandbox: its RAM is its own file
                         snapshot.memory_file.unlink(missing_ok=True)
                         await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
                     else:
-                        written = await asyncio.to_thread(vm.written_ram)
+                        written = await asyncio.to_thread(vm.written_ram, capture)
                     if await vm.devices_unchanged(snapshot.state_file):
                         break
                 else:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.errors import SandboxNotRunningError
+from ember.vmm import ram
 
 MIN_VCPUS, MAX_VCPUS = 1, 8
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 128, 8192
@@ -106,8 +107,12 @@ class VirtualMachine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def written_ram(self) -> list[tuple[int, bytes]]:
-        """``(offset, contents)`` of the RAM a paused, restored VM wrote over its memory file."""
+    def ram_capture(self) -> ram.Capture:
+        """Prepare, while it runs, to read the RAM a restored VM wrote over its memory file."""
+
+    @abc.abstractmethod
+    def written_ram(self, capture: ram.Capture) -> ram.Pages:
+        """``(offset, contents)`` of the RAM the paused VM wrote, read with ``capture``."""
 
     @abc.abstractmethod
     async def attach_nic(self, tap: str) -> None:

@@ -236,10 +236,15 @@ class QemuVM(VirtualMachine):
         finally:
             written.unlink(missing_ok=True)
 
-    def written_ram(self) -> ram.Pages:
-        if self.spec.memory_shared or self.state is not VmState.PAUSED or self._pid is None:
-            raise VmmError("only a paused VM restored from a snapshot has written RAM to read")
-        return ram.written_pages(self._pid, self.spec.memory_file)
+    def ram_capture(self) -> ram.Capture:
+        if self.spec.memory_shared or self._pid is None:
+            raise VmmError("only a VM restored from a snapshot has written RAM to read")
+        return ram.Capture(self._pid, self.spec.memory_file)
+
+    def written_ram(self, capture: ram.Capture) -> ram.Pages:
+        if self.state is not VmState.PAUSED or capture.pid != self._pid:
+            raise VmmError("written RAM is read from this VM, paused")
+        return capture.read()
 
     async def _freeze_disk(self, next_disk: Path) -> None:
         arguments = {

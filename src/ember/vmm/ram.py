@@ -28,34 +28,69 @@ _RUNS = re.compile(rb"w+")
 #: Threads reading a paused VM's written RAM, each a consecutive share of it.
 READERS = 2
 
-Pages = list[tuple[int, bytes]]
+Pages = list[tuple[int, memoryview]]
+Run = tuple[int, int, int]  # (offset in RAM, address in the process, length)
+#: Below this much written RAM a prepared buffer saves the pause less than it costs
+#: (15 MiB: ~2 ms of faults); above it, the faults are a third of the pause.
+_PREPARE_MIN_BYTES = 64 << 20
+#: Room a capture leaves for pages the guest writes between its preparation and the
+#: pause (a few ms); runs beyond it are read into fresh memory.
+_SLACK_BYTES = 2 << 20
+_MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 
-def written_pages(pid: int, memory_file: Path) -> Pages:
-    """``(offset in RAM, contents)`` of each run of pages that ``pid`` wrote in its private
-    mapping of ``memory_file``; the process must not run (a paused VM) while this reads.
+class Capture:
+    """Reads the pages a process wrote in its private mapping of ``memory_file``.
 
-    The reads, the whole cost of a pause, are split over ``READERS`` threads: a
-    read of /proc/PID/mem is one memory copy in the kernel and runs without the GIL.
+    Made while the VM runs: it counts what the guest wrote so far and, when that
+    is a lot, faults in a buffer that size, so that ``read``, in the pause, is
+    only the copy. Measured on a guest that had written 222 MiB: 107 ms to read
+    into fresh memory, 75-80 ms into a prepared buffer. The copy is split over ``READERS``
+    threads: a read of /proc/PID/mem is one memory copy in the kernel, without
+    the GIL. The pages come back as views of the buffer, alive while they are.
     """
-    inode, path = os.stat(memory_file).st_ino, os.path.realpath(memory_file)
-    with open(f"/proc/{pid}/maps") as maps:
-        regions = [region for line in maps if (region := _region(line, inode, path)) is not None]
-    pagemap = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    memory = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    try:
-        runs = [run for region in regions for run in _written_runs(pagemap, *region)]
-        with ThreadPoolExecutor(READERS) as readers:
-            shares = readers.map(partial(_read_runs, memory), _split(runs, READERS))
-            contents = [data for share in shares for data in share]
-    finally:
-        os.close(pagemap)
-        os.close(memory)
-    return [(offset, data) for (offset, _, _), data in zip(runs, contents, strict=True)]
+
+    def __init__(self, pid: int, memory_file: Path) -> None:
+        self.pid = pid
+        self._inode, self._path = os.stat(memory_file).st_ino, os.path.realpath(memory_file)
+        self._buffer: mmap.mmap | bytes = b""
+        written = sum(length for _, _, length in self._runs())
+        if written >= _PREPARE_MIN_BYTES:
+            self._buffer = mmap.mmap(-1, written + _SLACK_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                self._buffer.madvise(_MADV_POPULATE_WRITE)
+            except OSError:  # an older kernel: the pages fault in as they are read
+                pass
+
+    def read(self) -> Pages:
+        """``(offset in RAM, contents)`` of each written run; the process must not run."""
+        runs = self._runs()
+        view, used, places = memoryview(self._buffer), 0, []
+        for _, _, length in runs:
+            fits = used + length <= len(view)
+            places.append(view[used : used + length] if fits else memoryview(bytearray(length)))
+            used += length if fits else 0
+        memory = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
+        try:
+            with ThreadPoolExecutor(READERS) as readers:
+                shares = _split(list(zip(runs, places, strict=True)), READERS)
+                list(readers.map(partial(_read_into, memory), shares))
+        finally:
+            os.close(memory)
+        return [(offset, place) for (offset, _, _), place in zip(runs, places, strict=True)]
+
+    def _runs(self) -> list[Run]:
+        with open(f"/proc/{self.pid}/maps") as maps:
+            regions = [r for line in maps if (r := _region(line, self._inode, self._path)) is not None]
+        pagemap = os.open(f"/proc/{self.pid}/pagemap", os.O_RDONLY)
+        try:
+            return [run for region in regions for run in _written_runs(pagemap, *region)]
+        finally:
+            os.close(pagemap)
 
 
-def _written_runs(pagemap: int, start: int, end: int, file_offset: int) -> list[tuple[int, int, int]]:
-    """``(offset in RAM, address, length)`` of each written run of pages in one mapping."""
+def _written_runs(pagemap: int, start: int, end: int, file_offset: int) -> list[Run]:
+    """The written runs of pages in one mapping of the memory file."""
     count = (end - start) // PAGE
     entries = os.pread(pagemap, count * _ENTRY, start // PAGE * _ENTRY)
     flags = entries[_ENTRY - 1 :: _ENTRY].translate(_WRITTEN)
@@ -65,19 +100,22 @@ def _written_runs(pagemap: int, start: int, end: int, file_offset: int) -> list[
     ]
 
 
-def _split(runs: list[tuple[int, int, int]], parts: int) -> list[list[tuple[int, int, int]]]:
-    """``runs`` in order, cut into ``parts`` consecutive shares of about equal bytes."""
-    total = sum(length for _, _, length in runs)
-    shares: list[list[tuple[int, int, int]]] = [[] for _ in range(parts)]
+def _split(items: list[tuple[Run, memoryview]], parts: int) -> list[list[tuple[Run, memoryview]]]:
+    """``items`` in order, cut into ``parts`` consecutive shares of about equal bytes."""
+    total = sum(run[2] for run, _ in items)
+    shares: list[list[tuple[Run, memoryview]]] = [[] for _ in range(parts)]
     done = 0
-    for run in runs:
-        shares[min(parts - 1, done * parts // max(total, 1))].append(run)
-        done += run[2]
+    for item in items:
+        shares[min(parts - 1, done * parts // max(total, 1))].append(item)
+        done += item[0][2]
     return shares
 
 
-def _read_runs(memory: int, runs: list[tuple[int, int, int]]) -> list[bytes]:
-    return [_read_exactly(memory, address, length) for _, address, length in runs]
+def _read_into(memory: int, share: list[tuple[Run, memoryview]]) -> None:
+    for (_, address, length), place in share:
+        read = os.preadv(memory, [place], address)
+        if read != length:
+            raise OSError(f"read {read} of {length} bytes of guest RAM at {address:#x}")
 
 
 def write_pages(path: Path, pages: Pages) -> None:
@@ -97,10 +135,3 @@ def _region(line: str, inode: int, path: str) -> tuple[int, int, int] | None:
         return None
     start, end = (int(address, 16) for address in fields[0].split("-"))
     return start, end, int(fields[2], 16)
-
-
-def _read_exactly(fd: int, address: int, length: int) -> bytes:
-    data = os.pread(fd, length, address)
-    if len(data) != length:
-        raise OSError(f"read {len(data)} of {length} bytes of guest RAM at {address:#x}")
-    return data
