@@ -48,8 +48,11 @@ async def test_restore_brings_back_repl_open_files_processes_and_disk(sandbox_fa
     assert await restored.files.read("/app/data.txt") == b"on disk"
     processes = {p.pid: p for p in await restored.commands.list()}
     assert pid in processes and processes[pid].tag == "ticker" and processes[pid].running
-    hostname = await restored.commands.run("hostname")
-    assert hostname.stdout.strip() == restored.hostname
+    # Its new name everywhere a program looks: the kernel, /etc/hostname, name lookups.
+    names = await restored.commands.run(
+        "hostname; cat /etc/hostname; getent hosts $(hostname) >/dev/null && echo resolves"
+    )
+    assert names.stdout.split() == [restored.hostname, restored.hostname, "resolves"], names
     # And the source still has its own state.
     assert await value(source, "answer") == "0"
     assert await source.files.read("/app/data.txt") == b"changed"

@@ -40,23 +40,11 @@ def set_link_up(name: str) -> None:
 
 
 def set_hostname(name: str) -> None:
+    """The kernel's name only: /etc/hostname links to it and glibc's myhostname
+    module resolves it, so a restore renames the guest without writing a file."""
     if not name or len(name) > _MAX_HOSTNAME or not all(c.isalnum() or c == "-" for c in name):
         raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid hostname {name!r}")
-    if socket.gethostname() == name:
-        return  # a pooled sandbox's hand-over: no files to rewrite on the clock
     socket.sethostname(name)
-    # Plain os writes: a restored guest runs this on its first request, when every
-    # line of Python it has not run yet costs translation time under TCG.
-    _rewrite("/etc/hostname", f"{name}\n")
-    _rewrite("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n")
-
-
-def _rewrite(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def set_clock(time_ns: int) -> None:

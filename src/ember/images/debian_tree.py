@@ -28,6 +28,7 @@ DEBIAN_PACKAGES = (
     "git",
     "gzip",
     "iproute2",
+    "libnss-myhostname",
     "nodejs",
     "procps",
     "python3",
@@ -37,10 +38,9 @@ DEBIAN_PACKAGES = (
     "util-linux",
 )
 # Bump when the steps below change what ends up in the tree.
-TREE_BUILDER_VERSION = "1"
+TREE_BUILDER_VERSION = "2"
 TREE_DIR = "tree"
 PACKAGES_FILE = "packages.txt"
-GUEST_HOSTNAME = "ember"
 GUEST_USER = "user"
 GUEST_UID = 1000
 APP_DIR = "app"
@@ -146,11 +146,15 @@ def build_debian_tree(workspace: Workspace, mirror: str) -> None:
     app = tree / APP_DIR
     app.mkdir(mode=0o755, exist_ok=True)
     os.chown(app, GUEST_UID, GUEST_UID)
-    _write(tree / "etc/hostname", f"{GUEST_HOSTNAME}\n")
-    _write(
-        tree / "etc/hosts",
-        f"127.0.0.1\tlocalhost\n127.0.1.1\t{GUEST_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    )
+    # Every restore renames the guest, on the clock: the name lives in the kernel
+    # only. /etc/hostname shows it, and glibc's myhostname module resolves it.
+    (tree / "etc/hostname").unlink(missing_ok=True)
+    (tree / "etc/hostname").symlink_to("/proc/sys/kernel/hostname")
+    _write(tree / "etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    nsswitch = tree / "etc/nsswitch.conf"
+    lines = nsswitch.read_text().splitlines()
+    hosts = "hosts:          files myhostname dns"
+    _write(nsswitch, "\n".join(hosts if line.startswith("hosts:") else line for line in lines) + "\n")
     # debootstrap copied the build host's resolver; a sandbox has no DNS until
     # it is given a network.
     _write(tree / "etc/resolv.conf", "")
