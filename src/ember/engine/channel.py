@@ -237,12 +237,12 @@ class AgentClient:
         return self._transport is not None and self._synced is not None and self._synced.done()
 
     async def open(self, socket_path: str) -> None:
-        """Open the socket without syncing, for a restored guest that is not running yet.
+        """Open the socket without syncing, for a restored guest whose state is not loaded yet.
 
         A restored guest's agent remembers its source's host connection. Opened
-        before the guest runs, the connection is all it ever sees; opened after,
-        the guest may learn that its source's host left only after it answered
-        the new sync, and drop the session it had just begun.
+        (and taken by QEMU) before the state loads, the connection is all it ever
+        sees; opened later, the guest may learn that its source's host left only
+        after it answered the new sync, and drop the session it had just begun.
         """
         loop = asyncio.get_running_loop()
         self._protocol = None

@@ -147,8 +147,10 @@ class Sandbox:
             self._watch = asyncio.create_task(self._watch_vm(), name=f"watch-{self.id}")
             if self.network.enabled:
                 await self._attach_network(self.network)
-            if self.vm.state is VmState.PAUSED:  # restored: connect first (AgentClient.open)
+            if self.vm.spec.restore is not None:
+                # Connected before the state loads: see QemuVM.load and AgentClient.open.
                 await self._agent.open(str(self.vm.agent_socket))
+                await self.vm.load()
                 await self.vm.resume()
             await self._connect(BOOT_TIMEOUT_S)
             identity = self._agent.request(self._identity())

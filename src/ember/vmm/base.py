@@ -81,7 +81,12 @@ class VirtualMachine(abc.ABC):
     @abc.abstractmethod
     async def start(self) -> None:
         """Launch the VMM; returns once it runs (the guest may still be booting), or,
-        for a restore, once the saved state is loaded: that VM waits paused for ``resume``."""
+        for a restore, once it waits for ``load``."""
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Load a restore's saved state once the host's agent connection is open (see
+        the driver); the VM then waits, paused, for ``resume``."""
 
     @abc.abstractmethod
     async def adopt(self) -> None:

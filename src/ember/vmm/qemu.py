@@ -39,7 +39,7 @@ from ember.errors import BootFailedError, VmmError
 from ember.settings import Settings
 from ember.vmm import clock, ram
 from ember.vmm.accel import Acceleration
-from ember.vmm.base import AGENT_PORT_NAME, Restore, VirtualMachine, VmSpec, VmState
+from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
 
 KERNEL_ARGS = (
     "console=ttyS0",
@@ -181,24 +181,44 @@ class QemuVM(VirtualMachine):
             )
         self._pid = self._process.pid
         await self._take_control()
-        if self.spec.restore is not None:
-            try:
-                await self._load(self.spec.restore)
-            except BaseException:
-                await self.stop()
-                raise
 
-    async def _load(self, restore: Restore) -> None:
-        """Load saved device state into this fresh QEMU (started with -incoming defer).
+    async def load(self) -> None:
+        """Load the saved device state into this fresh QEMU (started with -incoming defer).
 
         The RAM is the spec's memory file, mapped before the load; the state
         holds devices only (see ``save``). The VM stays paused for ``resume``.
+
+        The host must have opened the agent socket, and QEMU taken that
+        connection, before the load. The saved state says the guest's host was
+        connected; a port found closed when the guest resumes is reported to it
+        as a disconnect, which the guest may handle only after it answered the
+        new host's sync, and then it drops that session and its first request.
         """
-        await self.qmp("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(restore.state))}"})
-        status = await self._migration_done()
-        if status != "completed":
-            raise BootFailedError(self.failure_report(f"restoring {restore.state} failed ({status})"))
+        restore = self.spec.restore
+        if restore is None:
+            raise VmmError("only a VM started to restore a snapshot loads one")
+        try:
+            await self._agent_taken()
+            await self.qmp("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(restore.state))}"})
+            status = await self._migration_done()
+            if status != "completed":
+                raise BootFailedError(self.failure_report(f"restoring {restore.state} failed ({status})"))
+        except BaseException:
+            await self.stop()
+            raise
         self.state = VmState.PAUSED
+
+    async def _agent_taken(self) -> None:
+        """Wait until QEMU has accepted the host's connection to the agent socket."""
+        deadline = time.monotonic() + _QMP_CONNECT_TIMEOUT_S
+        while True:
+            chardevs = await self.qmp("query-chardev")
+            agent = next((c for c in chardevs if c.get("label") == "agent"), {})  # type: ignore[union-attr]
+            if not str(agent.get("filename", "disconnected:")).startswith("disconnected:"):
+                return
+            if time.monotonic() > deadline:
+                raise BootFailedError(self.failure_report("QEMU never took the agent connection"))
+            await asyncio.sleep(0.001)
 
     async def _migration_done(self) -> str:
         while True:
