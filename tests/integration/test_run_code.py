@@ -80,6 +80,20 @@ async def test_output_streams_while_the_cell_is_still_running(shared_sandbox):
     assert execution.stderr == "oops\n"
 
 
+async def test_a_partial_line_streams_when_flushed(shared_sandbox):
+    seen: list[str] = []
+    task = asyncio.create_task(
+        shared_sandbox.code.run(
+            "import time\nprint('50%', end='', flush=True)\ntime.sleep(1)\nprint(' done')",
+            on_stdout=seen.append,
+        )
+    )
+    while not seen and not task.done():
+        await asyncio.sleep(0.05)
+    assert not task.done() and seen == ["50%"]
+    assert (await task).stdout == "50% done\n"
+
+
 async def test_exception_is_structured_and_the_repl_survives(shared_sandbox):
     await shared_sandbox.code.run("survivor = 'still here'")
     execution = await shared_sandbox.code.run("def f():\n    return 1 / 0\nf()")

@@ -92,7 +92,7 @@ class ReplContext:
         reply_read, reply_write = os.pipe()
         try:
             if self.language == "python":
-                argv = ["python3", "-u", "-c", _BOOTSTRAP, str(_WORKER), str(request_read), str(reply_write)]
+                argv = ["python3", "-c", _BOOTSTRAP, str(_WORKER), str(request_read), str(reply_write)]
                 env = {"MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1"}
             else:
                 # /proc/self/fd, not /dev/fd: without udev the guest has no /dev/fd link.

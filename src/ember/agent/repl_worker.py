@@ -1,6 +1,6 @@
 """The Python REPL process behind one run_code context (runs in the guest's python3).
 
-Started by the agent as ``python3 -u -c <bootstrap> REQUEST_FD REPLY_FD``; it
+Started by the agent as ``python3 -c <bootstrap> REQUEST_FD REPLY_FD``; it
 imports nothing of Ember, so user code sees a plain interpreter whose
 ``__main__`` is the REPL namespace. For each JSON request line it runs the cell,
 prints the end marker on stdout and stderr (so the agent knows all output of the
@@ -188,6 +188,10 @@ def main(request_fd, reply_fd):
     sys.modules["__main__"] = module
     builtins.display = display
     sys.argv = [""]
+    # Line-buffered, as at a terminal: print() writes its text and its end in two
+    # calls, and unbuffered they could reach the agent, and the caller, as two chunks.
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
     namespace = module.__dict__
     count = 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
