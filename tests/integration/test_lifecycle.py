@@ -38,6 +38,22 @@ async def test_sandbox_boots_with_the_requested_shape(sandbox_factory):
     print(f"\ncold boot to agent ready: {sandbox.boot_seconds:.2f} s")
 
 
+async def test_a_booted_sandbox_answers_once_its_interpreter_has_started(sandbox_factory):
+    # Its Python REPL then sits idle, so a snapshot of it (a template, a fork) is
+    # warm: restores do not redo the interpreter's start-up (~1 s of CPU under TCG).
+    sandbox = await sandbox_factory(vcpus=1, memory_mb=384)
+    # utime and stime of the REPL worker, read with bash builtins only (quick, and
+    # no process of its own); 'repl_worke[r]' keeps this shell out of the match.
+    script = (
+        "for p in /proc/[0-9]*; do mapfile -d '' argv < $p/cmdline; "
+        "[[ ${argv[*]} =~ repl_worke[r] ]] && read -ra stat < $p/stat && echo ${stat[13]} ${stat[14]}; done"
+    )
+    first = (await sandbox.commands.run(script)).stdout
+    await asyncio.sleep(1)
+    assert first.strip() and (await sandbox.commands.run(script)).stdout == first
+    assert (await sandbox.code.run("1 + 1")).results[0].data["text/plain"] == "2"
+
+
 async def test_guest_keeps_time_with_the_tsc(sandbox_factory, manager):
     # Under TCG the kernel is told the host's TSC rate: a guest booted on a busy
     # host would otherwise fall back to jiffies and its clock would drift.

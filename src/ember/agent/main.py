@@ -7,6 +7,7 @@ named for what they own (processes, repl, files, system).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -29,6 +30,8 @@ from ember.protocol.wire import WireModel
 log = logging.getLogger("ember.agent")
 
 DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+# How long a Configure waits for the default interpreter to start (~1 s under TCG).
+_REPL_START_S = 30.0
 
 
 class Agent:
@@ -81,8 +84,10 @@ class Agent:
         if request.env is not None:
             self.processes.base_env = dict(request.env)
             self.contexts.set_env(request.env)
-        # Warm the default Python REPL now so the first run_code does not pay for it.
-        self.contexts.default("python")
+        # Warm the default Python REPL now so the first run_code does not pay for it,
+        # and answer once it has started: a snapshot (a template, a fork) is then warm.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.contexts.default("python").wait_started(), _REPL_START_S)
         return await self.ping(context, m.Ping())
 
     async def ping(self, context: RequestContext, request: m.Ping) -> m.AgentInfo:

@@ -6,6 +6,10 @@ process table like any command's. A cell ends when the reply has arrived and the
 per-cell marker has come through both output pipes, so no output of one cell can
 leak into the next. A context that dies or hangs past its timeout is replaced by
 a fresh one, and the cell's result says so.
+
+A Python interpreter says when it has finished starting (one line on the reply
+pipe, before any cell): under TCG its imports take about a second of CPU, and a
+snapshot taken before then would make every restore of it redo that.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class ReplContext:
         self._replies: _LineReader | None = None
         self._env_updates: dict[str, str] = {}
         self._reseed = False
+        self._starting = False  # a Python worker's "started" line is still to be read
 
     def info(self) -> ContextInfo:
         return ContextInfo(context_id=self.context_id, language=self.language, cwd=self.cwd)
@@ -111,6 +116,7 @@ class ReplContext:
         self._requests_fd = request_write
         self._child_reply_fd = reply_write
         self._replies = _LineReader(reply_read)
+        self._starting = self.language == "python"
         if self.language == "bash":
             STATE_DIR.mkdir(parents=True, exist_ok=True)
             # Restore cwd and exported variables a previous shell of this context left.
@@ -157,7 +163,23 @@ class ReplContext:
         async with self._lock:
             if self._process is None or self._process.finished:
                 self.restart()
+            await self._started()
             return await self._run_cell(code, timeout_s, env or {}, {"stdout": stdout, "stderr": stderr})
+
+    async def wait_started(self) -> None:
+        """Until the interpreter has finished starting (at once if it has)."""
+        if self._starting:
+            async with self._lock:
+                await self._started()
+
+    async def _started(self) -> None:
+        if not self._starting:
+            return
+        assert self._replies is not None
+        # A worker that died while starting fails the cell that follows, which says so.
+        with contextlib.suppress(EOFError):
+            await self._replies.readline()
+        self._starting = False
 
     async def _run_cell(
         self, code: str, timeout_s: float | None, env: dict[str, str], senders: dict[str, Sender]

@@ -4,7 +4,8 @@ Started by the agent as ``python3 -c <bootstrap> REQUEST_FD REPLY_FD``; it
 imports nothing of Ember, so user code sees a plain interpreter whose
 ``__main__`` is the REPL namespace. For each JSON request line it runs the cell,
 prints the end marker on stdout and stderr (so the agent knows all output of the
-cell has been read), then writes one JSON reply line. SIGINT, which the agent
+cell has been read), then writes one JSON reply line. Before the first request it
+writes one empty JSON line: it has finished starting. SIGINT, which the agent
 sends on a timeout, interrupts the cell as KeyboardInterrupt; it is blocked
 between cells so it can never tear a reply.
 """
@@ -196,6 +197,8 @@ def main(request_fd, reply_fd):
     count = 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    replies.write(b"{}\n")
+    replies.flush()
     for line in requests:
         request = json.loads(line)
         marker = request["marker"].encode()
