@@ -94,6 +94,17 @@ async def test_a_partial_line_streams_when_flushed(shared_sandbox):
     assert (await task).stdout == "50% done\n"
 
 
+async def test_a_scratch_cell_leaves_no_variables_and_no_count(shared_sandbox):
+    before = (await shared_sandbox.code.run("kept_by_user = 1")).execution_count
+    scratch = await shared_sandbox.code.run("print('warm')\nleaked = 2\n1 + 1", scratch=True)
+    assert scratch.stdout == "warm\n" and scratch.results[0].data["text/plain"] == "2"
+    after = await shared_sandbox.code.run("[n for n in ('kept_by_user', 'leaked') if n in globals()]")
+    assert after.results[0].data["text/plain"] == "['kept_by_user']"
+    assert after.execution_count == before + 1
+    with pytest.raises(errors.InvalidRequestError):
+        await shared_sandbox.code.run("true", language="bash", scratch=True)
+
+
 async def test_exception_is_structured_and_the_repl_survives(shared_sandbox):
     await shared_sandbox.code.run("survivor = 'still here'")
     execution = await shared_sandbox.code.run("def f():\n    return 1 / 0\nf()")

@@ -110,7 +110,11 @@ class Agent:
             raise AgentError(ErrorCode.INVALID_REQUEST, f"unsupported language {request.language!r}")
         if request.timeout_s is not None and request.timeout_s <= 0:
             raise AgentError(ErrorCode.INVALID_REQUEST, "timeout must be positive")
-        return await repl.run(request.code, request.timeout_s, request.env, context.stdout, context.stderr)
+        if request.scratch and repl.language != "python":
+            raise AgentError(ErrorCode.INVALID_REQUEST, "only Python runs scratch code")
+        return await repl.run(
+            request.code, request.timeout_s, request.env, context.stdout, context.stderr, request.scratch
+        )
 
     async def context_create(self, context: RequestContext, request: m.ContextCreate) -> m.ContextInfo:
         return self.contexts.create(request.language, request.cwd).info()

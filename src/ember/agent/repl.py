@@ -159,12 +159,14 @@ class ReplContext:
         env: dict[str, str] | None,
         stdout: Sender,
         stderr: Sender,
+        scratch: bool = False,
     ) -> Execution:
         async with self._lock:
             if self._process is None or self._process.finished:
                 self.restart()
             await self._started()
-            return await self._run_cell(code, timeout_s, env or {}, {"stdout": stdout, "stderr": stderr})
+            senders = {"stdout": stdout, "stderr": stderr}
+            return await self._run_cell(code, timeout_s, env or {}, senders, scratch)
 
     async def wait_started(self) -> None:
         """Until the interpreter has finished starting (at once if it has)."""
@@ -182,7 +184,12 @@ class ReplContext:
         self._starting = False
 
     async def _run_cell(
-        self, code: str, timeout_s: float | None, env: dict[str, str], senders: dict[str, Sender]
+        self,
+        code: str,
+        timeout_s: float | None,
+        env: dict[str, str],
+        senders: dict[str, Sender],
+        scratch: bool,
     ) -> Execution:
         process = self._process
         assert process is not None and self._replies is not None
@@ -197,7 +204,7 @@ class ReplContext:
             return forward
 
         started = time.perf_counter()
-        await _write_all(self._requests_fd, self._request_line(code, env, marker))
+        await _write_all(self._requests_fd, self._request_line(code, env, marker, scratch))
         output = asyncio.create_task(
             stream_output(
                 process,
@@ -237,11 +244,18 @@ class ReplContext:
             )
         return self._parse_reply(reply.result(), elapsed, timed_out)
 
-    def _request_line(self, code: str, env: dict[str, str], marker: str) -> bytes:
+    def _request_line(self, code: str, env: dict[str, str], marker: str, scratch: bool) -> bytes:
         env_updates, self._env_updates = self._env_updates, {}
         if self.language == "python":
             reseed, self._reseed = self._reseed, False
-            request = {"code": code, "env": env, "set_env": env_updates, "marker": marker, "reseed": reseed}
+            request = {
+                "code": code,
+                "env": env,
+                "set_env": env_updates,
+                "marker": marker,
+                "reseed": reseed,
+                "scratch": scratch,
+            }
             return json.dumps(request).encode() + b"\n"
         script = STATE_DIR / f"{self.context_id}.sh"
         script.write_text(code + "\n")

@@ -140,8 +140,7 @@ def _format_error(exc):
     return {"name": type(exc).__name__, "value": str(exc), "traceback": text}
 
 
-def execute(code, count, namespace):
-    filename = f"<cell-{count}>"
+def execute(code, filename, namespace):
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     error = None
@@ -205,7 +204,9 @@ def main(request_fd, reply_fd):
         os.environ.update(request.get("set_env") or {})
         if request.get("reseed"):
             _reseed()
-        count += 1
+        # A scratch cell (warming the code path) leaves no variables and no count.
+        scratch = bool(request.get("scratch"))
+        count += not scratch
         saved_env = {key: os.environ.get(key) for key in request.get("env") or {}}
         os.environ.update(request.get("env") or {})
         _results.clear()
@@ -214,7 +215,10 @@ def main(request_fd, reply_fd):
         started = time.perf_counter()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         try:
-            error = execute(request["code"], count, namespace)
+            if scratch:
+                error = execute(request["code"], "<scratch>", {"__builtins__": builtins})
+            else:
+                error = execute(request["code"], f"<cell-{count}>", namespace)
         except KeyboardInterrupt as exc:  # landed outside the cell's own try
             error = _format_error(exc)
         finally:

@@ -25,9 +25,15 @@ class Code:
         env: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        scratch: bool = False,
     ) -> m.Execution:
-        """Run a cell; stdout/stderr stream to the callbacks and are collected in the result."""
-        request = m.RunCode(code=code, language=language, context_id=context_id, timeout_s=timeout_s, env=env)
+        """Run a cell; stdout/stderr stream to the callbacks and are collected in the result.
+
+        ``scratch`` runs it where it leaves no variables and no execution count.
+        """
+        request = m.RunCode(
+            code=code, language=language, context_id=context_id, timeout_s=timeout_s, env=env, scratch=scratch
+        )
         collector = OutputCollector(on_stdout, on_stderr)
         async with self._sandbox.agent_call() as agent:
             call = agent.start(request)

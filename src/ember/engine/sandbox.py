@@ -170,15 +170,13 @@ class Sandbox:
         """Put a freshly restored sandbox in the warm pool: running, but nobody's yet.
 
         Under TCG a restored guest starts with no translated code, so its first
-        requests are slow. A cell (in a throwaway context, so the user's REPL and
-        its execution count are untouched) and a command run once here, off the
-        clock: the code they run is the code the user's first calls run. Then the
+        requests are slow. A cell (a scratch one: the user's REPL keeps no variable
+        and no execution count of it) and a command run once here, off the clock:
+        the code they run is the code the user's first calls run. Then the
         guest gets its name, clock and entropy again, now that the path is warm
         (on a cold guest the clock lands tens of ms late), and keeps them.
         """
-        context = await self.code.create_context()
-        await self.code.run("1 + 1", context_id=context.context_id)
-        await self.code.delete_context(context.context_id)
+        await self.code.run("print(1)\n1 + 1", scratch=True)
         await self.commands.run("true")
         await self._reidentify()
         self._set_state(SandboxState.POOLED)

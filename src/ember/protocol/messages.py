@@ -94,6 +94,9 @@ class RunCode(Request):
     context_id: str | None = None
     timeout_s: float | None = None
     env: dict[str, str] | None = None
+    # Python only: run in a throwaway namespace that leaves no variables and no
+    # execution count behind (the warm pool warms a guest's code path with it).
+    scratch: bool = False
 
 
 @dataclass
