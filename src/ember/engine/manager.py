@@ -97,6 +97,7 @@ class SandboxManager:
         self._sandboxes.clear()
         await asyncio.gather(*(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True)
         await self.collect()
+        self.snapshots.close()
         await self.networks.close()
         self.store.close()
 

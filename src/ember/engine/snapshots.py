@@ -19,11 +19,12 @@ Taking one depends on where the sandbox's RAM lives:
   source's agent connection and streams, while the copy costs a pause of
   roughly 1 ms per 10 MB of touched guest memory and nothing else.
 - a restored sandbox's RAM is the memory file it maps privately plus the pages
-  its guest wrote since. The file is copied while the guest runs; in the pause
-  only the written pages are read out of QEMU (``ember.vmm.ram``), and they are
-  laid over the copy once the guest runs on. So every snapshot ends as one
-  mappable file, whatever it was taken of, and no pause copies all the RAM;
-  the pause grows with what the guest wrote (35-50 ms per 100 MB, measured).
+  its guest wrote since. The file is copied while the guest runs (or a spare
+  copy made after the last snapshot on that file is taken: ``ember.engine.spares``);
+  in the pause only the written pages are read out of QEMU (``ember.vmm.ram``),
+  and they are laid over the copy once the guest runs on. So every snapshot ends
+  as one mappable file, whatever it was taken of, and no pause copies all the
+  RAM; the pause grows with what the guest wrote (35-50 ms per 100 MB, measured).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from ember import errors
 from ember.engine.disks import Layers, create_overlay
+from ember.engine.spares import MemorySpares
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
@@ -59,6 +61,7 @@ class Snapshots:
         self.driver = driver
         self.directory = settings.data_dir / "snapshots"
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.spares = MemorySpares(self.directory / ".spares")
 
     # ------------------------------------------------------------ taking
 
@@ -101,9 +104,10 @@ class Snapshots:
         try:
             if not record.memory_shared:
                 # A restored sandbox's RAM is the file it maps plus what it wrote: the
-                # file never changes, so it is copied before the pause. (Copied during
-                # the pause instead, it takes the CPU the pause needs: a longer pause.)
-                await asyncio.to_thread(copy_sparse, Path(record.memory_file), snapshot.memory_file)
+                # file never changes, so it is copied before the pause (a spare copy
+                # when one is ready). Copied during the pause instead, it takes the
+                # CPU the pause needs: a longer pause.
+                await self.spares.copy(Path(record.memory_file), snapshot.memory_file)
                 capture = await asyncio.to_thread(vm.ram_capture)
             await blank
             async with self.layers.lock:
@@ -153,6 +157,8 @@ class Snapshots:
             raise
         snapshot.size_bytes = _allocated_bytes(directory)
         self.store.save_snapshot(snapshot)
+        if not record.memory_shared:
+            self.spares.prepare(Path(record.memory_file))
         return snapshot
 
     # ------------------------------------------------------------ restoring
@@ -205,9 +211,13 @@ class Snapshots:
                 self.store.forget_snapshot(snapshot.id)
             else:
                 kept.append(snapshot)
+        self.spares.forget({s.memory_file for s in kept})
         removed = self.layers.collect([*(r.disk_chain for r in live), *(s.disk_chain for s in kept)])
         if removed:
             log.info("removed %d unused disk layers", removed)
+
+    def close(self) -> None:
+        self.spares.close()
 
 
 #: RAM captures per snapshot before giving up on devices that keep writing it.
