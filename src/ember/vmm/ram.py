@@ -11,6 +11,7 @@ read of what it wrote (tens of ms), not a migration of all of it.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import re
@@ -37,6 +38,18 @@ _PREPARE_MIN_BYTES = 64 << 20
 #: pause (a few ms); runs beyond it are read into fresh memory.
 _SLACK_BYTES = 2 << 20
 _MADV_POPULATE_WRITE = 23  # Linux 5.14
+_IOV_MAX = 1024
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+_vectors, _count = ctypes.POINTER(_IoVec), ctypes.c_ulong
+# pid, local vectors and their count, remote vectors and their count, flags
+_libc.process_vm_readv.argtypes = [ctypes.c_int, _vectors, _count, _vectors, _count, ctypes.c_ulong]
 
 
 class Capture:
@@ -45,9 +58,11 @@ class Capture:
     Made while the VM runs: it counts what the guest wrote so far and, when that
     is a lot, faults in a buffer that size, so that ``read``, in the pause, is
     only the copy. Measured on a guest that had written 222 MiB: 107 ms to read
-    into fresh memory, 75-80 ms into a prepared buffer. The copy is split over ``READERS``
-    threads: a read of /proc/PID/mem is one memory copy in the kernel, without
-    the GIL. The pages come back as views of the buffer, alive while they are.
+    into fresh memory, 75-80 ms into a prepared buffer. The copy is split over
+    ``READERS`` threads, each copying with ``process_vm_readv`` (ctypes drops the
+    GIL): straight from QEMU's pages into the buffer, where a read of
+    /proc/PID/mem copies each page twice (256 MiB: 49 ms against 72 ms, measured).
+    The pages come back as views of the buffer, alive while they are.
     """
 
     def __init__(self, pid: int, memory_file: Path) -> None:
@@ -70,13 +85,9 @@ class Capture:
             fits = used + length <= len(view)
             places.append(view[used : used + length] if fits else memoryview(bytearray(length)))
             used += length if fits else 0
-        memory = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
-        try:
-            with ThreadPoolExecutor(READERS) as readers:
-                shares = _split(list(zip(runs, places, strict=True)), READERS)
-                list(readers.map(partial(_read_into, memory), shares))
-        finally:
-            os.close(memory)
+        with ThreadPoolExecutor(READERS) as readers:
+            shares = _split(list(zip(runs, places, strict=True)), READERS)
+            list(readers.map(partial(_read_into, self.pid), shares))
         return [(offset, place) for (offset, _, _), place in zip(runs, places, strict=True)]
 
     def _runs(self) -> list[Run]:
@@ -111,11 +122,18 @@ def _split(items: list[tuple[Run, memoryview]], parts: int) -> list[list[tuple[R
     return shares
 
 
-def _read_into(memory: int, share: list[tuple[Run, memoryview]]) -> None:
-    for (_, address, length), place in share:
-        read = os.preadv(memory, [place], address)
-        if read != length:
-            raise OSError(f"read {read} of {length} bytes of guest RAM at {address:#x}")
+def _read_into(pid: int, share: list[tuple[Run, memoryview]]) -> None:
+    for first in range(0, len(share), _IOV_MAX):
+        batch = share[first : first + _IOV_MAX]
+        local = (_IoVec * len(batch))(
+            *(_IoVec(ctypes.addressof(ctypes.c_char.from_buffer(place)), len(place)) for _, place in batch)
+        )
+        remote = (_IoVec * len(batch))(*(_IoVec(address, length) for (_, address, length), _ in batch))
+        wanted = sum(length for (_, _, length), _ in batch)
+        read = _libc.process_vm_readv(pid, local, len(batch), remote, len(batch), 0)
+        if read != wanted:
+            error = ctypes.get_errno() if read < 0 else 0
+            raise OSError(error, f"read {read} of {wanted} bytes of guest RAM from process {pid}")
 
 
 def write_pages(path: Path, pages: Pages) -> None:
