@@ -70,6 +70,13 @@ async def test_guest_keeps_time_with_the_tsc(sandbox_factory, manager):
     assert host_before - 1 < guest < time.time() + 1
 
 
+async def test_address_space_randomisation_is_off_only_under_tcg(shared_sandbox, manager):
+    # Under TCG every exec at new addresses is translated afresh (ember.vmm.qemu).
+    setting = (await shared_sandbox.files.read("/proc/sys/kernel/randomize_va_space")).decode().strip()
+    assert setting == ("0" if manager.driver.accel.kind == "tcg" else "2")
+    assert (await shared_sandbox.commands.run("true")).exit_code == 0
+
+
 async def test_root_is_an_overlay_on_a_read_only_base(sandbox_factory):
     sandbox = await sandbox_factory()
     mounts = (await sandbox.commands.run("cat /proc/mounts")).stdout

@@ -282,3 +282,21 @@ async def test_forks_of_a_source_busy_on_its_agent_channel_come_up_whole(sandbox
         calls = await asyncio.gather(*busy)
     assert all(calls)
     assert await value(source, "len(big)") == str(8 << 20)
+
+
+async def test_template_base_is_rebuilt_for_another_kernel_command_line(manager, monkeypatch):
+    base = await manager.ensure_base_template()
+    made = []
+    try:
+        assert base.metadata["ember.kernel_args"] == manager.driver.kernel_args
+        assert await manager.ensure_base_template() == base  # current: kept
+        made.append(await manager.create())
+        assert made[-1].record.snapshot_id == base.id  # a plain create resumes it
+        monkeypatch.setattr(manager.driver, "kernel_args", manager.driver.kernel_args + " quiet")
+        made.append(await manager.create())
+        assert made[-1].record.snapshot_id is None  # booted: base was made with other arguments
+        assert (await manager.ensure_base_template()).id != base.id
+    finally:
+        for sandbox in made:
+            await manager.destroy(sandbox.id)
+        await manager.delete_template("base")

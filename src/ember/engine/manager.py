@@ -44,6 +44,8 @@ MAX_FORKS = 16
 BASE_TEMPLATE = "base"
 #: Snapshot metadata naming the sandbox a pause snapshot will resume as.
 PAUSED_KEY = "ember.paused_sandbox"
+#: Template base's guest kernel command line: a base booted with another is rebuilt.
+_BOOTED_WITH = "ember.kernel_args"
 ON_TIMEOUT = ("kill", "pause")
 TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
@@ -345,17 +347,19 @@ class SandboxManager:
         return sandbox
 
     def _current_base(self) -> SnapshotRecord | None:
-        """Template ``base`` when it was made on today's images: what a plain create resumes.
+        """Template ``base`` when it was made on today's images and kernel command line:
+        what a plain create resumes.
 
         It is a freshly booted guest with its REPL warm, so resuming it gives the
         same sandbox as a boot, in a fraction of the time.
         """
         base = self.store.snapshot_named(BASE_TEMPLATE)
-        images = self.images
-        current = (str(images.kernel), str(images.rootfs), self.driver.machine_abi)
-        if base is None or (base.kernel, base.rootfs, base.machine) != current:
+        if base is None:
             return None
-        return base
+        images, driver = self.images, self.driver
+        current = (str(images.kernel), str(images.rootfs), driver.machine_abi, driver.kernel_args)
+        made = (base.kernel, base.rootfs, base.machine, base.metadata.get(_BOOTED_WITH))
+        return base if made == current else None
 
     async def ensure_base_template(self) -> SnapshotRecord:
         """Build template ``base`` (boot, warm the REPL, snapshot) unless it is current."""
@@ -364,17 +368,22 @@ class SandboxManager:
             return base
         sandbox = await self.create()
         try:
-            return await self.save_template(sandbox.id, BASE_TEMPLATE)
+            return await self.save_template(
+                sandbox.id, BASE_TEMPLATE, metadata={_BOOTED_WITH: self.driver.kernel_args}
+            )
         finally:
             await self.destroy(sandbox.id)
 
-    async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
+    async def save_template(
+        self, sandbox_id: str, name: str, owner: str | None = None, metadata: dict[str, str] | None = None
+    ) -> SnapshotRecord:
         """Snapshot a sandbox as template ``name`` (for every key), replacing an older one."""
         if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
             raise errors.InvalidRequestError(
                 "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
             )
-        template = await self.get(sandbox_id, owner).snapshot(self.snapshots, kind="template")
+        sandbox = self.get(sandbox_id, owner)
+        template = await sandbox.snapshot(self.snapshots, kind="template", metadata=metadata)
         older = self.store.snapshot_named(name)
         if older is not None:
             self.snapshots.delete(older)  # frees the name; its files go once unused
