@@ -288,7 +288,7 @@ async def test_template_base_is_rebuilt_for_another_kernel_command_line(manager,
     base = await manager.ensure_base_template()
     made = []
     try:
-        assert base.metadata["ember.kernel_args"] == manager.driver.kernel_args
+        assert base.kernel_args == manager.driver.kernel_args
         assert await manager.ensure_base_template() == base  # current: kept
         made.append(await manager.create())
         assert made[-1].record.snapshot_id == base.id  # a plain create resumes it

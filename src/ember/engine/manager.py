@@ -44,8 +44,6 @@ MAX_FORKS = 16
 BASE_TEMPLATE = "base"
 #: Snapshot metadata naming the sandbox a pause snapshot will resume as.
 PAUSED_KEY = "ember.paused_sandbox"
-#: Template base's guest kernel command line: a base booted with another is rebuilt.
-_BOOTED_WITH = "ember.kernel_args"
 ON_TIMEOUT = ("kill", "pause")
 TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
@@ -211,6 +209,7 @@ class SandboxManager:
             hostname=f"ember-{sandbox_id[:12]}",
             run_dir=str(run_dir),
             kernel=source.kernel if source else str(images.kernel),
+            kernel_args=source.kernel_args if source else self.driver.kernel_args,
             rootfs=source.rootfs if source else str(images.rootfs),
             memory_file=str(source.memory_file if source else run_dir / "memory"),
             memory_shared=source is None,
@@ -358,8 +357,7 @@ class SandboxManager:
             return None
         images, driver = self.images, self.driver
         current = (str(images.kernel), str(images.rootfs), driver.machine_abi, driver.kernel_args)
-        made = (base.kernel, base.rootfs, base.machine, base.metadata.get(_BOOTED_WITH))
-        return base if made == current else None
+        return base if (base.kernel, base.rootfs, base.machine, base.kernel_args) == current else None
 
     async def ensure_base_template(self) -> SnapshotRecord:
         """Build template ``base`` (boot, warm the REPL, snapshot) unless it is current."""
@@ -368,22 +366,17 @@ class SandboxManager:
             return base
         sandbox = await self.create()
         try:
-            return await self.save_template(
-                sandbox.id, BASE_TEMPLATE, metadata={_BOOTED_WITH: self.driver.kernel_args}
-            )
+            return await self.save_template(sandbox.id, BASE_TEMPLATE)
         finally:
             await self.destroy(sandbox.id)
 
-    async def save_template(
-        self, sandbox_id: str, name: str, owner: str | None = None, metadata: dict[str, str] | None = None
-    ) -> SnapshotRecord:
+    async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
         """Snapshot a sandbox as template ``name`` (for every key), replacing an older one."""
         if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
             raise errors.InvalidRequestError(
                 "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
             )
-        sandbox = self.get(sandbox_id, owner)
-        template = await sandbox.snapshot(self.snapshots, kind="template", metadata=metadata)
+        template = await self.get(sandbox_id, owner).snapshot(self.snapshots, kind="template")
         older = self.store.snapshot_named(name)
         if older is not None:
             self.snapshots.delete(older)  # frees the name; its files go once unused

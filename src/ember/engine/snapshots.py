@@ -90,6 +90,7 @@ class Snapshots:
             memory_mib=record.memory_mib,
             disk_mib=record.disk_mib,
             kernel=record.kernel,
+            kernel_args=record.kernel_args,
             rootfs=record.rootfs,
             disk_chain=list(record.disk_chain),
             source_sandbox=record.id,

@@ -62,6 +62,8 @@ class SandboxRecord:
     data_dir: str = ""
     kernel: str = ""
     rootfs: str = ""
+    #: The guest kernel's command line when it booted (``QemuDriver.kernel_args``).
+    kernel_args: str = ""
     #: The writable disk: its own top layer first, then the frozen layers below.
     disk_chain: list[str] = field(default_factory=list)
     memory_file: str = ""
@@ -106,6 +108,8 @@ class SnapshotRecord:
     size_bytes: int = 0
     #: The VMM's machine ABI it was saved under (``QemuDriver.machine_abi``).
     machine: str = ""
+    #: The command line its guest kernel booted with ("": from before it was recorded).
+    kernel_args: str = ""
 
     @property
     def memory_file(self) -> Path:
