@@ -105,6 +105,25 @@ async def test_a_scratch_cell_leaves_no_variables_and_no_count(shared_sandbox):
         await shared_sandbox.code.run("true", language="bash", scratch=True)
 
 
+async def test_the_time_limit_covers_an_interpreter_that_hangs_while_starting(shared_sandbox):
+    # A .pth file in site-packages runs at every interpreter's start: this one blocks
+    # while /tmp/hang exists.
+    pth = "/usr/local/lib/python3.11/dist-packages/ember_test_hang.pth"
+    hang = "import os, time; exec(\"while os.path.exists('/tmp/hang'): time.sleep(0.1)\")\n"
+    await shared_sandbox.commands.run(f"mkdir -p {pth.rsplit('/', 1)[0]} && touch /tmp/hang")
+    await shared_sandbox.files.write(pth, hang.encode())
+    try:
+        context = await shared_sandbox.code.create_context()
+        stuck = await shared_sandbox.code.run("1", context_id=context.context_id, timeout_s=2)
+        assert stuck.timed_out and stuck.restarted and stuck.error is not None
+        assert stuck.error.name == "TimeoutError"
+        await shared_sandbox.commands.run("rm /tmp/hang")
+        after = await shared_sandbox.code.run("40 + 2", context_id=context.context_id, timeout_s=60)
+        assert after.results[0].data["text/plain"] == "42"
+    finally:
+        await shared_sandbox.commands.run(f"rm -f /tmp/hang {pth}")
+
+
 async def test_exception_is_structured_and_the_repl_survives(shared_sandbox):
     await shared_sandbox.code.run("survivor = 'still here'")
     execution = await shared_sandbox.code.run("def f():\n    return 1 / 0\nf()")
