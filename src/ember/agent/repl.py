@@ -164,15 +164,16 @@ class ReplContext:
         async with self._lock:
             if self._process is None or self._process.finished:
                 self.restart()
-            try:
-                # The cell's time limit covers an interpreter that is still starting
-                # (one that hangs there: a site-packages .pth file that blocks, say).
-                await asyncio.wait_for(self._started(), timeout_s)
-            except TimeoutError:
-                self.restart()
-                error = self._restart_error(True, timeout_s, None)
-                elapsed = timeout_s or 0.0
-                return Execution(error=error, execution_time_s=elapsed, timed_out=True, restarted=True)
+            if self._starting:
+                try:
+                    # The cell's time limit covers an interpreter that is still starting
+                    # (one that hangs there: a site-packages .pth file that blocks, say).
+                    await asyncio.wait_for(self._started(), timeout_s)
+                except TimeoutError:
+                    self.restart()
+                    error = self._restart_error(True, timeout_s, None)
+                    elapsed = timeout_s or 0.0
+                    return Execution(error=error, execution_time_s=elapsed, timed_out=True, restarted=True)
             senders = {"stdout": stdout, "stderr": stderr}
             return await self._run_cell(code, timeout_s, env or {}, senders, scratch)
 

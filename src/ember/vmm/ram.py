@@ -1,4 +1,4 @@
-"""The guest RAM a restored VM wrote: read from its QEMU process through /proc.
+"""The guest RAM a restored VM wrote: found through /proc, read from its QEMU process.
 
 A restored VM maps its snapshot's memory file privately, so its RAM is that
 file plus the pages the guest has written since, which the host kernel keeps as
