@@ -13,8 +13,8 @@ import pytest
 import ember
 from ember.images import create_writable_disk
 from ember.images.guest_agent import install_agent
-from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
+from ember.sparse import copy_sparse
 
 
 @pytest.fixture

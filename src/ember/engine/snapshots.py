@@ -42,8 +42,8 @@ from ember import errors
 from ember.engine.disks import Layers, create_overlay
 from ember.engine.spares import MemorySpares
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
-from ember.images.writable_disk import copy_sparse
 from ember.settings import Settings
+from ember.sparse import copy_sparse
 from ember.vmm import QemuDriver
 from ember.vmm.base import VirtualMachine, VmState
 from ember.vmm.ram import Capture, Pages, write_pages

@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ember.images.writable_disk import copy_sparse
+from ember.sparse import copy_sparse
 
 log = logging.getLogger("ember.engine")
 

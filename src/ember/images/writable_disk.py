@@ -9,8 +9,6 @@ nothing ever zeroes the unused space and the file stays sparse.
 
 from __future__ import annotations
 
-import errno
-import os
 from functools import partial
 from pathlib import Path
 
@@ -18,13 +16,13 @@ from ember.images._workspace import Workspace
 from ember.images.cache import ArtifactCache, ArtifactKey
 from ember.images.progress import BuildProgress
 from ember.settings import Settings
+from ember.sparse import copy_sparse
 
 WRITABLE_DISK_LABEL = "ember-rw"
 TEMPLATE_FILE = "disk.ext4"
 # Bump when the mkfs options change.
 TEMPLATE_BUILDER_VERSION = "1"
 _MKFS_OPTIONS = ("-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
-_COPY_CHUNK = 1 << 20
 
 
 def create_writable_disk(settings: Settings, path: Path, size_mib: int) -> None:
@@ -50,44 +48,3 @@ def _build_template(workspace: Workspace, size_mib: int) -> None:
     with image.open("xb") as file:
         file.truncate(size_mib << 20)
     workspace.run(["mkfs.ext4", "-q", "-F", "-L", WRITABLE_DISK_LABEL, *_MKFS_OPTIONS, image])
-
-
-def copy_sparse(source: Path, target: Path) -> None:
-    """Copy `source` to the new file `target`, copying only its data and leaving holes as holes."""
-    with source.open("rb") as src, target.open("xb") as dst:
-        try:
-            _copy_data(src.fileno(), dst.fileno())
-        except BaseException:
-            target.unlink()
-            raise
-
-
-def _copy_data(src: int, dst: int) -> None:
-    size = os.fstat(src).st_size
-    os.ftruncate(dst, size)
-    offset = 0
-    while offset < size:
-        try:
-            data_start = os.lseek(src, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole is left
-                return
-            raise
-        data_end = os.lseek(src, data_start, os.SEEK_HOLE)
-        _copy_range(src, dst, data_start, data_end)
-        offset = data_end
-
-
-def _copy_range(src: int, dst: int, start: int, end: int) -> None:
-    offset = start
-    while offset < end:
-        try:
-            copied = os.copy_file_range(src, dst, end - offset, offset, offset)
-        except OSError as exc:
-            # Across filesystems (EXDEV) or where unsupported: copy through memory.
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            copied = os.pwrite(dst, os.pread(src, min(_COPY_CHUNK, end - offset), offset), offset)
-        if copied == 0:
-            raise OSError(errno.EIO, f"short copy at offset {offset}")
-        offset += copied

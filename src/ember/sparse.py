@@ -1,0 +1,55 @@
+"""Copying sparse files (guest RAM, disks) without filling their holes.
+
+Nothing here imports the rest of Ember: images, the VMM driver and the engine all copy
+memory files and disks this way.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+_COPY_CHUNK = 1 << 20
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copy `source` to the new file `target`, copying only its data and leaving holes as holes."""
+    with source.open("rb") as src, target.open("xb") as dst:
+        try:
+            copy_data(src.fileno(), dst.fileno())
+        except BaseException:
+            target.unlink()
+            raise
+
+
+def copy_data(src: int, dst: int) -> None:
+    """Copy the data of file ``src`` into ``dst`` (made the same size); holes stay holes."""
+    size = os.fstat(src).st_size
+    os.ftruncate(dst, size)
+    offset = 0
+    while offset < size:
+        try:
+            data_start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        data_end = os.lseek(src, data_start, os.SEEK_HOLE)
+        _copy_range(src, dst, data_start, data_end)
+        offset = data_end
+
+
+def _copy_range(src: int, dst: int, start: int, end: int) -> None:
+    offset = start
+    while offset < end:
+        try:
+            copied = os.copy_file_range(src, dst, end - offset, offset, offset)
+        except OSError as exc:
+            # Across filesystems (EXDEV) or where unsupported: copy through memory.
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            copied = os.pwrite(dst, os.pread(src, min(_COPY_CHUNK, end - offset), offset), offset)
+        if copied == 0:
+            raise OSError(errno.EIO, f"short copy at offset {offset}")
+        offset += copied
