@@ -3,8 +3,17 @@
 Modelled on ``qemu.qmp``: the client owns the connection and its reader task;
 each request gets a stream id and an ``AgentCall`` in the ``pending`` table; the
 reader routes frames to their call and, when the connection dies, fails every
-pending call with the same error. The guest is untrusted: anything it sends
-that breaks the framing or the flow-control window closes the connection.
+pending call with the same error.
+
+The guest is untrusted (its code runs as root and can write to the channel), so
+what it sends costs only its own sandbox. The bytes come in through a
+``GuestReader`` (bounded buffers, a slice per loop turn, a share of the CPU);
+per call, raw output is held to the flow-control window, and queued items and
+events to fixed limits; frames for no pending call get a small allowance, and a
+cancelled call's late output the rest of its window. Anything past that, or
+that breaks the framing, is a protocol violation: the connection closes, every
+pending call fails with ``ProtocolError`` and ``on_violation`` tells the owner
+(the sandbox, which then dies with that reason).
 """
 
 from __future__ import annotations
@@ -15,22 +24,21 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ember import errors
+from ember.engine._reader import GuestReader
 from ember.protocol.framing import (
-    AGENT_SYNC_MAGIC,
     DATA_CHUNK_BYTES,
     HOST_SYNC_MAGIC,
     INITIAL_WINDOW,
+    MAX_FRAME_BYTES,
     NONCE_BYTES,
     Frame,
-    FrameDecoder,
     FrameKind,
     ProtocolError,
-    SyncScanner,
     encode_credit,
     encode_frame,
     encode_message,
@@ -42,7 +50,23 @@ log = logging.getLogger("ember.engine.channel")
 
 _CREDIT_BATCH = INITIAL_WINDOW // 4
 # Events are not flow-controlled; a guest flooding them must not grow host memory.
+# The agent's events are small (a pid, a file's info, a change), so these are far
+# above what an honest guest queues even for a consumer that has stalled.
 _MAX_QUEUED_EVENTS = 10_000
+_MAX_QUEUED_EVENT_BYTES = 1024 * 1024
+_MAX_EVENT_BYTES = 64 * 1024
+# Raw output is held to the window in bytes; this bounds the per-item overhead
+# too (adjacent chunks of one stream are merged, so only alternating streams
+# queue many items: 64 bytes an item on average before the window is full).
+_MAX_QUEUED_ITEMS = 65_536
+# Frames for no pending call: a cancelled call's late output is legitimate, up to
+# what the rest of its window and its last message hold; anything else gets a
+# small allowance per connection. Past either, the guest is flooding.
+_CANCELLED_ALLOWANCE_BYTES = INITIAL_WINDOW + MAX_FRAME_BYTES
+_CANCELLED_ALLOWANCE_FRAMES = 65_536
+_STRAY_ALLOWANCE_BYTES = 64 * 1024
+_STRAY_ALLOWANCE_FRAMES = 1024
+_MAX_CANCELLED = 1024
 # Soon at first (a restored guest answers in 50-100 ms under TCG if its first
 # preamble was not lost: retrying sooner only makes it reset twice), then once
 # a second while a guest boots.
@@ -54,6 +78,7 @@ SYNC_RETRY_S = 1.0
 class Event:
     name: str
     data: dict[str, Any]
+    size_bytes: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +92,38 @@ class Chunk:
 _RAW_STREAMS = {FrameKind.STDOUT: "stdout", FrameKind.STDERR: "stderr", FrameKind.DATA: "data"}
 
 
+class _Run:
+    """Raw bytes of one stream waiting for the consumer: adjacent frames merge into one."""
+
+    __slots__ = ("data", "stream")
+
+    def __init__(self, stream: str, data: bytes) -> None:
+        self.stream = stream
+        self.data: bytes | bytearray = data
+
+
+@dataclass(slots=True)
+class _Allowance:
+    """What a guest may still send to a stream nobody waits for, in bytes and in frames."""
+
+    bytes_left: int
+    frames_left: int
+
+    def charge(self, size: int) -> bool:
+        self.bytes_left -= size
+        self.frames_left -= 1
+        return self.bytes_left >= 0 and self.frames_left >= 0
+
+
 class AgentCall:
     """One request in flight. Iterate it for events and output; ``result()`` ends it."""
 
     def __init__(self, client: AgentClient, stream_id: int) -> None:
         self.stream_id = stream_id
         self._client = client
-        self._items: deque[Event | Chunk] = deque()
+        self._items: deque[Event | _Run] = deque()
+        self._queued_events = 0
+        self._queued_event_bytes = 0
         self._pulse = Pulse()
         self._outcome: dict[str, Any] | None = None
         self._failure: errors.EmberError | None = None
@@ -93,9 +143,13 @@ class AgentCall:
         while True:
             if self._items:
                 item = self._items.popleft()
-                if isinstance(item, Chunk):
+                if isinstance(item, _Run):
                     self._consumed(len(item.data))
-                yield item
+                    yield Chunk(item.stream, bytes(item.data))
+                else:
+                    self._queued_events -= 1
+                    self._queued_event_bytes -= item.size_bytes
+                    yield item
             elif self.finished:
                 return
             else:
@@ -128,9 +182,14 @@ class AgentCall:
         await self._client._write(encode_frame(FrameKind.END, self.stream_id))
 
     async def cancel(self) -> None:
-        if not self.finished:
-            with contextlib.suppress(errors.EmberError):
-                await self._client._write(encode_frame(FrameKind.CANCEL, self.stream_id))
+        """Abandon the call: the guest is told to stop, and what it still sends is dropped."""
+        if self.finished:
+            return
+        self._client._abandon(self)
+        self._items.clear()
+        self._fail(errors.CancelledError(f"call {self.stream_id} cancelled by the host"))
+        with contextlib.suppress(errors.EmberError):
+            await self._client._write(encode_frame(FrameKind.CANCEL, self.stream_id))
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -145,39 +204,68 @@ class AgentCall:
 
     # Called by the client's reader.
     def _on_raw(self, stream: str, data: bytes) -> None:
+        if not data:
+            raise ProtocolError(f"it sent an empty {stream} frame on stream {self.stream_id}")
         self._outstanding += len(data)
         if self._outstanding > INITIAL_WINDOW:
-            raise ProtocolError(f"guest overran the flow-control window on stream {self.stream_id}")
-        self._items.append(Chunk(stream, data))
+            raise ProtocolError(f"it overran the flow-control window on stream {self.stream_id}")
+        last = self._items[-1] if self._items else None
+        if (
+            not isinstance(last, _Run)
+            or last.stream != stream
+            or len(last.data) + len(data) > DATA_CHUNK_BYTES
+        ):
+            self._queue(_Run(stream, data))
+        else:
+            if isinstance(last.data, bytes):
+                last.data = bytearray(last.data)
+            last.data += data
         self._pulse.fire()
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _queue(self, item: Event | _Run) -> None:
+        if len(self._items) >= _MAX_QUEUED_ITEMS:
+            raise ProtocolError(f"it queued more than {_MAX_QUEUED_ITEMS} items on stream {self.stream_id}")
+        self._items.append(item)
+
+    def _on_message(self, message: dict[str, Any], size_bytes: int) -> None:
         kind = message.get("type")
         if kind == "event":
             name, data = message.get("event"), message.get("data")
             if not isinstance(name, str) or not isinstance(data, dict):
-                raise ProtocolError("malformed event from the guest")
-            if len(self._items) >= _MAX_QUEUED_EVENTS:
-                raise ProtocolError(f"guest flooded stream {self.stream_id} with events")
-            self._items.append(Event(name, data))
+                raise ProtocolError(f"it sent a malformed event on stream {self.stream_id}")
+            if size_bytes > _MAX_EVENT_BYTES:
+                raise ProtocolError(f"it sent an event of {size_bytes} bytes on stream {self.stream_id}")
+            if (
+                self._queued_events >= _MAX_QUEUED_EVENTS
+                or self._queued_event_bytes + size_bytes > _MAX_QUEUED_EVENT_BYTES
+            ):
+                raise ProtocolError(f"it flooded stream {self.stream_id} with events")
+            self._queue(Event(name, data, size_bytes))
+            self._queued_events += 1
+            self._queued_event_bytes += size_bytes
         elif kind == "result":
             result = message.get("result")
             if not isinstance(result, dict):
-                raise ProtocolError("malformed result from the guest")
+                raise ProtocolError(f"it sent a malformed result on stream {self.stream_id}")
             self._outcome = result
             self._client._forget(self)
         elif kind == "error":
             code, text = message.get("code"), message.get("message")
             if not isinstance(code, str) or not isinstance(text, str):
-                raise ProtocolError("malformed error from the guest")
+                raise ProtocolError(f"it sent a malformed error on stream {self.stream_id}")
             self._failure = errors.error_for(code, text)
             self._client._forget(self)
         else:
-            raise ProtocolError(f"unknown message type {kind!r} from the guest")
+            raise ProtocolError(f"it sent a message of unknown type {kind!r} on stream {self.stream_id}")
         self._pulse.fire()
         self._credit_pulse.fire()
 
     def _on_credit(self, amount: int) -> None:
+        # Credit returns what the guest consumed of what the host sent: never more.
+        if amount == 0 or self._send_credit + amount > INITIAL_WINDOW:
+            raise ProtocolError(
+                f"it returned {amount} bytes of credit the host never spent ({self.stream_id})"
+            )
         self._send_credit += amount
         self._credit_pulse.fire()
 
@@ -196,9 +284,13 @@ class _ChannelProtocol(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._client._protocol is self:
+            self._client._reader.start(transport)
+
     def data_received(self, data: bytes) -> None:
         if self._client._protocol is self:
-            self._client._on_data(data)
+            self._client._reader.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writable.set()
@@ -217,17 +309,22 @@ class _ChannelProtocol(asyncio.Protocol):
 
 
 class AgentClient:
-    """A connection to one guest agent over its unix socket."""
+    """A connection to one guest agent over its unix socket.
 
-    def __init__(self, name: str = "agent") -> None:
+    ``on_violation(reason)`` is called once when the guest breaks the protocol,
+    before the pending calls fail, with a reason fit for the sandbox's end.
+    """
+
+    def __init__(self, name: str = "agent", on_violation: Callable[[str], None] | None = None) -> None:
         self.name = name
+        self._on_violation = on_violation
         self._transport: asyncio.Transport | None = None
         self._protocol: _ChannelProtocol | None = None
         self._pending: dict[int, AgentCall] = {}
+        self._cancelled: dict[int, _Allowance] = {}
+        self._strays = _Allowance(_STRAY_ALLOWANCE_BYTES, _STRAY_ALLOWANCE_FRAMES)
         self._next_id = 1
-        self._decoder = FrameDecoder()
-        self._scanner = SyncScanner(AGENT_SYNC_MAGIC)
-        self._nonce = b""
+        self._reader = GuestReader(self._on_synced, self._route, self._on_broken)
         self._synced: asyncio.Future[None] | None = None
         self._failure: errors.EmberError | None = None
         self.closed = asyncio.Event()
@@ -248,8 +345,8 @@ class AgentClient:
         self._protocol = None
         self._failure = None
         self.closed.clear()
-        self._decoder.reset()
-        self._scanner.reset()
+        self._cancelled.clear()
+        self._strays = _Allowance(_STRAY_ALLOWANCE_BYTES, _STRAY_ALLOWANCE_FRAMES)
         self._synced = loop.create_future()
 
         def make_protocol() -> _ChannelProtocol:
@@ -269,7 +366,8 @@ class AgentClient:
         The preamble is repeated with a fresh nonce (``SYNC_RETRIES_S``, then every ``SYNC_RETRY_S``): bytes
         crossing virtio-serial while a previous connection closes can be lost,
         and a booting guest only starts reading once its agent is up. Only the
-        reply to the latest nonce counts.
+        reply to the latest nonce counts. A connection that dies or breaks the
+        protocol first ends the wait with its error.
         """
         if self._transport is None:
             await self.open(socket_path)
@@ -280,13 +378,16 @@ class AgentClient:
                 if synced.done():
                     # The reply came as the wait timed out. Another sync now would
                     # reset the agent and its reply would land in the frame stream.
-                    return
-                self._nonce = secrets.token_bytes(NONCE_BYTES)
-                transport.write(HOST_SYNC_MAGIC + self._nonce)
+                    break
+                nonce = secrets.token_bytes(NONCE_BYTES)
+                self._reader.expect(nonce)
+                transport.write(HOST_SYNC_MAGIC + nonce)
                 wait_s = SYNC_RETRIES_S[attempt] if attempt < len(SYNC_RETRIES_S) else SYNC_RETRY_S
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(synced), wait_s)
-                    return
+                    break
+            if self._failure is not None:
+                raise self._failure
         except BaseException:
             transport.abort()
             self._transport = None
@@ -295,6 +396,7 @@ class AgentClient:
     async def close(self) -> None:
         transport, self._transport = self._transport, None
         self._protocol = None
+        self._reader.stop()
         self._fail_all(errors.AgentUnavailableError(f"{self.name}: connection closed"))
         if transport is not None:
             transport.abort()
@@ -333,6 +435,14 @@ class AgentClient:
     def _forget(self, call: AgentCall) -> None:
         self._pending.pop(call.stream_id, None)
 
+    def _abandon(self, call: AgentCall) -> None:
+        """A cancelled call: what the guest still sends for it is counted, then dropped."""
+        if self._pending.pop(call.stream_id, None) is None:
+            return
+        if len(self._cancelled) >= _MAX_CANCELLED:  # the oldest are long over
+            del self._cancelled[next(iter(self._cancelled))]
+        self._cancelled[call.stream_id] = _Allowance(_CANCELLED_ALLOWANCE_BYTES, _CANCELLED_ALLOWANCE_FRAMES)
+
     def _write_nowait(self, frame: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             raise self._failure or errors.AgentUnavailableError(f"{self.name}: not connected")
@@ -345,54 +455,79 @@ class AgentClient:
         if self._failure is not None:
             raise self._failure
 
-    def _on_data(self, data: bytes) -> None:
-        synced = self._synced
-        if synced is None:
-            return
-        if not synced.done():
-            found = self._scanner.feed(data)
-            while found is not None and found[0] != self._nonce:
-                found = self._scanner.feed(found[1])
-            if found is None:
-                return
-            synced.set_result(None)
-            data = found[1]
-        try:
-            for frame in self._decoder.feed(data):
-                self._route(frame)
-        except ProtocolError as exc:
-            log.warning("%s: protocol violation from the guest: %s", self.name, exc)
-            self._fail(errors.ProtocolError(f"{self.name}: {exc}"))
+    def _on_synced(self) -> None:
+        if self._synced is not None and not self._synced.done():
+            self._synced.set_result(None)
+
+    def _on_broken(self, exc: ProtocolError) -> None:
+        reason = f"the guest broke the agent protocol: {exc}"
+        log.warning("%s: %s", self.name, reason)
+        error = errors.ProtocolError(f"{self.name}: {reason}")
+        if self._failure is None:
+            self._failure = error
+            if self._on_violation is not None:
+                self._on_violation(reason)
+        self._fail(error)
 
     def _on_lost(self, exc: Exception | None) -> None:
+        self._reader.flush()
+        if self._failure is not None:  # what it had sent broke the protocol
+            return
         detail = f": {exc}" if exc else ""
         self._fail(errors.AgentUnavailableError(f"{self.name}: the agent channel closed{detail}"))
 
     def _fail(self, error: errors.EmberError) -> None:
         if self._failure is None:
             self._failure = error
+        self._reader.stop()
         self._fail_all(error)
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
+        if self._synced is not None and not self._synced.done():
+            self._synced.set_result(None)  # a connect still waiting raises the failure
         self.closed.set()
 
     def _route(self, frame: Frame) -> None:
         if frame.stream_id == 0:
-            raise ProtocolError(f"agent reported a connection error: {frame.payload[:500]!r}")
+            raise ProtocolError(f"the agent reported a connection error: {frame.payload[:500]!r}")
+        if frame.kind not in _GUEST_KINDS:
+            raise ProtocolError(f"it sent a {frame.kind.name} frame, which only the host may send")
         call = self._pending.get(frame.stream_id)
         if call is None:
-            return  # a call we cancelled or already finished
-        if frame.kind == FrameKind.MESSAGE:
-            call._on_message(frame.json())
-        elif frame.kind in _RAW_STREAMS:
-            call._on_raw(_RAW_STREAMS[frame.kind], frame.payload)
+            self._charge_stray(frame)
+        elif frame.kind == FrameKind.MESSAGE:
+            call._on_message(_json(frame), len(frame.payload))
         elif frame.kind == FrameKind.CREDIT:
             call._on_credit(frame.credit())
         else:
-            raise ProtocolError(f"the guest may not send {frame.kind.name} frames")
+            call._on_raw(_RAW_STREAMS[frame.kind], frame.payload)
+
+    def _charge_stray(self, frame: Frame) -> None:
+        """A frame for no pending call: a cancelled call's late output, or a flood."""
+        allowance = self._cancelled.get(frame.stream_id)
+        if allowance is not None:
+            if not allowance.charge(len(frame.payload)):
+                raise ProtocolError(
+                    f"it sent more to stream {frame.stream_id} after its cancel than its window allows"
+                )
+        elif not self._strays.charge(len(frame.payload)):
+            raise ProtocolError(
+                f"it sent more than {_STRAY_ALLOWANCE_FRAMES} frames or {_STRAY_ALLOWANCE_BYTES} bytes"
+                " for streams with no call waiting"
+            )
 
     def _fail_all(self, error: errors.EmberError) -> None:
         pending, self._pending = self._pending, {}
         for call in pending.values():
             call._fail(error)
+
+
+_GUEST_KINDS = frozenset({*_RAW_STREAMS, FrameKind.MESSAGE, FrameKind.CREDIT})
+
+
+def _json(frame: Frame) -> dict[str, Any]:
+    try:
+        return frame.json()
+    except RecursionError:  # json's C scanner gives up on deep nesting this way
+        raise ProtocolError(f"message on stream {frame.stream_id} is nested too deeply") from None

@@ -3,7 +3,9 @@
 The sandbox owns its VM, its agent client and the task that watches the VM; it
 groups its abilities as sub-objects (``code``, ``commands``, ``pty``, ``files``)
 that all reach the guest through ``agent_call``, the one place that turns a
-lost connection into "the sandbox died" with the guest console's last words.
+lost connection into "the sandbox died" with the guest console's last words. A
+guest that breaks the agent protocol kills its own sandbox the moment it does
+(the channel calls ``_agent_broke_protocol``); the reaper then ends its VM.
 Every change of state is written to the store as it happens.
 """
 
@@ -88,7 +90,7 @@ class Sandbox:
         self.agent_info: AgentInfo | None = None
         self.last_active = time.monotonic()
         self._store = store
-        self._agent = AgentClient(f"sandbox {record.id}")
+        self._agent = AgentClient(f"sandbox {record.id}", on_violation=self._agent_broke_protocol)
         self._watch: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self.code = Code(self)
@@ -340,6 +342,12 @@ class Sandbox:
             log.warning("sandbox %s died: %s", self.id, reason)
         await self._agent.close()
 
+    def _agent_broke_protocol(self, reason: str) -> None:
+        # The channel is closed already; the reaper ends the VM of a dead sandbox.
+        if self.state in _LIVE:
+            self._set_state(SandboxState.DEAD, reason)
+            log.warning("sandbox %s died: %s", self.id, reason)
+
     async def destroy(self, reason: str = "deleted", *, dead: bool = False) -> None:
         """End the sandbox and remove everything it had on the host. Idempotent."""
         if self.state in _LIVE:
@@ -379,12 +387,16 @@ class Sandbox:
 
     @contextlib.asynccontextmanager
     async def agent_call(self) -> AsyncIterator[AgentClient]:
-        """The agent client, for one operation; a lost connection becomes SandboxDeadError."""
+        """The agent client, for one operation; a lost connection becomes SandboxDeadError.
+
+        A guest that broke the protocol has ended its sandbox with that reason
+        (``_agent_broke_protocol``); its calls fail with the ProtocolError itself.
+        """
         self.require_running()
         self.last_active = time.monotonic()
         try:
             yield self._agent
-        except (errors.AgentUnavailableError, errors.ProtocolError) as exc:
+        except errors.AgentUnavailableError as exc:
             # The VM is probably going down: give it a moment so the error can say why.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.vm.wait_exit(), 2.0)
