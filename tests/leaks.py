@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ember.network.host import NETNS_DIR, instance_of
+from ember.network.host import NETNS_DIR
+from ember.settings import Settings
 
 
 def qemu_pids_under(path: Path) -> list[int]:
@@ -24,5 +25,5 @@ def qemu_pids_under(path: Path) -> list[int]:
 
 def sandbox_networks_of(data_dir: Path) -> list[str]:
     """Network namespaces that the engine of ``data_dir`` made and has not removed."""
-    prefix = f"ember-{instance_of(data_dir)}-"
+    prefix = f"ember-{Settings(data_dir=data_dir).instance}-"
     return [p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix)] if NETNS_DIR.is_dir() else []

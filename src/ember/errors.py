@@ -36,6 +36,7 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
         ├── BootFailedError             boot_failed
         ├── AgentUnavailableError       agent_unavailable 503
         ├── ImagesMissingError          images_missing    503
+        ├── IsolationUnavailableError   isolation_unavailable 503
         ├── NetworkError                network_error
         ├── PortUnreachableError        port_unreachable  502
         └── VmmError                    vmm_error
@@ -233,6 +234,13 @@ class AgentUnavailableError(ServerError):
 
 class ImagesMissingError(ServerError):
     code = ErrorCode.IMAGES_MISSING.value
+    status = 503
+
+
+class IsolationUnavailableError(ServerError):
+    """This host cannot jail a sandbox's VMM as configured; the message names what is missing."""
+
+    code = ErrorCode.ISOLATION_UNAVAILABLE.value
     status = 503
 
 

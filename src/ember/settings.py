@@ -6,6 +6,7 @@ the CLI agree without passing paths around. Nothing here imports the rest of Emb
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,24 @@ class Settings:
     domain: str | None = None
     #: E2B's host-based routing: ``{port}-{sandbox_id}.{e2b_domain}`` reaches that sandbox (EMBER_E2B_DOMAIN).
     e2b_domain: str | None = None
+    #: Every VMM in a jail of its own (EMBER_JAIL=off runs them unconfined, as the daemon's user:
+    #: for development only, never for untrusted code).
+    jail: bool = True
+    #: The uids (and gids of the same numbers) that jailed VMMs run as, one per sandbox (EMBER_UID_RANGE).
+    uid_range: tuple[int, int] = (200_000, 265_535)
+    #: Host memory a VMM may use beyond its guest's RAM before its cgroup ends it
+    #: (EMBER_VMM_OVERHEAD_MIB; None: the driver's measured figure for this acceleration).
+    vmm_overhead_mib: int | None = None
 
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def instance(self) -> str:
+        """Names this daemon's host-wide things (namespaces, cgroups, uid claims) apart from
+        other daemons' on the same host: a hash of its data directory."""
+        return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:6]
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,6 +95,12 @@ class Settings:
             kwargs["e2b_domain"] = env["EMBER_E2B_DOMAIN"]
         if "EMBER_POOL" in env:
             kwargs["pool"] = parse_pool(env["EMBER_POOL"])
+        if "EMBER_JAIL" in env:
+            kwargs["jail"] = parse_switch("EMBER_JAIL", env["EMBER_JAIL"])
+        if "EMBER_UID_RANGE" in env:
+            kwargs["uid_range"] = parse_range("EMBER_UID_RANGE", env["EMBER_UID_RANGE"])
+        if "EMBER_VMM_OVERHEAD_MIB" in env:
+            kwargs["vmm_overhead_mib"] = int(env["EMBER_VMM_OVERHEAD_MIB"])
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
@@ -92,3 +113,20 @@ def parse_pool(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"EMBER_POOL entries look like template=count (0-64), not {item!r}")
         pool[name] = int(count)
     return tuple(pool.items())
+
+
+def parse_switch(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "on", "yes", "true"):
+        return True
+    if value in ("0", "off", "no", "false"):
+        return False
+    raise ValueError(f"{name} is on or off, not {text!r}")
+
+
+def parse_range(name: str, text: str) -> tuple[int, int]:
+    """``"200000-265535"`` -> ``(200000, 265535)``."""
+    first, _, last = text.strip().partition("-")
+    if not (first.isdigit() and last.isdigit()) or not 0 < int(first) <= int(last) < 2**32 - 1:
+        raise ValueError(f"{name} looks like FIRST-LAST with 0 < FIRST <= LAST, not {text!r}")
+    return int(first), int(last)

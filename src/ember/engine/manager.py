@@ -98,6 +98,7 @@ class SandboxManager:
         await asyncio.gather(*(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True)
         await self.collect()
         self.snapshots.close()
+        await self.driver.close()
         await self.networks.close()
         self.store.close()
 
@@ -539,6 +540,7 @@ class SandboxManager:
             self._sandboxes[record.id] = sandbox
             log.info("reattached sandbox %s", record.id)
         await self.networks.remove_leftovers(keep=set(self._sandboxes))
+        self.driver.release_leftovers(keep=set(self._sandboxes))
         await self.collect()
 
 

@@ -424,6 +424,7 @@ def vm_spec(record: SandboxRecord) -> VmSpec:
         rootfs=Path(record.rootfs),
         disk=Path(record.disk_chain[0]),
         disk_format=disk_format(record.disk_chain[0]),
+        backing=tuple(Path(layer) for layer in record.disk_chain[1:]),
         run_dir=Path(record.run_dir),
         memory_file=Path(record.memory_file),
         memory_shared=record.memory_shared,

@@ -116,9 +116,11 @@ class Snapshots:
                 # The layer is recorded before it exists, so a collection cannot take it.
                 record.disk_chain = [str(next_disk), *record.disk_chain]
                 self.store.save(record)
-            started = time.perf_counter()
             written: Pages = []
             try:
+                # The sandbox goes on in a copy of the blank overlay: an empty layer on its top.
+                await asyncio.to_thread(shutil.copyfile, snapshot.blank_overlay, next_disk)
+                started = time.perf_counter()
                 await vm.save(snapshot.state_file, next_disk)
                 for _ in range(_RAM_CAPTURES):
                     if capture is None:  # a booted sandbox: its RAM is its own file
@@ -134,9 +136,10 @@ class Snapshots:
                         "snapshot (traffic on its agent channel); the sandbox runs on, try again"
                     )
             except BaseException:
-                if not next_disk.exists():  # the disk was not frozen: the VM still writes the old top
+                if vm.disk != next_disk:  # the disk was not frozen: the VM still writes the old top
                     record.disk_chain = snapshot.disk_chain
                     self.store.save(record)
+                    next_disk.unlink(missing_ok=True)
                 raise
             finally:
                 if vm.state is VmState.PAUSED:
@@ -213,6 +216,7 @@ class Snapshots:
             else:
                 kept.append(snapshot)
         self.spares.forget({s.memory_file for s in kept})
+        self.driver.memory.forget({s.memory_file for s in kept})
         removed = self.layers.collect([*(r.disk_chain for r in live), *(s.disk_chain for s in kept)])
         if removed:
             log.info("removed %d unused disk layers", removed)

@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import ctypes
+import fcntl
 import ipaddress
 import json
 import logging
 import os
+import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from ember import errors
 from ember.network.policy import NetworkPolicy
@@ -39,6 +45,10 @@ SLOT_SIZE = 8
 ALWAYS_DENIED = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32")
 _COMMAND_TIMEOUT_S = 20.0
 _SET = "type ipv4_addr; flags interval; auto-merge;"
+_CLONE_NEWNET = 0x40000000
+_TUNSETIFF = 0x400454CA
+_IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -92,9 +102,9 @@ class ServicePorts:
 class HostNetwork:
     """Makes and removes sandbox namespaces for one daemon instance (named after its data dir)."""
 
-    def __init__(self, cidr: str, data_dir: Path) -> None:
+    def __init__(self, cidr: str, instance: str) -> None:
         self.cidr = ipaddress.IPv4Network(cidr)
-        self.instance = instance_of(data_dir)
+        self.instance = instance
         self._slots = self.cidr.num_addresses // SLOT_SIZE
         self._host_ready = False
 
@@ -172,12 +182,14 @@ class HostNetwork:
             raise
         return addressing
 
+    async def open_tap(self, sandbox_id: str, addressing: Addressing) -> int:
+        """Make the tap ``etN`` in the sandbox's namespace; it lives while its descriptor is open."""
+        return await _in_thread(partial(_open_tap, NETNS_DIR / self.netns(sandbox_id), addressing.tap))
+
     async def add_tap(self, sandbox_id: str, addressing: Addressing) -> None:
-        """Move QEMU's tap (made by ``netdev_add``) into the namespace as the guest's gateway."""
-        netns, tap = self.netns(sandbox_id), addressing.tap
-        await run("ip", "link", "set", tap, "netns", netns)
-        inside = f"address add {addressing.gateway}/30 dev {tap}\nlink set {tap} up\n"
-        await run("ip", "-n", netns, "-batch", "-", stdin=inside)
+        """Address the tap (plugged into the VM) as the guest's gateway and bring it up."""
+        inside = f"address add {addressing.gateway}/30 dev {addressing.tap}\nlink set {addressing.tap} up\n"
+        await run("ip", "-n", self.netns(sandbox_id), "-batch", "-", stdin=inside)
 
     async def apply(
         self,
@@ -221,11 +233,6 @@ class HostNetwork:
                 raise
             return Addressing(slot, self.cidr)
         raise errors.ResourceExhaustedError(f"no free sandbox network address left in {self.cidr}")
-
-
-def instance_of(data_dir: Path) -> str:
-    """Names this daemon's namespaces apart from other daemons' on the same host."""
-    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
 
 
 def ruleset(addressing: Addressing, policy: NetworkPolicy, ports: ServicePorts, denied: list[str]) -> str:
@@ -325,3 +332,51 @@ async def run(*argv: str, stdin: str | None = None) -> str:
     if process.returncode != 0:
         raise errors.NetworkError(f"{' '.join(argv)} failed: {err.decode(errors='replace').strip()}")
     return out.decode(errors="replace")
+
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(work: Callable[[], _T]) -> _T:
+    """Run ``work`` in a thread of its own that ends with it: a thread that entered a
+    sandbox's network namespace must never go back to a pool."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def run_it() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run_it, name="ember-netns", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future[_T], result: _T | None, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+def _open_tap(netns: Path, name: str) -> int:
+    namespace = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(namespace, _CLONE_NEWNET) != 0:  # this thread only, which then ends
+            error = ctypes.get_errno()
+            raise errors.NetworkError(f"entering {netns} failed: {os.strerror(error)}")
+    finally:
+        os.close(namespace)
+    tap = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        request = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+        fcntl.ioctl(tap, _TUNSETIFF, request)
+    except OSError as exc:
+        os.close(tap)
+        raise errors.NetworkError(f"creating tap {name} in {netns} failed: {exc}") from exc
+    return tap

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,7 +34,7 @@ PACKAGE_HOSTS_TTL_S = 300.0
 class Nic(Protocol):
     """The VM side: plug a host tap device into the guest's NIC, or unplug it."""
 
-    async def attach_nic(self, tap: str) -> None: ...
+    async def attach_nic(self, tap_fd: int) -> None: ...
 
     async def detach_nic(self) -> None: ...
 
@@ -63,7 +64,7 @@ class Networks:
     """Every sandbox network of one daemon (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.host = HostNetwork(settings.network_cidr, settings.data_dir)
+        self.host = HostNetwork(settings.network_cidr, settings.instance)
         self._upstream_spec = settings.dns_upstream
         self._upstream: Upstream | None = None
         self._package_hosts: tuple[float, tuple[str, ...]] | None = None
@@ -80,7 +81,11 @@ class Networks:
         lease = Lease(sandbox_id, addressing, policy, DomainRules())
         try:
             await self._serve(lease)
-            await nic.attach_nic(addressing.tap)
+            tap = await self.host.open_tap(sandbox_id, addressing)
+            try:
+                await nic.attach_nic(tap)
+            finally:
+                os.close(tap)  # the VM holds its own
             await self.host.add_tap(sandbox_id, addressing)
             await self.update(lease, policy)
         except BaseException:

@@ -46,6 +46,7 @@ class ErrorCode(str, enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     IMAGES_MISSING = "images_missing"
     VMM_ERROR = "vmm_error"
+    ISOLATION_UNAVAILABLE = "isolation_unavailable"
     # Sandbox networks and exposed ports, on the host.
     NETWORK_DISABLED = "network_disabled"
     PORT_NOT_EXPOSED = "port_not_exposed"

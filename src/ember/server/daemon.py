@@ -63,5 +63,6 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings
     keys = KeyStore(manager.store)
     bootstrap_keys(keys)
     log.info("acceleration: %s (%s)", manager.acceleration.kind, manager.acceleration.reason)
+    log.info("sandbox protections: %s", manager.driver.protections())
     app = create_app(Service(manager=manager, keys=keys))
     uvicorn.run(app, host=host, port=port, log_level="info", ws="websockets", timeout_graceful_shutdown=10)

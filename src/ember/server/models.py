@@ -356,6 +356,8 @@ class Health(BaseModel):
     status: str
     version: str
     acceleration: str
+    #: What confines every sandbox's VMM on this host (jail, seccomp, cgroups), or what is missing.
+    protections: str = ""
 
 
 class ErrorBody(BaseModel):

@@ -55,6 +55,8 @@ class VmSpec:
     memory_file: Path
     memory_shared: bool = True
     disk_format: str = "raw"
+    #: The frozen layers under ``disk`` (read-only to the VM), top first.
+    backing: tuple[Path, ...] = ()
     restore: Restore | None = None
     kernel_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -78,6 +80,11 @@ class VirtualMachine(abc.ABC):
     @abc.abstractmethod
     def pid(self) -> int | None: ...
 
+    @property
+    @abc.abstractmethod
+    def disk(self) -> Path:
+        """The disk layer the VM writes now (a ``save`` moves it on to the next one)."""
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Launch the VMM; returns once it runs (the guest may still be booting), or,
@@ -95,8 +102,9 @@ class VirtualMachine(abc.ABC):
     @abc.abstractmethod
     async def save(self, state: Path, next_disk: Path) -> None:
         """Pause the VM and save its devices (not its RAM) into ``state``; its disk
-        is frozen where it is and the VM goes on writing to a new overlay
-        ``next_disk``. The VM is left paused, for the caller to take its RAM: the
+        is frozen where it is (read-only from then on, to everyone) and the VM goes
+        on writing to ``next_disk``, an empty overlay on it that the caller made.
+        The VM is left paused, for the caller to take its RAM: the
         shared memory file copied, or a restored VM's ``written_ram`` laid over a
         copy of the file it maps, before ``resume``.
         """
@@ -120,8 +128,9 @@ class VirtualMachine(abc.ABC):
         """``(offset, contents)`` of the RAM the paused VM wrote, read with ``capture``."""
 
     @abc.abstractmethod
-    async def attach_nic(self, tap: str) -> None:
-        """Connect the guest's NIC to a new host tap device named ``tap``."""
+    async def attach_nic(self, tap_fd: int) -> None:
+        """Connect the guest's NIC to the open host tap device ``tap_fd`` (the caller keeps
+        its own descriptor and closes it)."""
 
     @abc.abstractmethod
     async def detach_nic(self) -> None:

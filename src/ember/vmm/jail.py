@@ -28,6 +28,8 @@ from ember.errors import VmmError
 log = logging.getLogger("ember.vmm")
 
 _JAILER = Path(__file__).with_name("_jailer.py")
+#: The empty directory every jail mounts its root on, each in its own mount namespace.
+JAIL_ROOT = Path("/run/ember/jail")
 _MAX_MESSAGE_BYTES = 1 << 20
 #: How long a VMM's exit waits for the jailer's word on its status.
 _EXIT_STATUS_WAIT_S = 2.0

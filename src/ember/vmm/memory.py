@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ember.sparse import copy_data
 
+MEMFD_PREFIX = "ember-memory-"
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -54,7 +55,7 @@ class MemoryImages:
 
 
 def _load(memory_file: Path) -> int:
-    image = os.memfd_create(f"ember-memory-{memory_file.parent.name}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    image = os.memfd_create(f"{MEMFD_PREFIX}{memory_file.parent.name}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
         source = os.open(memory_file, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -22,8 +22,19 @@ Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
 - saved state is devices only (``xen-save-devices-state``), loaded by
   ``migrate-incoming``, so every VM runs with ``migration.send-configuration=off``;
   the RAM is always the memory file (``ember.vmm.ram`` for restored VMs).
-QEMU runs in its own session so that it outlives a daemon crash; the daemon finds
-it again through the pid file.
+- ``-sandbox on,...``: QEMU's seccomp filter, everything optional denied (no
+  privilege changes, no fork or exec, no scheduling or affinity changes), so
+  whatever QEMU used to run a helper for goes through passed file descriptors:
+  a restore's state (``migrate-incoming fd:``), a tap (``getfd``), the next disk
+  layer of a snapshot (``add-fd``, ``/dev/fdset``).
+- a restored VM maps a sealed memfd of its snapshot's memory
+  (``ember.vmm.memory``), never the file: ``memory-backend-file`` on
+  ``/proc/self/fd/3``. ``dump=off``: guest RAM never lands in a core dump.
+Every QEMU runs jailed (``ember.vmm.jail``): its own uid, no capabilities,
+``no_new_privs``, a root holding only its sandbox's files, no network, and a
+cgroup bounding its CPU, memory and threads (``ember.vmm.cgroups``). It runs in
+its own session so that it outlives a daemon crash; the daemon finds it again
+through the pid file.
 """
 
 from __future__ import annotations
@@ -31,20 +42,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 from qemu.qmp import QMPClient, QMPError
 
-from ember.errors import BootFailedError, VmmError
+from ember.errors import BootFailedError, IsolationUnavailableError, VmmError
 from ember.settings import Settings
 from ember.vmm import clock, ram
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
+from ember.vmm.cgroups import Cgroup, CgroupHost, CgroupsUnavailable, Limits
+from ember.vmm.jail import JAIL_ROOT, Jail, Jailer
+from ember.vmm.memory import MEMFD_PREFIX, MemoryImages
+from ember.vmm.uids import UidRange
 
 KERNEL_ARGS = (
     "console=ttyS0",
@@ -57,6 +70,15 @@ KERNEL_ARGS = (
     "panic=-1",
 )
 _QMP_CONNECT_TIMEOUT_S = 10.0
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+#: Descriptors a restoring QEMU is started with (after its stdout and stderr).
+_MEMORY_FD, _STATE_FD = 3, 4
+#: Host memory a QEMU takes beyond its guest's RAM, with room to spare (measured:
+#: see the README): the TCG translation buffer, its heap and page tables.
+VMM_OVERHEAD_MIB = {"tcg": 192, "kvm": 96}
+#: A QEMU's threads: main loop, RCU, one per vCPU, and up to 64 block I/O workers.
+VMM_MAX_THREADS = 128
+_VMM_RLIMITS = {"RLIMIT_CORE": 0, "RLIMIT_NOFILE": 4096, "RLIMIT_NPROC": VMM_MAX_THREADS}
 _NIC_PORT, _UPLINK, _UPLINK_PORT = "nic0", "uplink0", "uplink0port"
 #: Every guest's MAC: each sandbox's link is its own (a tap in its own namespace).
 GUEST_MAC = "02:e0:00:00:00:02"
@@ -70,18 +92,21 @@ def kernel_args(accel: Acceleration) -> tuple[str, ...]:
 class QemuVM(VirtualMachine):
     """One QEMU process running one microVM."""
 
-    def __init__(
-        self, spec: VmSpec, settings: Settings, accel: Acceleration, tsc_khz: int | None = None
-    ) -> None:
+    def __init__(self, spec: VmSpec, driver: QemuDriver) -> None:
         self.spec = spec
         self.state = VmState.STOPPED
-        self._settings = settings
-        self._accel = accel
-        self._tsc_khz = tsc_khz
-        self._process: subprocess.Popen[bytes] | None = None
+        self._driver = driver
+        self._settings = driver.settings
+        self._accel = driver.accel
         self._pid: int | None = None
+        self._uid: int | None = None
+        self._cgroup: Cgroup | None = None
+        self._disk = spec.disk
+        self._disk_fdset: int | None = None  # the descriptor set of the layer it writes, if passed
         self._qmp: QMPClient | None = None
+        self._fd_lock = asyncio.Lock()  # a passed descriptor belongs to the next getfd/add-fd
         self._exit_status: int | None = None
+        self._oom_killed = False
         self._exited = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
 
@@ -107,11 +132,25 @@ class QemuVM(VirtualMachine):
     def pid(self) -> int | None:
         return self._pid
 
+    @property
+    def disk(self) -> Path:
+        return self._disk
+
+    @property
+    def uid(self) -> int | None:
+        """The uid the VMM runs as (None: not jailed)."""
+        return self._uid
+
+    @property
+    def cgroup(self) -> Cgroup | None:
+        return self._cgroup
+
     # ------------------------------------------------------------ command line
 
     def _clock_args(self) -> tuple[str, ...]:
         """Pin the guest clocksource to the TSC when its frequency is known (see ember.vmm.clock)."""
-        return (f"tsc_early_khz={self._tsc_khz}",) if self._tsc_khz else ()
+        tsc_khz = self._driver.tsc_khz
+        return (f"tsc_early_khz={tsc_khz}",) if tsc_khz else ()
 
     def _boot_args(self) -> tuple[str, ...]:
         """The kernel to boot; none for a restore, whose kernel is already in the memory file.
@@ -131,8 +170,10 @@ class QemuVM(VirtualMachine):
         else:
             accel, cpu = f"tcg,tb-size={self._settings.tcg_tb_size_mib}", "max"
         memory = f"{spec.memory_mib}M"
+        # A restore maps its snapshot's sealed memfd (ember.vmm.memory), passed as fd 3.
+        mem_path = spec.memory_file if spec.restore is None else f"/proc/self/fd/{_MEMORY_FD}"
         return [
-            self._settings.qemu_binary,
+            self._driver.qemu_path,
             "-name", f"ember,process=ember-{spec.run_dir.name}",
             "-M", "microvm,acpi=off,memory-backend=mem",
             "-accel", accel,
@@ -140,8 +181,9 @@ class QemuVM(VirtualMachine):
             "-m", memory,
             "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-object", f"memory-backend-file,id=mem,size={memory},mem-path={spec.memory_file},"
-                       f"share={'on' if spec.memory_shared else 'off'}",
+            "-sandbox", SECCOMP,
+            "-object", f"memory-backend-file,id=mem,size={memory},mem-path={mem_path},"
+                       f"share={'on' if spec.memory_shared else 'off'},dump=off",
             *self._boot_args(),
             "-chardev", f"file,id=console,path={self.console_log},append=on",
             "-serial", "chardev:console",
@@ -159,8 +201,8 @@ class QemuVM(VirtualMachine):
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-device,rng=rng0",
             # No free page reporting: QEMU 7.2 answers a report by punching holes in
-            # the memory *file*, even under a private (copy-on-write) mapping, which
-            # would corrupt the snapshot that every restored sandbox maps.
+            # the memory *file*, even under a private (copy-on-write) mapping (the
+            # memfd's seals refuse it, but the guest would lose track of its pages).
             "-device", "virtio-balloon-device",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-pidfile", str(spec.run_dir / "qemu.pid"),
@@ -170,33 +212,73 @@ class QemuVM(VirtualMachine):
             *(("-S", "-incoming", "defer") if spec.restore is not None else ()),
         ]  # fmt: skip
 
+    def _jail(self, uid: int, cgroup: Cgroup) -> Jail:
+        """What this VM's QEMU may see: its run directory and disk (read-write), its
+        kernel, base image and frozen disk layers (read-only), and nothing else."""
+        spec = self.spec
+        binds = [(spec.run_dir, True), (spec.rootfs, False), (spec.disk, True)]
+        binds += [(layer, False) for layer in spec.backing]
+        if spec.restore is None:
+            binds.append((spec.kernel, False))
+        if not self._driver.qemu_path.startswith("/usr/"):
+            binds.append((Path(self._driver.qemu_path), False))
+        devices = ("/dev/null", "/dev/urandom", *(("/dev/kvm",) if self._accel.kind == "kvm" else ()))
+        return Jail(
+            uid=uid,
+            gid=uid,
+            root=self._driver.jail_root,
+            binds=tuple(binds),
+            devices=devices,
+            cgroups=cgroup.procs_files,
+            rlimits=_VMM_RLIMITS,
+        )
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self.require(VmState.STOPPED)
-        if shutil.which(self._settings.qemu_binary) is None:
-            raise VmmError(
-                f"{self._settings.qemu_binary} not found; install Debian's qemu-system-x86 package"
-            )
-        self.spec.run_dir.mkdir(parents=True, exist_ok=True)
+        driver, spec = self._driver, self.spec
+        driver.check_isolation()
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
         self.state = VmState.BOOTING
-        with self.qemu_log.open("wb") as log:
-            self._process = subprocess.Popen(
-                self.command_line(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self._pid = self._process.pid
+        fds: list[int] = []
+        try:
+            jail = None
+            if driver.jailed:
+                self._uid = driver.uids.claim(spec.run_dir.name)
+                assert driver.cgroups is not None
+                limits = self._limits()
+                self._cgroup = await asyncio.to_thread(driver.cgroups.create, spec.run_dir.name, limits)
+                _own(self._uid, spec.run_dir, spec.disk)
+                jail = self._jail(self._uid, self._cgroup)
+            log = os.open(self.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fds += [log, log]
+            if spec.restore is not None:
+                fds.append(await driver.memory.open(spec.memory_file))
+                fds.append(os.open(spec.restore.state, os.O_RDONLY | os.O_CLOEXEC))
+            self._pid = await driver.jailer.spawn(self.command_line(), fds, jail)
+        except BaseException:
+            self.state = VmState.STOPPED
+            await self._release()
+            raise
+        finally:
+            for fd in {fds[0], *fds[3:]} if fds else ():
+                os.close(fd)  # the memfd (fds[2]) belongs to the driver's images
         await self._take_control()
+
+    def _limits(self) -> Limits:
+        overhead = self._settings.vmm_overhead_mib
+        if overhead is None:
+            overhead = VMM_OVERHEAD_MIB[self._accel.kind]
+        memory_bytes = (self.spec.memory_mib + overhead) << 20
+        return Limits(vcpus=self.spec.vcpus, memory_bytes=memory_bytes, pids=VMM_MAX_THREADS)
 
     async def load(self) -> None:
         """Load the saved device state into this fresh QEMU (started with -incoming defer).
 
         The RAM is the spec's memory file, mapped before the load; the state
-        holds devices only (see ``save``). The VM stays paused for ``resume``.
+        holds devices only (see ``save``), passed as fd 4. The VM stays paused for
+        ``resume``.
 
         The host must have opened the agent socket, and QEMU taken that
         connection, before the load. The saved state says the guest's host was
@@ -209,7 +291,7 @@ class QemuVM(VirtualMachine):
             raise VmmError("only a VM started to restore a snapshot loads one")
         try:
             await self._agent_taken()
-            await self.qmp("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(restore.state))}"})
+            await self.qmp("migrate-incoming", {"uri": f"fd:{_STATE_FD}"})
             status = await self._migration_done()
             if status != "completed":
                 raise BootFailedError(self.failure_report(f"restoring {restore.state} failed ({status})"))
@@ -269,6 +351,12 @@ class QemuVM(VirtualMachine):
     def ram_capture(self) -> ram.Capture:
         if self.spec.memory_shared or self._pid is None:
             raise VmmError("only a VM restored from a snapshot has written RAM to read")
+        # It maps the memfd it was started with (ember.vmm.memory); the link names it as
+        # /proc/PID/maps does. A QEMU of an older Ember mapped the file itself.
+        image = Path(f"/proc/{self._pid}/fd/{_MEMORY_FD}")
+        with contextlib.suppress(OSError):
+            if os.readlink(image).startswith(f"/memfd:{MEMFD_PREFIX}"):
+                return ram.Capture(self._pid, image)
         return ram.Capture(self._pid, self.spec.memory_file)
 
     def written_ram(self, capture: ram.Capture) -> ram.Pages:
@@ -277,19 +365,63 @@ class QemuVM(VirtualMachine):
         return capture.read()
 
     async def _freeze_disk(self, next_disk: Path) -> None:
+        """Freeze the disk layer the VM writes and move it on to ``next_disk``.
+
+        QEMU may not create the file itself (it sees no layers directory), so it is
+        passed open, both ways (a reopen read-only looks for a read-only one), as a
+        descriptor set; the caller made it with the right backing file.
+        """
+        descriptors = [os.open(next_disk, mode | os.O_CLOEXEC) for mode in (os.O_RDWR, os.O_RDONLY)]
+        try:
+            fdset = None
+            for fd in descriptors:
+                arguments = {"fdset-id": fdset} if fdset is not None else {}
+                added = await self._pass_fd(fd, "add-fd", arguments)
+                fdset = added["fdset-id"]  # type: ignore[index]
+        finally:
+            for fd in descriptors:
+                os.close(fd)
         arguments = {
             "device": "rw",
-            "snapshot-file": str(next_disk),
+            "snapshot-file": f"/dev/fdset/{fdset}",
             "format": "qcow2",
-            "mode": "absolute-paths",
+            "mode": "existing",
         }
         await self.qmp("blockdev-snapshot-sync", arguments)
+        frozen, self._disk, self._disk_fdset = self._disk, next_disk, fdset
+        # The frozen layer is the snapshot's now: readable by every sandbox restored from it.
+        await asyncio.to_thread(_freeze_file, frozen)
 
-    async def attach_nic(self, tap: str) -> None:
-        """Create host tap ``tap`` and join it to the guest NIC's hub."""
-        await self.qmp(
-            "netdev_add", {"type": "tap", "id": _UPLINK, "ifname": tap, "script": "no", "downscript": "no"}
-        )
+    async def _drop_stale_fdsets(self) -> None:
+        """Close the descriptor sets of layers no longer written, once the VM runs.
+
+        QEMU reopened a frozen layer read-only, but the read-write descriptor it
+        was given still holds the layer's write lock, so a restore could not open
+        it until the set is gone; and QEMU closes a removed set only while the VM
+        runs.
+        """
+        for fdset in await self.qmp("query-fdsets"):  # type: ignore[union-attr]
+            if fdset["fdset-id"] != self._disk_fdset:
+                with contextlib.suppress(VmmError):
+                    await self.qmp("remove-fd", {"fdset-id": fdset["fdset-id"]})
+
+    async def _pass_fd(self, fd: int, command: str, arguments: dict[str, object]) -> object:
+        """Send ``fd`` over QMP and run the command that takes it (``getfd``, ``add-fd``)."""
+        self.require(VmState.RUNNING, VmState.PAUSED)
+        assert self._qmp is not None
+        async with self._fd_lock:
+            self._qmp.send_fd_scm(fd)
+            return await self.qmp(command, arguments)
+
+    async def attach_nic(self, tap_fd: int) -> None:
+        """Join the open tap ``tap_fd`` to the guest NIC's hub (QEMU has no network of its own)."""
+        await self._pass_fd(tap_fd, "getfd", {"fdname": _UPLINK})
+        try:
+            await self.qmp("netdev_add", {"type": "tap", "id": _UPLINK, "fd": _UPLINK})
+        except VmmError:
+            with contextlib.suppress(VmmError):
+                await self.qmp("closefd", {"fdname": _UPLINK})
+            raise
         try:
             await self.qmp(
                 "netdev_add", {"type": "hubport", "id": _UPLINK_PORT, "hubid": 0, "netdev": _UPLINK}
@@ -299,7 +431,7 @@ class QemuVM(VirtualMachine):
             raise
 
     async def detach_nic(self) -> None:
-        """Unplug the tap (QEMU deletes it); the guest's NIC stays, linked to nothing."""
+        """Unplug the tap (QEMU closes it, and it goes); the guest's NIC stays, linked to nothing."""
         for netdev in (_UPLINK_PORT, _UPLINK):
             with contextlib.suppress(VmmError):
                 await self.qmp("netdev_del", {"id": netdev})
@@ -314,6 +446,11 @@ class QemuVM(VirtualMachine):
         if pid is None:
             raise VmmError(f"no QEMU is running for {self.spec.run_dir}")
         self._pid = pid
+        with contextlib.suppress(OSError):
+            uid = os.stat(f"/proc/{pid}").st_uid
+            self._uid = uid if uid != 0 else None
+        if self._driver.cgroups is not None:
+            self._cgroup = self._driver.cgroups.of(self.spec.run_dir.name)
         self.state = VmState.BOOTING
         await self._take_control()
 
@@ -346,8 +483,9 @@ class QemuVM(VirtualMachine):
     async def _watch_exit(self) -> None:
         """Wait for QEMU to exit without a thread: poll its pidfd from the event loop.
 
-        A pidfd works for an adopted QEMU too, which is not our child; its exit
-        status is then unknown (-1).
+        A pidfd works for any process, and the QEMU is the jailer's child, not
+        ours: its exit status comes from the jailer (unknown, -1, for one a
+        previous daemon started). Its cgroup says whether the memory limit ended it.
         """
         assert self._pid is not None
         loop = asyncio.get_running_loop()
@@ -369,10 +507,21 @@ class QemuVM(VirtualMachine):
         finally:
             if pidfd is not None:
                 os.close(pidfd)
-        self._exit_status = self._process.wait() if self._process is not None else -1
+        self._exit_status = await self._driver.jailer.exit_status(self._pid)
+        self._oom_killed = self._cgroup is not None and self._cgroup.oom_kills() > 0
         if self.state is not VmState.STOPPED:
             self.state = VmState.DEAD
+        await self._release()
         self._exited.set()
+
+    async def _release(self) -> None:
+        """Give back what the jail held once QEMU is gone: its cgroup and its uid."""
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
+        uid, self._uid = self._uid, None
+        if uid is not None:
+            self._driver.uids.release(uid)
 
     async def qmp(self, command: str, arguments: dict[str, object] | None = None) -> object:
         self.require(VmState.RUNNING, VmState.PAUSED, VmState.BOOTING)
@@ -391,6 +540,8 @@ class QemuVM(VirtualMachine):
         self.require(VmState.PAUSED)
         await self.qmp("cont")
         self.state = VmState.RUNNING
+        if self._disk_fdset is not None:
+            await self._drop_stale_fdsets()
 
     async def stop(self) -> None:
         if self.state is VmState.STOPPED and self._pid is None:
@@ -422,6 +573,12 @@ class QemuVM(VirtualMachine):
         parts = [what]
         if self._exit_status is not None:
             parts[0] += f" (exit status {self._exit_status})"
+        if self._oom_killed:
+            limit = self._limits().memory_bytes >> 20
+            parts.append(
+                f"its VMM went over the sandbox's memory limit ({limit} MiB: the guest's "
+                f"{self.spec.memory_mib} MiB of RAM and the VMM's own) and the host's kernel ended it"
+            )
         with contextlib.suppress(OSError):
             qemu_said = self.qemu_log.read_text(errors="replace").strip()[-2000:]
             if qemu_said:
@@ -430,6 +587,20 @@ class QemuVM(VirtualMachine):
         if console:
             parts.append(f"guest console (last lines):\n{console}")
         return "\n".join(parts)
+
+
+def _own(uid: int, run_dir: Path, disk: Path) -> None:
+    """Hand the jailed VMM what it writes, and only to it: its run directory and disk layer."""
+    os.chown(run_dir, uid, uid)
+    run_dir.chmod(0o700)
+    os.chown(disk, uid, uid)
+    disk.chmod(0o600)
+
+
+def _freeze_file(layer: Path) -> None:
+    """A frozen disk layer: the daemon's, readable by every VMM, written by none."""
+    os.chown(layer, 0, 0) if os.geteuid() == 0 else None
+    layer.chmod(0o444)
 
 
 def running_qemu_pid(run_dir: Path) -> int | None:
@@ -443,7 +614,8 @@ def running_qemu_pid(run_dir: Path) -> int | None:
 
 
 class QemuDriver:
-    """Makes QEMU VMs with the acceleration chosen once for this host."""
+    """Makes QEMU VMs with the acceleration chosen once for this host, and owns what
+    they share: the jailer, the uid range, the cgroup hierarchies and the memory images."""
 
     name = "qemu"
     #: The machine and device set a saved VM state belongs to: a state saved under
@@ -458,6 +630,71 @@ class QemuDriver:
         # Under KVM the guest has kvm-clock; only a TCG guest needs the host's TSC rate.
         self.tsc_khz = clock.host_tsc_khz() if accel.kind == "tcg" else None
         self.kernel_args = " ".join(kernel_args(accel))
+        self.jailer = Jailer()
+        self.memory = MemoryImages()
+        self.uids = UidRange(*settings.uid_range, settings.instance)
+        self.jail_root = JAIL_ROOT
+        self.cgroups: CgroupHost | None = None
+        self._missing: list[str] = []
+        if settings.jail:
+            if os.geteuid() != 0:
+                self._missing.append("the jail needs the daemon to run as root")
+            try:
+                self.cgroups = CgroupHost.detect(settings.instance)
+            except CgroupsUnavailable as exc:
+                self._missing.append(str(exc))
+        self._qemu_path: str | None = None
+
+    @property
+    def jailed(self) -> bool:
+        return self.settings.jail
+
+    @property
+    def qemu_path(self) -> str:
+        if self._qemu_path is None:
+            found = shutil.which(self.settings.qemu_binary)
+            if found is None:
+                raise VmmError(
+                    f"{self.settings.qemu_binary} not found; install Debian's qemu-system-x86 package"
+                )
+            self._qemu_path = os.path.abspath(found)
+        return self._qemu_path
+
+    def check_isolation(self) -> None:
+        """Refuse to start a VMM that cannot be jailed as configured."""
+        if self._missing:
+            raise IsolationUnavailableError(
+                f"cannot jail the sandbox's VMM: {'; '.join(self._missing)}. Fix the host, or set "
+                "EMBER_JAIL=off to run VMMs unconfined (development only, never for untrusted code)"
+            )
+        if self.jailed:
+            self.jail_root.mkdir(parents=True, exist_ok=True)
+
+    def protections(self) -> str:
+        """What this host gives every sandbox's VMM, for the daemon to say at start."""
+        if not self.jailed:
+            return "jail OFF (EMBER_JAIL=off: VMMs run unconfined, as the daemon's user), seccomp on"
+        if self._missing:
+            return f"jail UNAVAILABLE, creates will fail: {'; '.join(self._missing)}"
+        first, last = self.settings.uid_range
+        assert self.cgroups is not None
+        return (
+            f"jail on (uid per sandbox from {first}-{last}, no capabilities, no_new_privs, "
+            f"own mount/network/IPC/UTS namespaces, pivot_root), seccomp on, {self.cgroups.describe()}"
+        )
 
     def create(self, spec: VmSpec) -> QemuVM:
-        return QemuVM(spec, self.settings, self.accel, self.tsc_khz)
+        return QemuVM(spec, self)
+
+    def release_leftovers(self, keep: set[str]) -> None:
+        """Remove the cgroups and uid claims of this instance's sandboxes that are not in ``keep``."""
+        if self.cgroups is not None:
+            for cgroup in self.cgroups.leftovers(keep):
+                cgroup.remove()
+        for uid, sandbox_id in self.uids.holders().items():
+            if sandbox_id not in keep:
+                self.uids.release(uid)
+
+    async def close(self) -> None:
+        await self.jailer.close()
+        self.memory.close()

@@ -17,7 +17,12 @@ router = APIRouter()
 @router.get("/health", response_model=Health, tags=["service"])
 def health(request: Request) -> Health:
     manager = service(request).manager
-    return Health(status="ok", version=ember_version(), acceleration=manager.acceleration.kind)
+    return Health(
+        status="ok",
+        version=ember_version(),
+        acceleration=manager.acceleration.kind,
+        protections=manager.driver.protections(),
+    )
 
 
 @router.post("/v1/sandboxes", status_code=201, response_model=SandboxInfo, tags=["sandboxes"])
