@@ -13,6 +13,7 @@ import pytest
 
 from ember.engine import SandboxManager, SandboxState
 from ember.settings import Settings
+from jails import assert_jailed
 from leaks import qemu_pids_under, sandbox_networks_of
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,8 @@ async def test_pool_hands_out_ready_sandboxes_and_refills(test_settings: Setting
             manager.create(template="pooled", network={"cidrs": ["192.0.2.0/24"]}),
         )
         assert hit.state is SandboxState.RUNNING and miss.state is SandboxState.RUNNING
+        assert_jailed(hit)  # parked in the pool, then handed over, as jailed as any restore
+        assert_jailed(miss)
         assert hit.record.metadata == {"n": "1"} and hit.record.expires_at is not None
         hit_ms, miss_s = hit.boot_seconds * 1000, miss.boot_seconds
         print(f"\npool hit handed over in {hit_ms:.1f} ms; miss restored in {miss_s:.2f} s")

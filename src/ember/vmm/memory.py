@@ -9,8 +9,15 @@ against writes, growth and shrinking (``F_SEAL_WRITE`` also refuses the
 hole-punching QEMU does on a balloon discard): it opens it "read-write" through
 ``/proc/self/fd/N`` and may map it privately, but no write of its reaches the
 memfd. One memfd per memory file serves every restore of it; it is made from
-the file on the first restore (holes stay holes), and closed when the engine
-says the file is gone (``forget``); a VMM keeps its own reference.
+the file on the first restore, and closed when the engine says the file is
+gone (``forget``); a VMM keeps its own reference.
+
+The memfd has no holes: a copy-on-write fault on a hole of a memfd first puts a
+zeroed page into the memfd, charged to the VMM that faulted, and a restored
+guest filling its memory would be charged twice its RAM (its cgroup ended one
+copying a 315 MB file in, measured). Allocated up front by the daemon, each
+image costs the host its guest's RAM once, shared by every restore of it; the
+first restore of a 512 MiB snapshot waits ~50 ms for the allocation.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ def _load(memory_file: Path) -> int:
             copy_data(source, image)
         finally:
             os.close(source)
+        os.posix_fallocate(image, 0, os.fstat(image).st_size)  # the holes, as zeroed pages
         fcntl.fcntl(image, fcntl.F_ADD_SEALS, _SEALS)
     except BaseException:
         os.close(image)

@@ -189,7 +189,8 @@ class QemuVM(VirtualMachine):
             "-serial", "chardev:console",
             "-drive", f"id=root,file={spec.rootfs},format=raw,if=none,readonly=on",
             "-device", "virtio-blk-device,drive=root",
-            "-drive", f"id=rw,file={spec.disk},format={spec.disk_format},if=none,cache=unsafe,discard=unmap",
+            "-drive", f"id=rw,file={spec.disk},format={spec.disk_format},if=none,{self._driver.disk_cache},"
+                      "discard=unmap",
             "-device", "virtio-blk-device,drive=rw",
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
@@ -575,9 +576,10 @@ class QemuVM(VirtualMachine):
             parts[0] += f" (exit status {self._exit_status})"
         if self._oom_killed:
             limit = self._limits().memory_bytes >> 20
-            parts.append(
-                f"its VMM went over the sandbox's memory limit ({limit} MiB: the guest's "
-                f"{self.spec.memory_mib} MiB of RAM and the VMM's own) and the host's kernel ended it"
+            parts.insert(
+                0,
+                f"the sandbox went over its memory limit ({limit} MiB: the guest's "
+                f"{self.spec.memory_mib} MiB of RAM and its VMM's own), so the host's kernel ended its VMM",
             )
         with contextlib.suppress(OSError):
             qemu_said = self.qemu_log.read_text(errors="replace").strip()[-2000:]
@@ -601,6 +603,15 @@ def _freeze_file(layer: Path) -> None:
     """A frozen disk layer: the daemon's, readable by every VMM, written by none."""
     os.chown(layer, 0, 0) if os.geteuid() == 0 else None
     layer.chmod(0o444)
+
+
+def _direct_io_works(directory: Path) -> bool:
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_DIRECT, 0o600))
+    except OSError:
+        return False
+    return True
 
 
 def running_qemu_pid(run_dir: Path) -> int | None:
@@ -644,6 +655,7 @@ class QemuDriver:
             except CgroupsUnavailable as exc:
                 self._missing.append(str(exc))
         self._qemu_path: str | None = None
+        self._disk_cache: str | None = None
 
     @property
     def jailed(self) -> bool:
@@ -659,6 +671,21 @@ class QemuDriver:
                 )
             self._qemu_path = os.path.abspath(found)
         return self._qemu_path
+
+    @property
+    def disk_cache(self) -> str:
+        """How QEMU writes a sandbox's disk layer: past the host's page cache when jailed.
+
+        Its dirty pages there would be charged to the VMM's cgroup, and under cgroup
+        v1 nothing writes them back before the memory limit ends the VMM (a 315 MB
+        upload did, measured). So a jailed VMM writes with O_DIRECT where the layers'
+        filesystem has it, ignoring flushes as before (a sandbox's disk need not
+        survive a host crash); the guest's own page cache still absorbs its writes.
+        """
+        if self._disk_cache is None:
+            direct = self.jailed and _direct_io_works(self.settings.data_dir / "layers")
+            self._disk_cache = "cache.direct=on,cache.no-flush=on" if direct else "cache=unsafe"
+        return self._disk_cache
 
     def check_isolation(self) -> None:
         """Refuse to start a VMM that cannot be jailed as configured."""
