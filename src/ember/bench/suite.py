@@ -92,6 +92,7 @@ class Suite:
             self._baselines()
             with self._sandbox() as source:
                 self._round_trips(source)
+                self._noisy_neighbour(source)
                 self._restore_and_fork(source)
                 self._transfer(source)
                 self._fork_after_transfer(source)
@@ -145,6 +146,34 @@ class Suite:
         self._add(timed(lambda: sandbox.run_code("print('hi')"), n, Row("run_code print", baseline=repl)))
         self._add(timed(lambda: sandbox.commands.run("true"), n, Row("command true", baseline=true)))
         self._add(timed(lambda: sandbox.info(), n, Row("GET sandbox info", baseline=http)))
+
+    def _noisy_neighbour(self, quiet: Sandbox) -> None:
+        """``quiet``'s round trip while another sandbox spins every vCPU and fills its
+        memory, and how much host CPU that one gets (its cgroup's quota: its vCPUs)."""
+        with self._sandbox() as noisy:
+            vcpus = noisy.info().vcpus
+            hog = (
+                "import os, time\n"
+                f"for _ in range({vcpus} - 1):\n"
+                "    if os.fork() == 0:\n"
+                "        while True: pass\n"
+                "ballast = bytearray(384 << 20)\n"
+                "for i in range(0, len(ballast), 4096): ballast[i] = 1\n"
+                "while True: pass\n"
+            )
+            noisy.files.write("/tmp/hog.py", hog.encode())
+            noisy.commands.run("python3 /tmp/hog.py", background=True)
+            time.sleep(2)  # its memory filled, every vCPU busy
+            before = _qemu_cpu_s(noisy.id), time.perf_counter()
+            row = Row("run_code 1+1 beside a noisy neighbour", baseline="run_code 1+1")
+            self._add(timed(lambda: quiet.run_code("1+1"), self.plan.fast, row))
+            used, wall = _qemu_cpu_s(noisy.id), time.perf_counter()
+            if used is None or before[0] is None:
+                self._add(Row("noisy neighbour's CPU", note="n/a: the daemon runs on another host"))
+            else:
+                cores = (used - before[0]) / (wall - before[1])
+                note = f"its quota: {vcpus} vCPUs' worth, of {os.cpu_count()} host CPUs"
+                self._add(Row("noisy neighbour's CPU", [cores], unit="CPUs", note=note))
 
     def _transfer(self, sandbox: Sandbox) -> None:
         size = self.plan.transfer_mb
@@ -316,16 +345,33 @@ def _idle_pss(name: str, sandboxes: list[Sandbox]) -> Row:
 
 def _qemu_pss_mib(sandbox_id: str) -> float | None:
     """PSS of the sandbox's QEMU process, when it runs on this host."""
+    process = _qemu_process(sandbox_id)
+    try:
+        for line in (process / "smaps_rollup").read_text().splitlines() if process else ():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _qemu_cpu_s(sandbox_id: str) -> float | None:
+    """CPU time the sandbox's QEMU process has used, when it runs on this host."""
+    process = _qemu_process(sandbox_id)
+    try:
+        fields = (process / "stat").read_text().rsplit(")", 1)[1].split() if process else None
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
+
+
+def _qemu_process(sandbox_id: str) -> Path | None:
+    """``/proc/PID`` of the sandbox's QEMU, when it runs on this host."""
     marker = f"process=ember-{sandbox_id}".encode()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            if marker not in (entry / "cmdline").read_bytes():
-                continue
-            for line in (entry / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
+                return entry
         except OSError:
             continue
     return None

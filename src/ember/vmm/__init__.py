@@ -10,7 +10,8 @@ from ember.vmm.base import (
     VmSpec,
     VmState,
 )
-from ember.vmm.qemu import QemuDriver, QemuVM
+from ember.vmm.qemu import QemuVM
+from ember.vmm.qemu_driver import QemuDriver
 
 __all__ = [
     "MAX_MEMORY_MIB",

@@ -1,4 +1,4 @@
-"""The QEMU driver: a ``microvm`` machine controlled over QMP.
+"""One QEMU microVM: a ``microvm`` machine controlled over QMP (``qemu_driver`` makes them).
 
 Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
 - ``-M microvm,acpi=off``: our kernel has no ACPI, and only with ACPI off does
@@ -30,6 +30,8 @@ Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
 - a restored VM maps a sealed memfd of its snapshot's memory
   (``ember.vmm.memory``), never the file: ``memory-backend-file`` on
   ``/proc/self/fd/3``. ``dump=off``: guest RAM never lands in a core dump.
+- a jailed VM writes its disk layer past the host's page cache
+  (``QemuDriver.disk_cache``).
 Every QEMU runs jailed (``ember.vmm.jail``): its own uid, no capabilities,
 ``no_new_privs``, a root holding only its sandbox's files, no network, and a
 cgroup bounding its CPU, memory and threads (``ember.vmm.cgroups``). It runs in
@@ -46,18 +48,20 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qemu.qmp import QMPClient, QMPError
 
-from ember.errors import BootFailedError, IsolationUnavailableError, VmmError
-from ember.settings import Settings
-from ember.vmm import clock, ram
+from ember.errors import BootFailedError, VmmError
+from ember.vmm import ram
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
-from ember.vmm.cgroups import Cgroup, CgroupHost, CgroupsUnavailable, Limits
-from ember.vmm.jail import JAIL_ROOT, Jail, Jailer
-from ember.vmm.memory import MEMFD_PREFIX, MemoryImages
-from ember.vmm.uids import UidRange
+from ember.vmm.cgroups import Cgroup, Limits
+from ember.vmm.jail import Jail
+from ember.vmm.memory import MEMFD_PREFIX
+
+if TYPE_CHECKING:
+    from ember.vmm.qemu_driver import QemuDriver
 
 KERNEL_ARGS = (
     "console=ttyS0",
@@ -605,15 +609,6 @@ def _freeze_file(layer: Path) -> None:
     layer.chmod(0o444)
 
 
-def _direct_io_works(directory: Path) -> bool:
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_DIRECT, 0o600))
-    except OSError:
-        return False
-    return True
-
-
 def running_qemu_pid(run_dir: Path) -> int | None:
     """The pid of the QEMU serving ``run_dir``, if one is alive (checked by its command line)."""
     try:
@@ -622,106 +617,3 @@ def running_qemu_pid(run_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"qemu" in cmdline and str(run_dir).encode() in cmdline else None
-
-
-class QemuDriver:
-    """Makes QEMU VMs with the acceleration chosen once for this host, and owns what
-    they share: the jailer, the uid range, the cgroup hierarchies and the memory images."""
-
-    name = "qemu"
-    #: The machine and device set a saved VM state belongs to: a state saved under
-    #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
-    #: 4: TCG guests boot with the host's TSC frequency (``ember.vmm.clock``), and
-    #: saved states hold devices only, without the configuration section.
-    machine_abi = "qemu-microvm-4"
-
-    def __init__(self, settings: Settings, accel: Acceleration) -> None:
-        self.settings = settings
-        self.accel = accel
-        # Under KVM the guest has kvm-clock; only a TCG guest needs the host's TSC rate.
-        self.tsc_khz = clock.host_tsc_khz() if accel.kind == "tcg" else None
-        self.kernel_args = " ".join(kernel_args(accel))
-        self.jailer = Jailer()
-        self.memory = MemoryImages()
-        self.uids = UidRange(*settings.uid_range, settings.instance)
-        self.jail_root = JAIL_ROOT
-        self.cgroups: CgroupHost | None = None
-        self._missing: list[str] = []
-        if settings.jail:
-            if os.geteuid() != 0:
-                self._missing.append("the jail needs the daemon to run as root")
-            try:
-                self.cgroups = CgroupHost.detect(settings.instance)
-            except CgroupsUnavailable as exc:
-                self._missing.append(str(exc))
-        self._qemu_path: str | None = None
-        self._disk_cache: str | None = None
-
-    @property
-    def jailed(self) -> bool:
-        return self.settings.jail
-
-    @property
-    def qemu_path(self) -> str:
-        if self._qemu_path is None:
-            found = shutil.which(self.settings.qemu_binary)
-            if found is None:
-                raise VmmError(
-                    f"{self.settings.qemu_binary} not found; install Debian's qemu-system-x86 package"
-                )
-            self._qemu_path = os.path.abspath(found)
-        return self._qemu_path
-
-    @property
-    def disk_cache(self) -> str:
-        """How QEMU writes a sandbox's disk layer: past the host's page cache when jailed.
-
-        Its dirty pages there would be charged to the VMM's cgroup, and under cgroup
-        v1 nothing writes them back before the memory limit ends the VMM (a 315 MB
-        upload did, measured). So a jailed VMM writes with O_DIRECT where the layers'
-        filesystem has it, ignoring flushes as before (a sandbox's disk need not
-        survive a host crash); the guest's own page cache still absorbs its writes.
-        """
-        if self._disk_cache is None:
-            direct = self.jailed and _direct_io_works(self.settings.data_dir / "layers")
-            self._disk_cache = "cache.direct=on,cache.no-flush=on" if direct else "cache=unsafe"
-        return self._disk_cache
-
-    def check_isolation(self) -> None:
-        """Refuse to start a VMM that cannot be jailed as configured."""
-        if self._missing:
-            raise IsolationUnavailableError(
-                f"cannot jail the sandbox's VMM: {'; '.join(self._missing)}. Fix the host, or set "
-                "EMBER_JAIL=off to run VMMs unconfined (development only, never for untrusted code)"
-            )
-        if self.jailed:
-            self.jail_root.mkdir(parents=True, exist_ok=True)
-
-    def protections(self) -> str:
-        """What this host gives every sandbox's VMM, for the daemon to say at start."""
-        if not self.jailed:
-            return "jail OFF (EMBER_JAIL=off: VMMs run unconfined, as the daemon's user), seccomp on"
-        if self._missing:
-            return f"jail UNAVAILABLE, creates will fail: {'; '.join(self._missing)}"
-        first, last = self.settings.uid_range
-        assert self.cgroups is not None
-        return (
-            f"jail on (uid per sandbox from {first}-{last}, no capabilities, no_new_privs, "
-            f"own mount/network/IPC/UTS namespaces, pivot_root), seccomp on, {self.cgroups.describe()}"
-        )
-
-    def create(self, spec: VmSpec) -> QemuVM:
-        return QemuVM(spec, self)
-
-    def release_leftovers(self, keep: set[str]) -> None:
-        """Remove the cgroups and uid claims of this instance's sandboxes that are not in ``keep``."""
-        if self.cgroups is not None:
-            for cgroup in self.cgroups.leftovers(keep):
-                cgroup.remove()
-        for uid, sandbox_id in self.uids.holders().items():
-            if sandbox_id not in keep:
-                self.uids.release(uid)
-
-    async def close(self) -> None:
-        await self.jailer.close()
-        self.memory.close()
