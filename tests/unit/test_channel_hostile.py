@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import queue
 import socket
@@ -35,6 +36,8 @@ from ember.protocol.framing import (
     HOST_SYNC_MAGIC,
     INITIAL_WINDOW,
     MAX_FRAME_BYTES,
+    RAW_KINDS,
+    SYNC_BYTES,
     Frame,
     FrameDecoder,
     FrameKind,
@@ -447,6 +450,59 @@ async def test_a_well_behaved_channel_answers_while_another_guest_breaks_the_pro
 
 
 # ------------------------------------------------------------ any bytes at all
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(sorted(RAW_KINDS)), st.integers(1, 40_000)), min_size=1, max_size=12),
+    st.data(),
+)
+def test_the_reader_delivers_every_frame_whole_however_the_reads_are_cut(sizes, data):
+    # Frames bigger than a slice go to the decoder in one piece; that must not cut any.
+    wire_frames = [Frame(kind, 7, bytes([index % 251]) * size) for index, (kind, size) in enumerate(sizes)]
+    wire_frames += [Frame(FrameKind.STDOUT, 7, b"t")] * 2000  # 20 kB of tiny ones after them
+    wire = b"".join(frame.to_bytes() for frame in wire_frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    asyncio.run(_read_in_pieces(wire, [0, *cuts, len(wire)], wire_frames))
+
+
+async def _read_in_pieces(wire: bytes, cuts: list[int], expected: list[Frame]) -> None:
+    frames: list[Frame] = []
+    reader = _reader.GuestReader(lambda: None, frames.append, pytest.fail)
+    decode, decoded = reader._decoder.feed, []
+
+    def feed(piece: bytes) -> list[Frame]:
+        decoded.append(decode(piece))
+        return decoded[-1]
+
+    reader._decoder.feed = feed  # type: ignore[method-assign]
+    transport = _Transport()
+    reader.start(transport)  # type: ignore[arg-type]
+    reader.expect(b"n" * 16)
+    reader.feed(AGENT_SYNC_MAGIC + b"n" * 16)
+    for index, (start, end) in enumerate(itertools.pairwise(cuts)):
+        reader.feed(wire[start:end])
+        while index % 2 and reader._backlog:  # and every other read lands on a backlog
+            await asyncio.sleep(0)
+    while reader._backlog:
+        await asyncio.sleep(0)
+    assert frames == expected
+    # Each piece is at most a slice beyond the frame it finished: tiny frames cost CPU.
+    beyond = [sum(HEADER.size + len(frame.payload) for frame in batch[1:]) for batch in decoded]
+    assert max(beyond) <= _reader.SLICE_BYTES
+    assert reader.buffered_bytes == SYNC_BYTES - 1 and not transport.paused
+
 
 valid_frames = st.builds(
     lambda kind, stream, payload: encode_frame(kind, stream, payload),

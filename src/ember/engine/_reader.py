@@ -7,10 +7,12 @@ virtio-serial carries it. The reader keeps that the guest's own cost:
   after ``PRESYNC_LIMIT_BYTES`` or ``STALE_SYNC_LIMIT`` replies to other nonces
   (an agent that resyncs sends little before its reply: what its writer had in
   flight, one reply per preamble it read);
-- after it, it decodes at most ``SLICE_BYTES`` per turn of the event loop and
-  pauses the socket while a backlog waits, so it holds at most one socket read and
-  one partial frame (``MAX_FRAME_BYTES``), and one ``data_received`` never loops
-  over a whole read of tiny frames;
+- after it, it decodes ``SLICE_BYTES`` at a time (the rest of a bigger frame in
+  one piece: only many frames cost CPU), for at most ``TURN_S`` of CPU per turn of
+  the event loop (a slice of tiny frames takes ~1.5 ms), and pauses the socket
+  while a backlog waits: it holds at most one socket read and one partial frame
+  (``MAX_FRAME_BYTES``), and one ``data_received`` never loops over a whole read
+  of tiny frames;
 - it holds each connection to ``CPU_SHARE`` of a core, after a ``CPU_BURST_S``
   burst, counted in the event loop thread's CPU time: a guest flooding frames is
   read more slowly instead of being served at every other sandbox's expense.
@@ -29,6 +31,7 @@ from collections.abc import Callable
 
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
+    HEADER,
     SYNC_BYTES,
     Frame,
     FrameDecoder,
@@ -36,7 +39,8 @@ from ember.protocol.framing import (
     SyncScanner,
 )
 
-SLICE_BYTES = 16 * 1024
+SLICE_BYTES = 8 * 1024
+TURN_S = 0.001
 CPU_SHARE = 0.25
 CPU_BURST_S = 0.05
 PRESYNC_LIMIT_BYTES = 64 * 1024 * 1024
@@ -59,18 +63,19 @@ class GuestReader:
         self._on_violation = on_violation
         self._scanner = SyncScanner(AGENT_SYNC_MAGIC)
         self._decoder = FrameDecoder()
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.ReadTransport | None = None
         self._nonce = b""
         self._synced = False
         self._presync_bytes = 0
         self._stale_syncs = 0
         self._backlog = memoryview(b"")
+        self._frame_left = 0  # bytes still to come of the frame the decoder holds, when known
         self._paused = False
         self._next_slice: asyncio.Handle | None = None
         self._budget_s = CPU_BURST_S
         self._refilled_at = 0.0
 
-    def start(self, transport: asyncio.BaseTransport) -> None:
+    def start(self, transport: asyncio.ReadTransport) -> None:
         """Read a new connection, from nothing: no sync yet, a full CPU budget."""
         self.stop()
         self._transport = transport
@@ -98,6 +103,7 @@ class GuestReader:
         self._transport = None
         self._backlog = memoryview(b"")
         self._decoder.reset()
+        self._frame_left = 0
         self._paused = False
         if self._next_slice is not None:
             self._next_slice.cancel()
@@ -153,12 +159,15 @@ class GuestReader:
         now = time.monotonic()
         self._budget_s = min(CPU_BURST_S, self._budget_s + (now - self._refilled_at) * CPU_SHARE)
         self._refilled_at = now
-        if self._budget_s > 0:
-            piece, self._backlog = self._backlog[:SLICE_BYTES], self._backlog[SLICE_BYTES:]
-            started = time.thread_time()
+        turn_started = used = time.thread_time()
+        while self._backlog and self._budget_s > 0 and used - turn_started < TURN_S:
+            size = max(SLICE_BYTES, self._frame_left)
+            piece, self._backlog = self._backlog[:size], self._backlog[size:]
+            started = used
             try:
-                for frame in self._decoder.feed(piece):  # type: ignore[arg-type]
+                for frame in self._decoder.feed(piece):  # type: ignore[arg-type]  # any buffer works
                     self._on_frame(frame)
+                self._track_frame(piece)
             except ProtocolError as exc:
                 self._violate(exc)
                 return
@@ -168,22 +177,34 @@ class GuestReader:
                 self._violate(ProtocolError(f"what it sent broke the host's reader: {exc!r}"))
                 return
             finally:
-                self._budget_s -= time.thread_time() - started
+                used = time.thread_time()
+                self._budget_s -= used - started
             if self._transport is not transport:  # a frame ended the connection
                 return
         if not self._backlog:
             if self._paused:
                 self._paused = False
-                transport.resume_reading()  # type: ignore[attr-defined]
+                transport.resume_reading()
             return
         if not self._paused:
             self._paused = True
-            transport.pause_reading()  # type: ignore[attr-defined]
+            transport.pause_reading()
         loop = asyncio.get_running_loop()
         if self._budget_s > 0:
             self._next_slice = loop.call_soon(self._read_slice)  # let the loop run other work first
         else:
             self._next_slice = loop.call_later(-self._budget_s / CPU_SHARE, self._read_slice)
+
+    def _track_frame(self, piece: memoryview) -> None:
+        """Note how much of the frame in progress is still to come, if its header was in ``piece``."""
+        held = self._decoder.pending_bytes
+        if held > len(piece):  # still the frame that began before this piece
+            self._frame_left = max(0, self._frame_left - len(piece))
+        elif held >= HEADER.size:  # the decoder checked this length against MAX_FRAME_BYTES
+            start = len(piece) - held
+            self._frame_left = 4 + int.from_bytes(piece[start : start + 4], "big") - held
+        else:
+            self._frame_left = 0
 
     def _violate(self, exc: ProtocolError) -> None:
         self.stop()

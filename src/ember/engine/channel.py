@@ -26,7 +26,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ember import errors
 from ember.engine._reader import GuestReader
@@ -286,7 +286,7 @@ class _ChannelProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._client._protocol is self:
-            self._client._reader.start(transport)
+            self._client._reader.start(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         if self._client._protocol is self:
