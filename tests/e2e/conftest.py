@@ -35,7 +35,7 @@ from e2e_support import (
 from ember.client import AsyncSandbox, Sandbox
 from ember.images import ensure_guest_images
 from ember.settings import Settings
-from leaks import qemu_pids_under, sandbox_networks_of
+from leaks import jail_leftovers, qemu_pids_under, sandbox_networks_of
 from netlab import TestInternet, test_internet
 
 #: The test daemon's E2B domain: ``{port}-{sandbox_id}.e2b.test`` reaches a sandbox by Host header.
@@ -103,10 +103,12 @@ def daemon(internet: TestInternet) -> Iterator[Daemon]:
             stop_process(process)
         leaked = qemu_pids_under(run_dir)
         networks = sandbox_networks_of(data_dir)
+        jails = jail_leftovers(data_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
         assert not leaked, f"QEMU processes outlived the daemon: {leaked}"
         assert not networks, f"sandbox networks outlived the daemon: {networks}"
+        assert not jails, f"cgroups or uid claims outlived the daemon: {jails}"
 
 
 def _attach_log(request: pytest.FixtureRequest, daemon: Daemon) -> None:

@@ -21,7 +21,7 @@ import pytest
 from ember.engine import Sandbox, SandboxManager
 from ember.images import ensure_guest_images
 from ember.settings import Settings
-from leaks import qemu_pids_under, sandbox_networks_of
+from leaks import jail_leftovers, qemu_pids_under, sandbox_networks_of
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +39,12 @@ def test_settings() -> Settings:
     yield settings
     leaked = qemu_pids_under(run_dir)
     networks = sandbox_networks_of(data_dir)
+    jails = jail_leftovers(data_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
     assert not leaked, f"QEMU processes outlived the test session: {leaked}"
     assert not networks, f"sandbox networks outlived the test session: {networks}"
+    assert not jails, f"cgroups or uid claims outlived the test session: {jails}"
 
 
 @pytest.fixture(scope="session")

@@ -76,5 +76,9 @@ def _rebuilt(tmp_path: Path, original: bytes, pages: Pages) -> bytes:
     """The memory file's contents with ``pages`` laid over a copy of it."""
     copy = tmp_path / "copy"
     copy.write_bytes(original)
-    write_pages(copy, pages)
+    fd = os.open(copy, os.O_WRONLY)
+    try:
+        write_pages(fd, pages)
+    finally:
+        os.close(fd)
     return copy.read_bytes()

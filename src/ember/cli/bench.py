@@ -26,8 +26,17 @@ def bench(
     capacity: Annotated[
         int, typer.Option("--capacity", help="Also hold up to N idle sandboxes, until a create fails.")
     ] = 0,
+    crash: Annotated[
+        bool,
+        typer.Option(
+            "--crash", help="Instead: kill a daemon of its own during each operation, restart, count leaks."
+        ),
+    ] = False,
 ) -> None:
     """Measure Ember's speed and density (p50/p95/p99), each latency next to its floor."""
+    if crash:
+        _crash_matrix()
+        return
     plan = replace(QUICK if quick else FULL, density_max=capacity)
     suite = Suite(plan, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
     report = suite.run()
@@ -61,3 +70,27 @@ def _value(row: Row, q: int) -> str:
     if row.unit == "s":
         return f"{value * 1000:.1f} ms"
     return f"{value:.1f} {row.unit}"
+
+
+def _crash_matrix() -> None:
+    """Every kill point once, against a daemon of its own on this host, as a table."""
+    from ember.bench.crash import KILL_POINTS, CrashLab
+    from ember.settings import Settings
+
+    table = Table(title="Ember crash matrix (SIGKILL mid-operation, then restart)", header_style="bold")
+    for column in ("killed during", "leaked", "what", "survivor answers", "snapshots restore"):
+        table.add_column(column, no_wrap=column == "killed during")
+    lab = CrashLab(Settings.from_env().images_dir)
+    try:
+        stderr.print("[dim]building template base for the lab's daemon[/]")
+        lab.build_base()
+        for point in KILL_POINTS:
+            stderr.print(f"[dim]killing the daemon during: {point.name}[/]")
+            audit = lab.run(point)
+            what = ", ".join(f"{k}: {v}" for k, v in vars(audit).items() if isinstance(v, list) and v)
+            answers = ["yes" if ok else "NO" for ok in (audit.survivor_ok, audit.snapshots_ok)]
+            table.add_row(point.name, str(audit.leaks), what or "-", *answers)
+    finally:
+        lab.close()
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=132)
+    out.print(table)

@@ -25,6 +25,7 @@ from ember import errors
 from ember.engine import limits
 from ember.engine.disks import Layers
 from ember.engine.pool import WarmPool
+from ember.engine.recovery import recover
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
@@ -80,7 +81,10 @@ class SandboxManager:
 
     async def start(self) -> None:
         """Recover what a previous daemon left, then start ending expired sandboxes."""
-        await self._recover()
+        self._sandboxes.update(
+            await recover(self.settings, self.store, self.driver, self.networks, self.snapshots)
+        )
+        await self.collect()
         self.store.prune()
         self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
         self.pool.start()
@@ -510,38 +514,6 @@ class SandboxManager:
             return False
         log.info("paused sandbox %s at its timeout", sandbox.id)
         return True
-
-    # ------------------------------------------------------------ restart safety
-
-    async def _recover(self) -> None:
-        for record in self.store.list(live_only=True):
-            if not record.disk_chain:  # written by an older Ember, which kept disks elsewhere
-                record.state, record.ended_at = SandboxState.DEAD.value, time.time()
-                record.end_reason = "left by an older version of Ember"
-                self.store.save(record)
-                continue
-            sandbox = Sandbox(record, self.driver.create(vm_spec(record)), self.store, self.networks, {})
-            if record.state == SandboxState.BOOTING.value:
-                await sandbox.destroy("the daemon restarted while the sandbox was booting", dead=True)
-                continue
-            if record.state == SandboxState.POOLED.value:
-                await sandbox.destroy("the warm pool is refilled when the daemon starts")
-                continue
-            try:
-                await sandbox.vm.adopt()
-            except errors.EmberError:
-                await sandbox.destroy("the VM was no longer running when the daemon restarted", dead=True)
-                continue
-            try:
-                await sandbox.adopt()
-            except errors.EmberError as exc:
-                log.warning("could not reattach sandbox %s: %s", record.id, exc)
-                continue
-            self._sandboxes[record.id] = sandbox
-            log.info("reattached sandbox %s", record.id)
-        await self.networks.remove_leftovers(keep=set(self._sandboxes))
-        self.driver.release_leftovers(keep=set(self._sandboxes))
-        await self.collect()
 
 
 def _check_duration(name: str, value: float | None) -> None:

@@ -117,8 +117,8 @@ def _build_root(jail: dict, root: str) -> None:
 
 def _enter(jail: dict) -> None:
     """Turn this (forked, single-threaded, root) process into the jailed one."""
-    for procs in jail["cgroups"]:
-        with open(procs, "w") as handle:
+    for join in jail["cgroups"]:  # "0": this very process (single-threaded)
+        with open(join, "w") as handle:
             handle.write("0\n")
     with open("/proc/sys/kernel/cap_last_cap") as handle:
         last_cap = int(handle.read())

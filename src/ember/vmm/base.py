@@ -124,6 +124,10 @@ class VirtualMachine(abc.ABC):
         """Prepare, while it runs, to read the RAM a restored VM wrote over its memory file."""
 
     @abc.abstractmethod
+    def memory_image(self) -> Path:
+        """Where the RAM a restored VM maps can be read (to copy it for its next snapshot)."""
+
+    @abc.abstractmethod
     def written_ram(self, capture: ram.Capture) -> ram.Pages:
         """``(offset, contents)`` of the RAM the paused VM wrote, read with ``capture``."""
 

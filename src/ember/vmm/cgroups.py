@@ -60,6 +60,18 @@ class Cgroup:
     def procs_files(self) -> tuple[Path, ...]:
         return tuple(directory / "cgroup.procs" for directory in dict.fromkeys(self.directories.values()))
 
+    @property
+    def join_files(self) -> tuple[Path, ...]:
+        """Where a single-threaded process writes "0" to move itself here.
+
+        On v1 that is ``tasks``: moving one thread, the caller itself, skips the
+        global lock a ``cgroup.procs`` write takes, whose RCU grace period cost
+        every VMM start 10-20 ms (measured: 15 ms against 0.5). On v2 a domain
+        cgroup takes whole processes only, through ``cgroup.procs``.
+        """
+        name = "tasks" if self.version == 1 else "cgroup.procs"
+        return tuple(directory / name for directory in dict.fromkeys(self.directories.values()))
+
     def processes(self) -> list[int]:
         """Every process in the cgroup, in every hierarchy."""
         pids: set[int] = set()
@@ -165,6 +177,12 @@ class CgroupHost:
             with contextlib.suppress(OSError):
                 names.update(p.name for p in self._parent(controller).iterdir() if p.is_dir())
         return [self.of(name) for name in sorted(names - keep)]
+
+    def close(self) -> None:
+        """Remove this instance's directory once no sandbox cgroup is left in it."""
+        for parent in dict.fromkeys(self._parent(c) for c in CONTROLLERS):
+            with contextlib.suppress(OSError):  # absent, or a sandbox of a crashed daemon still there
+                parent.rmdir()
 
     def _prepare_parents(self) -> None:
         if self.version == 2:

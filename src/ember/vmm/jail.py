@@ -46,7 +46,7 @@ class Jail:
     #: ``(path, writable)``: host files and directories that appear at the same path inside.
     binds: tuple[tuple[Path, bool], ...]
     devices: tuple[str, ...] = ("/dev/null", "/dev/urandom")
-    #: ``cgroup.procs`` files the VMM joins before anything else.
+    #: Files the VMM writes "0" to, to join its cgroups before anything else (``Cgroup.join_files``).
     cgroups: tuple[Path, ...] = ()
     rlimits: dict[str, int] = field(default_factory=dict)
     tmp_bytes: int = 16 << 20

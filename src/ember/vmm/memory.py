@@ -1,49 +1,59 @@
-"""Snapshot memory as restored VMMs map it: sealed memfds, one per memory file, shared.
+"""Snapshot memory as restored VMMs map it: sealed memfds ("images"), one per snapshot, shared.
 
-A restored VM maps its snapshot's memory file privately (copy-on-write), so all
-of them share its pages. QEMU 7.2 opens that file read-write even for a private
-mapping, which a jailed VMM cannot (the file is not its own), and must not be
-able to: a write through it would change every sandbox restored from the
-snapshot. So the VMM is given a memfd holding the file's contents, sealed
+A restored VM maps its snapshot's memory privately (copy-on-write), so all of
+them share its pages. QEMU 7.2 opens a memory file read-write even for a
+private mapping, which a jailed VMM cannot (the file is not its own), and must
+not be able to: a write through it would change every sandbox restored from the
+snapshot. So the VMM is given a memfd holding the snapshot's memory, sealed
 against writes, growth and shrinking (``F_SEAL_WRITE`` also refuses the
 hole-punching QEMU does on a balloon discard): it opens it "read-write" through
 ``/proc/self/fd/N`` and may map it privately, but no write of its reaches the
-memfd. One memfd per memory file serves every restore of it; it is made from
-the file on the first restore, and closed when the engine says the file is
-gone (``forget``); a VMM keeps its own reference.
+image. A snapshot builds its image directly (``ember.engine.snapshots``) and a
+durable one also keeps it on disk (``save``); an image that no sandbox maps is
+closed, and made again from the disk file for the next restore (``open``).
 
-The memfd has no holes: a copy-on-write fault on a hole of a memfd first puts a
-zeroed page into the memfd, charged to the VMM that faulted, and a restored
+An image gets no holes: a copy-on-write fault on a hole of a memfd first puts
+a zeroed page into the memfd, charged to the VMM that faulted, and a restored
 guest filling its memory would be charged twice its RAM (its cgroup ended one
-copying a 315 MB file in, measured). Allocated up front by the daemon, each
-image costs the host its guest's RAM once, shared by every restore of it; the
-first restore of a 512 MiB snapshot waits ~50 ms for the allocation.
+copying a 315 MB file in, measured). So every new image is filled, every page
+allocated by the daemon, in the background (``fill``: ~70 ms of a low-priority
+thread for 512 MiB): the first restores of it start at once and may be charged a
+few such pages meanwhile. An image costs the host its guest's RAM once, shared
+by every restore of it; the pages only allocated stay holes to ``SEEK_DATA``, so
+copies and saves of an image move only what its guest wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ember.sparse import copy_data
+
+log = logging.getLogger("ember.vmm")
 
 MEMFD_PREFIX = "ember-memory-"
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 class MemoryImages:
-    """Sealed memfds of memory files, by path (see the module docstring)."""
+    """The images of this daemon's snapshots, by the path of their memory file."""
 
     def __init__(self) -> None:
         self._images: dict[Path, asyncio.Future[int]] = {}
+        self._filler: ThreadPoolExecutor | None = None
 
     async def open(self, memory_file: Path) -> int:
-        """The sealed memfd holding ``memory_file``; owned here, do not close it."""
+        """The image of ``memory_file`` (made from the file if there is none); owned here."""
         image = self._images.get(memory_file)
         if image is None:
             image = self._images[memory_file] = asyncio.ensure_future(asyncio.to_thread(_load, memory_file))
+            image.add_done_callback(self._fill)
         try:
             return await asyncio.shield(image)
         except BaseException:
@@ -51,30 +61,108 @@ class MemoryImages:
                 del self._images[memory_file]  # a failed load is tried again next time
             raise
 
+    def put(self, memory_file: Path, image: int) -> None:
+        """Take ``image`` (an unsealed memfd, now sealed here) as ``memory_file``'s."""
+        seal(image)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.set_result(image)
+        self.forget_one(memory_file)
+        self._images[memory_file] = future
+        self._fill(future)
+
+    def forget_one(self, memory_file: Path) -> None:
+        if (image := self._images.pop(memory_file, None)) is not None:
+            close_when_done(image)
+
     def forget(self, keep: set[Path]) -> None:
-        """Close the memfds of memory files not in ``keep`` (their snapshots are gone)."""
+        """Close the images not in ``keep`` (no sandbox maps them; VMMs keep their own)."""
         for path in [p for p in self._images if p not in keep]:
-            image = self._images.pop(path)
-            image.add_done_callback(_close)
+            close_when_done(self._images.pop(path))
 
     def close(self) -> None:
+        if self._filler is not None:
+            self._filler.shutdown(wait=True)
+            self._filler = None
         self.forget(set())
 
+    def _fill(self, image: asyncio.Future[int]) -> None:
+        if image.cancelled() or image.exception() is not None:
+            return
+        if self._filler is None:
+            self._filler = lowest_priority_executor("ember-fill")
+        # A duplicate: the image may be forgotten (and closed) while it is being filled.
+        self._filler.submit(_fill, os.dup(image.result()))
 
-def _load(memory_file: Path) -> int:
-    image = os.memfd_create(f"{MEMFD_PREFIX}{memory_file.parent.name}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+
+def new_image(size_bytes: int, name: str) -> int:
+    """A new, empty (all holes), unsealed image of ``size_bytes``."""
+    image = os.memfd_create(f"{MEMFD_PREFIX}{name}", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
     try:
-        source = os.open(memory_file, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            copy_data(source, image)
-        finally:
-            os.close(source)
-        os.posix_fallocate(image, 0, os.fstat(image).st_size)  # the holes, as zeroed pages
-        fcntl.fcntl(image, fcntl.F_ADD_SEALS, _SEALS)
+        os.ftruncate(image, size_bytes)
     except BaseException:
         os.close(image)
         raise
     return image
+
+
+def copy_of(source: Path, name: str) -> int:
+    """A new, unsealed image holding the contents of the file (or memfd link) ``source``."""
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        image = new_image(os.fstat(fd).st_size, name)
+        try:
+            copy_data(fd, image)
+        except BaseException:
+            os.close(image)
+            raise
+    finally:
+        os.close(fd)
+    return image
+
+
+def seal(image: int) -> None:
+    """From now on nobody writes, grows or shrinks ``image``."""
+    fcntl.fcntl(image, fcntl.F_ADD_SEALS, _SEALS)
+
+
+def save(image: int, path: Path) -> None:
+    """Write ``image`` into the new file ``path``: what its guest wrote, its holes left holes."""
+    with path.open("xb") as target:
+        copy_data(image, target.fileno())
+
+
+def lowest_priority_executor(name: str) -> ThreadPoolExecutor:
+    """One thread at the lowest CPU priority, for work that must yield to VMs starting."""
+    return ThreadPoolExecutor(1, name, initializer=_lowest_priority)
+
+
+def _lowest_priority() -> None:
+    # Given a thread id, Linux sets that thread's priority only.
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _fill(image: int) -> None:
+    """Allocate every page of a (sealed) image: allowed within its size, and charged to us."""
+    try:
+        os.posix_fallocate(image, 0, os.fstat(image).st_size)
+    except OSError as exc:  # restores of it will be charged the pages they first write
+        log.warning("could not fill a memory image: %s", exc)
+    finally:
+        os.close(image)
+
+
+def _load(memory_file: Path) -> int:
+    image = copy_of(memory_file, memory_file.parent.name)
+    seal(image)
+    return image
+
+
+def close_when_done(image: asyncio.Future[int]) -> None:
+    """Close the memfd that ``image`` holds (or will: once it is made)."""
+    if image.done():
+        _close(image)
+    else:
+        image.add_done_callback(_close)
 
 
 def _close(image: asyncio.Future[int]) -> None:

@@ -234,7 +234,7 @@ class QemuVM(VirtualMachine):
             root=self._driver.jail_root,
             binds=tuple(binds),
             devices=devices,
-            cgroups=cgroup.procs_files,
+            cgroups=cgroup.join_files,
             rlimits=_VMM_RLIMITS,
         )
 
@@ -356,13 +356,17 @@ class QemuVM(VirtualMachine):
     def ram_capture(self) -> ram.Capture:
         if self.spec.memory_shared or self._pid is None:
             raise VmmError("only a VM restored from a snapshot has written RAM to read")
-        # It maps the memfd it was started with (ember.vmm.memory); the link names it as
-        # /proc/PID/maps does. A QEMU of an older Ember mapped the file itself.
+        return ram.Capture(self._pid, self.memory_image())
+
+    def memory_image(self) -> Path:
+        """The memory a restored VM maps: the memfd it was started with (``ember.vmm.memory``),
+        through its QEMU's descriptor, which names it as /proc/PID/maps does. A QEMU of an
+        older Ember mapped the file itself."""
         image = Path(f"/proc/{self._pid}/fd/{_MEMORY_FD}")
         with contextlib.suppress(OSError):
             if os.readlink(image).startswith(f"/memfd:{MEMFD_PREFIX}"):
-                return ram.Capture(self._pid, image)
-        return ram.Capture(self._pid, self.spec.memory_file)
+                return image
+        return self.spec.memory_file
 
     def written_ram(self, capture: ram.Capture) -> ram.Pages:
         if self.state is not VmState.PAUSED or capture.pid != self._pid:

@@ -9,8 +9,11 @@ restored VMs map (``ember.vmm.memory``). What this host cannot give is said at s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from ember.errors import IsolationUnavailableError, VmmError
@@ -114,6 +117,17 @@ class QemuDriver:
     def create(self, spec: VmSpec) -> QemuVM:
         return QemuVM(spec, self)
 
+    async def kill_strays(self, keep: set[str]) -> list[tuple[int, str]]:
+        """Kill every QEMU of this daemon's run directory whose sandbox is not in ``keep``,
+        and wait until each is gone; returns ``(pid, sandbox id)`` of each."""
+        strays = [(pid, name) for pid, name in qemu_processes(self.settings.run_dir) if name not in keep]
+        for pid, _ in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid, _ in strays:
+            await _exited(pid)
+        return strays
+
     def release_leftovers(self, keep: set[str]) -> None:
         """Remove the cgroups and uid claims of this instance's sandboxes that are not in ``keep``."""
         if self.cgroups is not None:
@@ -126,6 +140,38 @@ class QemuDriver:
     async def close(self) -> None:
         await self.jailer.close()
         self.memory.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+
+def qemu_processes(run_root: Path) -> list[tuple[int, str]]:
+    """``(pid, sandbox id)`` of every QEMU process started for a sandbox of ``run_root``."""
+    prefix, marker = f"{run_root}/".encode(), b"process=ember-"
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if marker in cmdline and prefix in cmdline and b"qemu" in cmdline.split(b"\0", 1)[0]:
+            name = cmdline.split(marker, 1)[1].split(b"\0", 1)[0].decode(errors="replace")
+            found.append((int(entry.name), name))
+    return found
+
+
+async def _exited(pid: int, timeout_s: float = 10.0) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await asyncio.wait_for(gone, timeout_s)
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 def _direct_io_works(directory: Path) -> bool:

@@ -136,14 +136,10 @@ def _read_into(pid: int, share: list[tuple[Run, memoryview]]) -> None:
             raise OSError(error, f"read {read} of {wanted} bytes of guest RAM from process {pid}")
 
 
-def write_pages(path: Path, pages: Pages) -> None:
-    """Lay ``pages`` over the file at ``path`` (a copy of the mapped memory file)."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        for offset, contents in pages:
-            os.pwrite(fd, contents, offset)
-    finally:
-        os.close(fd)
+def write_pages(image: int, pages: Pages) -> None:
+    """Lay ``pages`` over the open file ``image`` (a copy of the mapped memory)."""
+    for offset, contents in pages:
+        os.pwrite(image, contents, offset)
 
 
 def _region(line: str, inode: int, path: str) -> tuple[int, int, int] | None:
