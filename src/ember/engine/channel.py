@@ -497,7 +497,7 @@ class AgentClient:
         if call is None:
             self._charge_stray(frame)
         elif frame.kind == FrameKind.MESSAGE:
-            call._on_message(_json(frame), len(frame.payload))
+            call._on_message(frame.json(), len(frame.payload))
         elif frame.kind == FrameKind.CREDIT:
             call._on_credit(frame.credit())
         else:
@@ -524,10 +524,3 @@ class AgentClient:
 
 
 _GUEST_KINDS = frozenset({*_RAW_STREAMS, FrameKind.MESSAGE, FrameKind.CREDIT})
-
-
-def _json(frame: Frame) -> dict[str, Any]:
-    try:
-        return frame.json()
-    except RecursionError:  # json's C scanner gives up on deep nesting this way
-        raise ProtocolError(f"message on stream {frame.stream_id} is nested too deeply") from None

@@ -229,11 +229,11 @@ class Snapshots:
                 self.store.forget_snapshot(snapshot.id)
             else:
                 kept.append(snapshot)
-        # Images that a live sandbox maps, or that a template's restores will: the rest
-        # are made again from their files when next restored.
+        # Images a live sandbox maps, or a template's restores will, stay; of the others,
+        # the most recently used do, within a budget (made again from their files after).
         mapped_images = {Path(r.memory_file) for r in live if not r.memory_shared}
-        wanted = mapped_images | {s.memory_file for s in kept if s.kind in ("template", "fork")}
-        self.driver.memory.forget(wanted)
+        pinned = mapped_images | {s.memory_file for s in kept if s.kind in ("template", "fork")}
+        self.driver.memory.retain(pinned, existing={s.memory_file for s in kept})
         self.spares.forget({str(p) for p in mapped_images})
         removed = self.layers.collect([*(r.disk_chain for r in live), *(s.disk_chain for s in kept)])
         if removed:

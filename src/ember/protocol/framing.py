@@ -73,6 +73,8 @@ class Frame:
             value = json.loads(self.payload)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"message on stream {self.stream_id} is not JSON: {exc}") from exc
+        except RecursionError:  # json's scanner gives up on deep nesting this way
+            raise ProtocolError(f"message on stream {self.stream_id} is nested too deeply") from None
         if not isinstance(value, dict):
             raise ProtocolError(f"message on stream {self.stream_id} is not a JSON object")
         return value

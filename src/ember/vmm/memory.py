@@ -17,10 +17,11 @@ a zeroed page into the memfd, charged to the VMM that faulted, and a restored
 guest filling its memory would be charged twice its RAM (its cgroup ended one
 copying a 315 MB file in, measured). So every new image is filled, every page
 allocated by the daemon, in the background (``fill``: ~70 ms of a low-priority
-thread for 512 MiB): the first restores of it start at once and may be charged a
-few such pages meanwhile. An image costs the host its guest's RAM once, shared
-by every restore of it; the pages only allocated stay holes to ``SEEK_DATA``, so
-copies and saves of an image move only what its guest wrote.
+thread for 512 MiB, two seconds after the image is made): the first restores of
+it start at once and may be charged a few such pages meanwhile. An image costs
+the host its guest's RAM once, shared by every restore of it; the pages only
+allocated stay holes to ``SEEK_DATA``, so copies and saves of an image move only
+what its guest wrote.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,18 +40,25 @@ from ember.sparse import copy_data
 log = logging.getLogger("ember.vmm")
 
 MEMFD_PREFIX = "ember-memory-"
+#: A new image is filled this long after it is made: the restores a fork or a pool refill
+#: starts right away would otherwise share their two cores with the filling (+10-15 ms each).
+FILL_DELAY_S = 2.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 class MemoryImages:
     """The images of this daemon's snapshots, by the path of their memory file."""
 
-    def __init__(self) -> None:
+    def __init__(self, spare_bytes: int | None = None) -> None:
         self._images: dict[Path, asyncio.Future[int]] = {}
+        self._used: dict[Path, float] = {}
         self._filler: ThreadPoolExecutor | None = None
+        #: Images that no sandbox maps are kept, most recently used first, up to this much.
+        self.spare_bytes = spare_bytes if spare_bytes is not None else _default_spare_bytes()
 
     async def open(self, memory_file: Path) -> int:
         """The image of ``memory_file`` (made from the file if there is none); owned here."""
+        self._used[memory_file] = time.monotonic()
         image = self._images.get(memory_file)
         if image is None:
             image = self._images[memory_file] = asyncio.ensure_future(asyncio.to_thread(_load, memory_file))
@@ -68,16 +77,32 @@ class MemoryImages:
         future.set_result(image)
         self.forget_one(memory_file)
         self._images[memory_file] = future
+        self._used[memory_file] = time.monotonic()
         self._fill(future)
 
     def forget_one(self, memory_file: Path) -> None:
+        self._used.pop(memory_file, None)
         if (image := self._images.pop(memory_file, None)) is not None:
             close_when_done(image)
 
     def forget(self, keep: set[Path]) -> None:
-        """Close the images not in ``keep`` (no sandbox maps them; VMMs keep their own)."""
+        """Close the images not in ``keep`` (their snapshots are gone; VMMs keep their own)."""
         for path in [p for p in self._images if p not in keep]:
-            close_when_done(self._images.pop(path))
+            self.forget_one(path)
+
+    def retain(self, pinned: set[Path], existing: set[Path]) -> None:
+        """Keep the images of ``pinned`` memory files (mapped, or restored often) and, most
+        recently used first, those of other ``existing`` ones up to ``spare_bytes``: a
+        restore that finds its image skips making one (~60 ms for 512 MiB)."""
+        self.forget(existing | pinned)
+        spare = 0
+        for path in sorted(self._images, key=lambda p: self._used.get(p, 0.0), reverse=True):
+            if path in pinned:
+                continue
+            image = self._images[path]
+            spare += os.fstat(image.result()).st_size if image.done() and not image.exception() else 0
+            if spare > self.spare_bytes:
+                self.forget_one(path)
 
     def close(self) -> None:
         if self._filler is not None:
@@ -86,12 +111,22 @@ class MemoryImages:
         self.forget(set())
 
     def _fill(self, image: asyncio.Future[int]) -> None:
+        """Fill ``image`` soon, once the restores that made it wanted have started."""
         if image.cancelled() or image.exception() is not None:
             return
+        # A duplicate: the image may be forgotten (and closed) before it is filled.
+        fd = os.dup(image.result())
+        asyncio.get_running_loop().call_later(FILL_DELAY_S, self._start_fill, fd)
+
+    def _start_fill(self, fd: int) -> None:
         if self._filler is None:
             self._filler = lowest_priority_executor("ember-fill")
-        # A duplicate: the image may be forgotten (and closed) while it is being filled.
-        self._filler.submit(_fill, os.dup(image.result()))
+        self._filler.submit(_fill, fd)
+
+
+def _default_spare_bytes() -> int:
+    """An eighth of the host's memory, at most 4 GiB."""
+    return min(4 << 30, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
 
 
 def new_image(size_bytes: int, name: str) -> int:
