@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import filecmp
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -168,3 +169,30 @@ async def test_the_balloon_works_under_seccomp_and_never_touches_the_snapshot(sa
         assert filecmp.cmp(image, snapshot.memory_file, shallow=False)
     finally:
         await manager.delete_snapshot(snapshot.id)
+
+
+DNS_QUERY = """
+import socket, struct
+name = b"\\x06denied\\x04test\\x00"
+query = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+gateway = open("/proc/net/route").read().split()[13]
+server = socket.inet_ntoa(struct.pack("<I", int(gateway, 16)))
+client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+client.settimeout(10)
+client.sendto(query, (server, 53))
+print(client.recv(512)[3] & 0x0F)
+"""
+
+
+async def test_the_network_services_that_parse_guest_traffic_run_unprivileged(sandbox_factory, manager):
+    sandbox = await sandbox_factory(network={"domains": ["allowed.test"]})
+    pid = manager.networks.services.pid
+    assert pid is not None
+    seen = inspect(pid)
+    assert seen.uid >= 200_000 and seen.cap_eff == 0 and seen.cap_bnd == 0 and seen.no_new_privs == 1
+    assert seen.mount_namespace != os.readlink("/proc/self/ns/mnt"), "a root of its own"
+    assert seen.net_namespace == os.readlink("/proc/self/ns/net"), "the host's network, to reach upstream"
+    assert not any(f.endswith("ember.db") for f in seen.files), "the state database is not in its view"
+    # It is what answers the sandbox's DNS: a name the policy refuses gets NXDOMAIN (3) at once.
+    answer = await sandbox.code.run(DNS_QUERY)
+    assert answer.stdout.strip() == "3", answer

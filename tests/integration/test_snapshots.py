@@ -107,6 +107,10 @@ async def test_a_restored_sandbox_can_be_snapshotted_and_forked_again(sandbox_fa
     assert await value(child, "generation") == "2"  # it ran on
     # Its next snapshot starts from a spare copy of the image it maps, made meanwhile.
     assert child.record.memory_file in spares.held()
+    for _ in range(300):
+        if spares.ready(child.record.memory_file):
+            break
+        await asyncio.sleep(0.1)
     taken = spares.taken
     grandchildren = await manager.fork(child.id, 1)
     assert spares.taken == taken + 1, "the fork did not take the spare"

@@ -59,7 +59,7 @@ class SandboxManager:
         self.store = Store(self.settings.data_dir / "ember.db")
         self.layers = Layers(self.settings)
         self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
-        self.networks = Networks(self.settings)
+        self.networks = Networks(self.settings, self.driver.spawn_helper)
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
@@ -102,8 +102,8 @@ class SandboxManager:
         await asyncio.gather(*(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True)
         await self.collect()
         self.snapshots.close()
+        await self.networks.close()  # its services process runs under the driver's jail
         await self.driver.close()
-        await self.networks.close()
         self.store.close()
 
     # ------------------------------------------------------------ sandboxes

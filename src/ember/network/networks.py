@@ -2,7 +2,8 @@
 
 ``Networks`` ties the parts together for one daemon: the host side (namespace,
 links, nftables: ``host``), the sandbox's DNS (``resolver``) and its name-checked
-proxy (``proxy``), and the VM's NIC backend (a tap added to the running QEMU).
+proxy (``proxy``), served by an unprivileged process of their own on sockets the
+daemon binds (``services``), and the VM's NIC backend (a tap handed to QEMU).
 A ``Lease`` is one sandbox's attached network; the guest is told its address
 through the agent by the sandbox itself.
 """
@@ -11,19 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
+import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ember.network import host
 from ember.network.host import Addressing, HostNetwork, ServicePorts
 from ember.network.packages import host_package_hosts
 from ember.network.policy import DomainRules, NetworkPolicy
-from ember.network.proxy import NameProxy
-from ember.network.resolver import Resolver, Upstream
+from ember.network.services import rules_to_wire
+from ember.network.services_client import Launcher, ServicesClient
 from ember.settings import Settings
 
 log = logging.getLogger("ember.network")
@@ -47,33 +48,22 @@ class Lease:
     addressing: Addressing
     policy: NetworkPolicy
     rules: DomainRules
-    resolver: Resolver | None = None
-    proxy: NameProxy | None = None
     ports: ServicePorts | None = None
-    denied: list[ipaddress.IPv4Network] = field(default_factory=list)
+    served: bool = False
 
     def guest_config(self) -> dict[str, str]:
         """What the agent configures in the guest (its interface, route and resolver)."""
         return {"address": f"{self.addressing.guest_ip}/30", "gateway": self.addressing.gateway}
 
-    def is_denied(self, address: ipaddress.IPv4Address) -> bool:
-        return any(address in network for network in self.denied)
-
 
 class Networks:
     """Every sandbox network of one daemon (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, launch: Launcher) -> None:
         self.host = HostNetwork(settings.network_cidr, settings.instance)
-        self._upstream_spec = settings.dns_upstream
-        self._upstream: Upstream | None = None
+        log_path = settings.data_dir / "network-services.log"
+        self.services = ServicesClient(launch, settings.dns_upstream, log_path)
         self._package_hosts: tuple[float, tuple[str, ...]] | None = None
-
-    @property
-    def upstream(self) -> Upstream:
-        if self._upstream is None:
-            self._upstream = Upstream(self._upstream_spec)
-        return self._upstream
 
     async def attach(self, sandbox_id: str, nic: Nic, policy: NetworkPolicy) -> Lease:
         """Give a running VM a network under ``policy``; on failure nothing is left."""
@@ -111,7 +101,7 @@ class Networks:
         rules = DomainRules.of(policy, await self.package_hosts() if policy.packages else ())
         denied = [*host.ALWAYS_DENIED, str(self.host.cidr), *await host.host_addresses()]
         await self.host.apply(lease.sandbox_id, lease.addressing, policy, lease.ports, denied)
-        lease.denied = [ipaddress.IPv4Network(n) for n in denied]
+        await self.services.update(lease.sandbox_id, {"rules": rules_to_wire(rules), "denied": denied})
         lease.policy, lease.rules = policy, rules
 
     async def detach(self, lease: Lease, nic: Nic | None) -> None:
@@ -134,6 +124,7 @@ class Networks:
                 await self.host.remove(netns[len(prefix) :], None)
 
     async def close(self) -> None:
+        await self.services.close()
         await self.host.release_host()
 
     async def package_hosts(self) -> tuple[str, ...]:
@@ -144,16 +135,38 @@ class Networks:
         return self._package_hosts[1]
 
     async def _serve(self, lease: Lease) -> None:
+        """Bind the sandbox's DNS, HTTP and TLS sockets on its host-side address and have the
+        services process answer on them, refusing everything until ``update``."""
         address = lease.addressing.host_ip
-        lease.resolver = await Resolver.listen(address, self.upstream, lambda: lease.rules)
-        lease.proxy = NameProxy(self.upstream, lambda: lease.rules, lease.is_denied)
-        http, tls = await lease.proxy.listen(address)
-        lease.ports = ServicePorts(dns=lease.resolver.port, http=http, tls=tls)
+        sockets = (
+            _bound(socket.SOCK_DGRAM, address),
+            _bound(socket.SOCK_STREAM, address),
+            _bound(socket.SOCK_STREAM, address),
+        )
+        dns, http, tls = (s.getsockname()[1] for s in sockets)
+        lease.ports = ServicePorts(dns=dns, http=http, tls=tls)
+        try:
+            await self.services.serve(lease.sandbox_id, sockets, {"rules": {}, "denied": []})
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        lease.served = True
 
-    @staticmethod
-    async def _stop_services(lease: Lease) -> None:
-        for service in (lease.resolver, lease.proxy):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    await service.close()
-        lease.resolver = lease.proxy = None
+    async def _stop_services(self, lease: Lease) -> None:
+        if lease.served:
+            lease.served = False
+            await self.services.stop(lease.sandbox_id)
+
+
+def _bound(kind: socket.SocketKind, address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

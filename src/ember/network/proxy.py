@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import struct
 from collections.abc import Callable
 
@@ -81,16 +82,11 @@ class NameProxy:
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
 
-    async def listen(self, host: str) -> tuple[int, int]:
-        """Start both listeners; returns their (http, tls) ports."""
-        ports = []
-        for tls in (False, True):
-            server = await asyncio.start_server(
-                lambda r, w, tls=tls: self._accept(r, w, tls), host=host, port=0, reuse_address=True
-            )
+    async def serve(self, http: socket.socket, tls: socket.socket) -> None:
+        """Accept on both listening sockets (bound by the daemon on the sandbox's address)."""
+        for sock, is_tls in ((http, False), (tls, True)):
+            server = await asyncio.start_server(lambda r, w, t=is_tls: self._accept(r, w, t), sock=sock)
             self._servers.append(server)
-            ports.append(server.sockets[0].getsockname()[1])
-        return ports[0], ports[1]
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer, tls))

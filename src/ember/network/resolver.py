@@ -1,8 +1,9 @@
 """The guest's DNS: names its policy allows are looked up upstream, the rest do not exist.
 
-One UDP listener per sandbox, on its host-side address, so the listener itself
-says whose policy applies. A refused name gets NXDOMAIN at once rather than a
-timeout. Upstream is the host's resolver, or ``EMBER_DNS_UPSTREAM``.
+One UDP socket per sandbox, bound by the daemon on its host-side address, so the
+socket itself says whose policy applies; served in ``ember.network.services``. A
+refused name gets NXDOMAIN at once rather than a timeout. Upstream is the host's
+resolver, or ``EMBER_DNS_UPSTREAM``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,18 +64,14 @@ class Resolver(asyncio.DatagramProtocol):
         self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def listen(cls, host: str, upstream: Upstream, rules: Callable[[], DomainRules]) -> Resolver:
+    async def serve(
+        cls, sock: socket.socket, upstream: Upstream, rules: Callable[[], DomainRules]
+    ) -> Resolver:
+        """Answer on ``sock``, a UDP socket bound to the sandbox's host-side address."""
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: cls(upstream, rules), local_addr=(host, 0)
-        )
+        transport, protocol = await loop.create_datagram_endpoint(lambda: cls(upstream, rules), sock=sock)
         protocol._transport = transport  # connection_made comes a loop turn later
         return protocol
-
-    @property
-    def port(self) -> int:
-        assert self._transport is not None
-        return self._transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(data, addr))

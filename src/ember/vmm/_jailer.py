@@ -18,7 +18,8 @@ single-threaded and started once, so a fork costs about a millisecond.
 
 The jail, in order (Firecracker's jailer is the model): a session of its own;
 the sandbox's cgroups; new mount, network, IPC, UTS and cgroup namespaces (the
-VMM has no network at all: a tap reaches it as a file descriptor); a tmpfs
+VMM has no network at all: a tap reaches it as a file descriptor; the network
+services keep the host's); a tmpfs
 root holding only the files the jail names, each bound at its own host path
 (read-only unless the VMM writes it), ``/usr`` read-only for the VMM's binary
 and libraries, a ``/dev`` with only the named devices, a ``/proc`` that shows
@@ -110,8 +111,8 @@ def _build_root(jail: dict, root: str) -> None:
     tmp = f"mode=0700,size={jail['tmp_bytes']},uid={jail['uid']},gid={jail['gid']}"
     _mount("tmpfs", inside("/tmp"), "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, tmp)
     # Shallow paths first, so that a directory bound later never hides a file bound inside it.
-    for path, writable in sorted(jail["binds"], key=lambda bind: bind[0].count("/")):
-        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | (0 if writable else _MS_RDONLY)
+    for path, writable, executable in sorted(jail["binds"], key=lambda bind: bind[0].count("/")):
+        flags = _MS_NOSUID | _MS_NODEV | (0 if executable else _MS_NOEXEC) | (0 if writable else _MS_RDONLY)
         _bind(path, inside(path), flags)
 
 
@@ -122,10 +123,10 @@ def _enter(jail: dict) -> None:
             handle.write("0\n")
     with open("/proc/sys/kernel/cap_last_cap") as handle:
         last_cap = int(handle.read())
-    _check(
-        _libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP),
-        "unshare namespaces",
-    )
+    namespaces = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
+    if jail.get("own_network", True):
+        namespaces |= _CLONE_NEWNET
+    _check(_libc.unshare(namespaces), "unshare namespaces")
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing done here reaches the host
     root = jail["root"]
     _build_root(jail, root)

@@ -43,25 +43,49 @@ class Jail:
     gid: int
     #: An empty directory on the host, mounted over (privately) as the jail's root.
     root: Path
-    #: ``(path, writable)``: host files and directories that appear at the same path inside.
+    #: ``(path, writable)``: host files and directories that appear at the same path inside
+    #: (nothing in them executable, but for ``executables``).
     binds: tuple[tuple[Path, bool], ...]
     devices: tuple[str, ...] = ("/dev/null", "/dev/urandom")
     #: Files the VMM writes "0" to, to join its cgroups before anything else (``Cgroup.join_files``).
     cgroups: tuple[Path, ...] = ()
     rlimits: dict[str, int] = field(default_factory=dict)
     tmp_bytes: int = 16 << 20
+    #: A network namespace of its own (no network at all); False: the host's.
+    own_network: bool = True
+    #: Bound paths whose programs and libraries may run (an interpreter's), besides ``/usr``.
+    executables: frozenset[Path] = frozenset()
 
     def to_wire(self) -> dict[str, object]:
         return {
             "uid": self.uid,
             "gid": self.gid,
             "root": str(self.root),
-            "binds": [[str(path), writable] for path, writable in self.binds],
+            "binds": [[str(path), writable, path in self.executables] for path, writable in self.binds],
             "devices": list(self.devices),
             "cgroups": [str(path) for path in self.cgroups],
             "rlimits": dict(self.rlimits),
             "tmp_bytes": self.tmp_bytes,
+            "own_network": self.own_network,
         }
+
+
+def python_jail(uid: int, root: Path) -> Jail:
+    """A jail for this very Python (its interpreter, its packages, Ember) in the host's
+    network namespace: for the daemon's helpers that parse what guests send."""
+    # Its interpreter, and extension modules wherever they are, are mapped executable.
+    code = {Path(p) for p in (sys.base_prefix, sys.prefix, *sys.path) if p and Path(p).is_dir()}
+    resolv = Path("/etc/resolv.conf")
+    binds = tuple((path, False) for path in sorted(code | ({resolv} if resolv.exists() else set())))
+    return Jail(
+        uid=uid,
+        gid=uid,
+        root=root,
+        binds=binds,
+        own_network=False,
+        executables=frozenset(code),
+        rlimits={"RLIMIT_CORE": 0},
+    )
 
 
 class Jailer:

@@ -22,10 +22,13 @@ from ember.vmm import clock
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import VmSpec
 from ember.vmm.cgroups import CgroupHost, CgroupsUnavailable
-from ember.vmm.jail import JAIL_ROOT, Jailer
+from ember.vmm.jail import JAIL_ROOT, Jailer, python_jail
 from ember.vmm.memory import MemoryImages
 from ember.vmm.qemu import QemuVM, kernel_args
 from ember.vmm.uids import UidRange
+
+#: The holder of the uid claim of the daemon's helpers (``spawn_helper``).
+HELPERS = "helpers"
 
 
 class QemuDriver:
@@ -60,6 +63,7 @@ class QemuDriver:
                 self._missing.append(str(exc))
         self._qemu_path: str | None = None
         self._disk_cache: str | None = None
+        self._helper_uid: int | None = None
 
     @property
     def jailed(self) -> bool:
@@ -128,18 +132,32 @@ class QemuDriver:
             await _exited(pid)
         return strays
 
+    async def spawn_helper(self, argv: list[str], fds: list[int]) -> int:
+        """Start one of the daemon's Python helpers (the network services) jailed as a uid
+        of its own, in the host's network namespace; returns its pid."""
+        jail = None
+        if self.jailed:
+            self.check_isolation()
+            if self._helper_uid is None:
+                self._helper_uid = self.uids.claim(HELPERS)
+            jail = python_jail(self._helper_uid, self.jail_root)
+        return await self.jailer.spawn(argv, fds, jail)
+
     def release_leftovers(self, keep: set[str]) -> None:
         """Remove the cgroups and uid claims of this instance's sandboxes that are not in ``keep``."""
         if self.cgroups is not None:
             for cgroup in self.cgroups.leftovers(keep):
                 cgroup.remove()
-        for uid, sandbox_id in self.uids.holders().items():
-            if sandbox_id not in keep:
+        for uid, holder in self.uids.holders().items():
+            if holder not in keep and uid != self._helper_uid:
                 self.uids.release(uid)
 
     async def close(self) -> None:
         await self.jailer.close()
         self.memory.close()
+        if self._helper_uid is not None:
+            self.uids.release(self._helper_uid)
+            self._helper_uid = None
         if self.cgroups is not None:
             self.cgroups.close()
 
