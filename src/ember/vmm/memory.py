@@ -40,8 +40,10 @@ from ember.sparse import copy_data
 log = logging.getLogger("ember.vmm")
 
 MEMFD_PREFIX = "ember-memory-"
-#: A new image is filled this long after it is made: the restores a fork or a pool refill
-#: starts right away would otherwise share their two cores with the filling (+10-15 ms each).
+#: A new image is filled this long after it is made, if something still maps it then: the
+#: restores a fork or a pool refill starts right away would otherwise compete with the filling
+#: (zeroing 512 MiB slowed QEMU's start-up 40 -> 120 ms, measured), and a fork's image often
+#: goes with its children within that time.
 FILL_DELAY_S = 2.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
@@ -111,17 +113,17 @@ class MemoryImages:
         self.forget(set())
 
     def _fill(self, image: asyncio.Future[int]) -> None:
-        """Fill ``image`` soon, once the restores that made it wanted have started."""
-        if image.cancelled() or image.exception() is not None:
-            return
-        # A duplicate: the image may be forgotten (and closed) before it is filled.
-        fd = os.dup(image.result())
-        asyncio.get_running_loop().call_later(FILL_DELAY_S, self._start_fill, fd)
+        """Fill ``image`` soon, if it is still wanted then (a fork's, say, may be gone)."""
+        if not image.cancelled() and image.exception() is None:
+            asyncio.get_running_loop().call_later(FILL_DELAY_S, self._start_fill, image)
 
-    def _start_fill(self, fd: int) -> None:
+    def _start_fill(self, image: asyncio.Future[int]) -> None:
+        if image not in self._images.values():
+            return  # forgotten: nothing maps it any more
         if self._filler is None:
             self._filler = lowest_priority_executor("ember-fill")
-        self._filler.submit(_fill, fd)
+        # A duplicate: the image may be forgotten (and closed) while it is filled.
+        self._filler.submit(_fill, os.dup(image.result()))
 
 
 def _default_spare_bytes() -> int:
