@@ -1,4 +1,5 @@
-"""A daemon killed with SIGKILL in the middle of an operation leaves nothing behind once restarted."""
+"""A daemon killed with SIGKILL in the middle of an operation leaves nothing behind once restarted,
+and a soak of full cycles leaves every count where it began."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 from e2e_support import Daemon
 
-from ember.bench.crash import KILL_POINTS, CrashLab
+from ember.bench import crash
+from ember.bench.lab import Lab
+from ember.bench.soak import soak
 from leaks import qemu_pids_under
 
 #: A handful of the kill points (``ember bench --crash`` runs them all): the ones that
@@ -18,8 +21,8 @@ POINTS = ("fork(4)", "pool refill", "create (cold boot)", "snapshot")
 
 
 @pytest.fixture(scope="module")
-def lab(daemon: Daemon) -> Iterator[CrashLab]:
-    crash_lab = CrashLab(Path(os.readlink(daemon.data_dir / "images")))
+def lab(daemon: Daemon) -> Iterator[Lab]:
+    crash_lab = Lab(Path(os.readlink(daemon.data_dir / "images")))
     try:
         crash_lab.build_base()
         yield crash_lab
@@ -29,9 +32,24 @@ def lab(daemon: Daemon) -> Iterator[CrashLab]:
         assert qemu_pids_under(run_dir) == [], "QEMU processes outlived the crash lab"
 
 
-@pytest.mark.parametrize("point", [p for p in KILL_POINTS if p.name in POINTS], ids=lambda p: p.name)
-def test_a_daemon_killed_mid_operation_restarts_with_nothing_leaked(lab: CrashLab, point) -> None:
-    audit = lab.run(point)
+@pytest.mark.parametrize("point", [p for p in crash.KILL_POINTS if p.name in POINTS], ids=lambda p: p.name)
+def test_a_daemon_killed_mid_operation_restarts_with_nothing_leaked(lab: Lab, point) -> None:
+    audit = crash.run(lab, point)
     assert audit.leaks == 0, f"left behind after a kill during {point.name}: {audit}\n{lab.log_tail()}"
     assert audit.survivor_ok, f"the sandbox that ran before the kill no longer answers:\n{lab.log_tail()}"
     assert audit.snapshots_ok, f"a finished snapshot no longer restores:\n{lab.log_tail()}"
+
+
+def test_a_soak_leaves_every_count_where_it_began(lab: Lab) -> None:
+    """A short soak (``ember bench --soak 1000`` is the long one): full cycles, and nothing drifts."""
+    lab.start(pool="base=2")
+    try:
+        result = soak(lab, cycles=16, every=8, progress=lambda _: None)
+        audit = lab.audit()
+    finally:
+        lab.stop()
+    drift = result.drift()
+    rss = drift.pop("daemon RSS MiB")
+    assert all(value == 0 for value in drift.values()), f"grew over {result.cycles} cycles: {drift}"
+    assert rss < 20, f"the daemon's memory grew {rss:.1f} MiB over {result.cycles} cycles"
+    assert audit.leaks == 0, audit

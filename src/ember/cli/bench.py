@@ -32,10 +32,16 @@ def bench(
             "--crash", help="Instead: kill a daemon of its own during each operation, restart, count leaks."
         ),
     ] = False,
+    soak: Annotated[
+        int, typer.Option("--soak", help="Instead: N full cycles against a daemon of its own; what drifts.")
+    ] = 0,
 ) -> None:
     """Measure Ember's speed and density (p50/p95/p99), each latency next to its floor."""
     if crash:
         _crash_matrix()
+        return
+    if soak:
+        _soak(soak)
         return
     plan = replace(QUICK if quick else FULL, density_max=capacity)
     suite = Suite(plan, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
@@ -74,23 +80,54 @@ def _value(row: Row, q: int) -> str:
 
 def _crash_matrix() -> None:
     """Every kill point once, against a daemon of its own on this host, as a table."""
-    from ember.bench.crash import KILL_POINTS, CrashLab
+    from ember.bench import crash
+    from ember.bench.lab import Lab
     from ember.settings import Settings
 
     table = Table(title="Ember crash matrix (SIGKILL mid-operation, then restart)", header_style="bold")
     for column in ("killed during", "leaked", "what", "survivor answers", "snapshots restore"):
         table.add_column(column, no_wrap=column == "killed during")
-    lab = CrashLab(Settings.from_env().images_dir)
+    lab = Lab(Settings.from_env().images_dir)
     try:
         stderr.print("[dim]building template base for the lab's daemon[/]")
         lab.build_base()
-        for point in KILL_POINTS:
+        for point in crash.KILL_POINTS:
             stderr.print(f"[dim]killing the daemon during: {point.name}[/]")
-            audit = lab.run(point)
+            audit = crash.run(lab, point)
             what = ", ".join(f"{k}: {v}" for k, v in vars(audit).items() if isinstance(v, list) and v)
             answers = ["yes" if ok else "NO" for ok in (audit.survivor_ok, audit.snapshots_ok)]
             table.add_row(point.name, str(audit.leaks), what or "-", *answers)
     finally:
         lab.close()
+    _print(table)
+
+
+def _soak(cycles: int) -> None:
+    """``cycles`` full cycles against a daemon of its own (with a pool), and what drifted."""
+    from ember.bench.lab import Lab
+    from ember.bench.soak import soak
+    from ember.settings import Settings
+
+    lab = Lab(Settings.from_env().images_dir)
+    try:
+        stderr.print("[dim]building template base for the lab's daemon[/]")
+        lab.build_base()
+        lab.start(pool="base=2")
+        result = soak(lab, cycles, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
+        audit = lab.audit()
+        lab.stop()
+    finally:
+        lab.close()
+    (first_cycle, first), (last_cycle, last) = result.censuses[0], result.censuses[-1]
+    title = f"Ember soak: {cycles} cycles in {result.seconds:.0f} s; {audit.leaks} things belong to nothing"
+    table = Table(title=title, header_style="bold")
+    for column in ("", f"after {first_cycle}", f"after {last_cycle}", "drift"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name, drift in result.drift().items():
+        table.add_row(name, f"{first[name]:g}", f"{last[name]:g}", f"{drift:+g}")
+    _print(table)
+
+
+def _print(table: Table) -> None:
     out = stdout if stdout.is_terminal else Console(highlight=False, width=132)
     out.print(table)
