@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 _COPY_CHUNK = 1 << 20
+_ZEROS = bytes(_COPY_CHUNK)
 
 
 def copy_sparse(source: Path, target: Path) -> None:
@@ -23,10 +24,15 @@ def copy_sparse(source: Path, target: Path) -> None:
             raise
 
 
-def copy_data(src: int, dst: int) -> None:
-    """Copy the data of file ``src`` into ``dst`` (made the same size); holes stay holes."""
+def copy_data(src: int, dst: int, skip_zeros: bool = False) -> None:
+    """Copy the data of file ``src`` into ``dst`` (made the same size); holes stay holes.
+
+    ``skip_zeros`` also leaves out data that is all zeros (read and compared, a MiB
+    at a time): a memfd's pages that were only ever read count as data.
+    """
     size = os.fstat(src).st_size
     os.ftruncate(dst, size)
+    copy = _copy_nonzero if skip_zeros else _copy_range
     offset = 0
     while offset < size:
         try:
@@ -36,8 +42,16 @@ def copy_data(src: int, dst: int) -> None:
                 return
             raise
         data_end = os.lseek(src, data_start, os.SEEK_HOLE)
-        _copy_range(src, dst, data_start, data_end)
+        copy(src, dst, data_start, data_end)
         offset = data_end
+
+
+def _copy_nonzero(src: int, dst: int, start: int, end: int) -> None:
+    buffer = memoryview(bytearray(_COPY_CHUNK))
+    for offset in range(start, end, _COPY_CHUNK):
+        view = buffer[: os.preadv(src, [buffer[: min(_COPY_CHUNK, end - offset)]], offset)]
+        if view.tobytes() != _ZEROS[: len(view)]:  # a memcmp (memoryview's == goes byte by byte)
+            os.pwrite(dst, view, offset)
 
 
 def _copy_range(src: int, dst: int, start: int, end: int) -> None:

@@ -110,3 +110,16 @@ def test_writable_disk_is_a_sparse_clean_ext4_labelled_ember_rw(tmp_path: Path) 
         subprocess.run(["e2fsck", "-fn", disk], capture_output=True, check=True)
     templates = list((tmp_path / "data/images").glob("writable-disk-*"))
     assert len(templates) == 1
+
+
+def test_a_copy_that_skips_zeros_leaves_them_holes(tmp_path):
+    from ember.sparse import copy_data
+
+    source = tmp_path / "source"
+    with source.open("wb") as handle:
+        handle.write(b"\0" * (3 << 20) + b"data" + b"\0" * (1 << 20))  # written zeros count as data
+    target = tmp_path / "target"
+    with source.open("rb") as src, target.open("xb") as dst:
+        copy_data(src.fileno(), dst.fileno(), skip_zeros=True)
+    assert target.read_bytes() == source.read_bytes()
+    assert target.stat().st_blocks * 512 <= 1 << 20, "only the MiB holding data was written"
