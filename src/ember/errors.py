@@ -26,6 +26,7 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     ├── SandboxDeadError                sandbox_dead      410
     ├── TimeoutError                    exec_timeout      408
     ├── CancelledError                  cancelled         499
+    ├── QuotaExceededError              quota_exceeded    429
     ├── ResourceExhaustedError          resource_exhausted 507
     ├── DiskFullError                   disk_full         507
     ├── ExecFailedError                 exec_failed       422
@@ -45,19 +46,27 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 from ember.protocol.codes import ErrorCode
 
 
 class EmberError(Exception):
-    """Base of every Ember error: a stable ``code``, an HTTP ``status`` and a message."""
+    """Base of every Ember error: a stable ``code``, an HTTP ``status`` and a message.
+
+    ``details``, when an error has them, are facts a program can act on (which
+    quota, its limit and the use); they travel in the error body beside the message.
+    """
 
     code: str = ErrorCode.INTERNAL_ERROR.value
     status: int = 500
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details
         if code is not None:
             self.code = code
 
@@ -178,6 +187,13 @@ class CancelledError(EmberError):
     status = 499
 
 
+class QuotaExceededError(EmberError):
+    """The request would take its API key past a quota; ``details`` say which, its limit and the use."""
+
+    code = ErrorCode.QUOTA_EXCEEDED.value
+    status = 429
+
+
 class ResourceExhaustedError(EmberError):
     code = ErrorCode.RESOURCE_EXHAUSTED.value
     status = 507
@@ -261,9 +277,9 @@ for _cls in _leaves(EmberError)[1:]:
         _BY_CODE.setdefault(_cls.code, _cls)
 
 
-def error_for(code: str, message: str) -> EmberError:
+def error_for(code: str, message: str, details: dict[str, Any] | None = None) -> EmberError:
     """The exception for a code received over the wire; unknown codes keep their code."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        return EmberError(message, code=code)
-    return cls(message)
+        return EmberError(message, code=code, details=details)
+    return cls(message, details=details)

@@ -54,6 +54,9 @@ class Settings:
     jail: bool = True
     #: The uids (and gids of the same numbers) that jailed VMMs run as, one per sandbox (EMBER_UID_RANGE).
     uid_range: tuple[int, int] = (200_000, 265_535)
+    #: Free space kept in the data directory: creates and snapshots are refused below it
+    #: (EMBER_DISK_RESERVE_MIB). Sparse disk layers may promise more than the disk holds.
+    disk_reserve_mib: int = 1024
     #: Host memory a VMM may use beyond its guest's RAM before its cgroup ends it
     #: (EMBER_VMM_OVERHEAD_MIB; None: the driver's measured figure for this acceleration).
     vmm_overhead_mib: int | None = None
@@ -99,6 +102,8 @@ class Settings:
             kwargs["jail"] = parse_switch("EMBER_JAIL", env["EMBER_JAIL"])
         if "EMBER_UID_RANGE" in env:
             kwargs["uid_range"] = parse_range("EMBER_UID_RANGE", env["EMBER_UID_RANGE"])
+        if "EMBER_DISK_RESERVE_MIB" in env:
+            kwargs["disk_reserve_mib"] = int(env["EMBER_DISK_RESERVE_MIB"])
         if "EMBER_VMM_OVERHEAD_MIB" in env:
             kwargs["vmm_overhead_mib"] = int(env["EMBER_VMM_OVERHEAD_MIB"])
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -55,6 +56,47 @@ async def manager(test_settings: Settings) -> AsyncIterator[SandboxManager]:
     await engine.close()
     stray = {p.name for p in engine.layers.directory.iterdir()} - kept
     assert not stray, f"disk layers that no snapshot holds were left behind: {stray}"
+
+
+@pytest.fixture
+async def own_manager(test_settings: Settings) -> AsyncIterator:
+    """Makes a manager with other settings, in directories of its own, and ends it after the test."""
+    made: list[SandboxManager] = []
+    directories: list[Path] = []
+    mounts: list[Path] = []
+
+    async def make(data_disk_mib: int | None = None, **changes: object) -> SandboxManager:
+        """``data_disk_mib``: the data directory is a filesystem of that size of its own."""
+        data_dir = Path(tempfile.mkdtemp(prefix="ember-own-"))
+        run_dir = Path(tempfile.mkdtemp(prefix="ember-own-", dir="/dev/shm"))
+        directories.extend((data_dir, run_dir))
+        if data_disk_mib is not None:  # an ext4 of its own on a loop device (not tmpfs: a VMM's
+            # writes to tmpfs are charged to its cgroup's memory)
+            image = data_dir.with_suffix(".ext4")
+            directories.append(image)
+            with image.open("wb") as disk:
+                disk.truncate(data_disk_mib << 20)
+            subprocess.run(["mkfs.ext4", "-q", "-m", "0", image], check=True)
+            subprocess.run(["mount", "-o", "loop", image, data_dir], check=True)
+            mounts.append(data_dir)
+        (data_dir / "images").symlink_to(test_settings.images_dir.resolve())
+        settings = replace(test_settings, data_dir=data_dir, run_dir=run_dir, pool=(), **changes)
+        manager = SandboxManager(settings)
+        await manager.start()
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        await manager.close()
+        assert qemu_pids_under(manager.settings.run_dir) == []
+    for mount in mounts:
+        subprocess.run(["umount", mount], check=True)
+    for directory in directories:
+        if directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            directory.unlink(missing_ok=True)
 
 
 SandboxFactory = Callable[..., Awaitable[Sandbox]]

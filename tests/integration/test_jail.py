@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import filecmp
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,31 +118,6 @@ async def test_a_host_without_a_cgroup_controller_refuses_creates_clearly(own_ma
     assert refused.value.code == "isolation_unavailable"
     assert manager.list(include_ended=True) == []
     assert list(manager.settings.run_dir.iterdir()) == []
-
-
-@pytest.fixture
-async def own_manager(test_settings: Settings) -> AsyncIterator:
-    """Makes a manager with other settings, in directories of its own, and ends it after the test."""
-    made: list[SandboxManager] = []
-    directories: list[Path] = []
-
-    async def make(**changes: object) -> SandboxManager:
-        data_dir = Path(tempfile.mkdtemp(prefix="ember-jail-"))
-        run_dir = Path(tempfile.mkdtemp(prefix="ember-jail-", dir="/dev/shm"))
-        directories.extend((data_dir, run_dir))
-        (data_dir / "images").symlink_to(test_settings.images_dir.resolve())
-        settings = replace(test_settings, data_dir=data_dir, run_dir=run_dir, pool=(), **changes)
-        manager = SandboxManager(settings)
-        await manager.start()
-        made.append(manager)
-        return manager
-
-    yield make
-    for manager in made:
-        await manager.close()
-        assert qemu_pids_under(manager.settings.run_dir) == []
-    for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_the_balloon_works_under_seccomp_and_never_touches_the_snapshot(sandbox_factory, manager):

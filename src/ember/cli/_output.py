@@ -56,9 +56,14 @@ def print_listing(
     if as_json:
         stdout.print_json(json.dumps([item.to_wire() for item in items]))
         return
+    print_rows(columns, [row(item) for item in items])
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A plain table: a bold header, then the rows."""
     table = Table(box=None, header_style="bold")
     for column in columns:
         table.add_column(column)
-    for item in items:
-        table.add_row(*row(item))
+    for cells in rows:
+        table.add_row(*cells)
     stdout.print(table)

@@ -24,6 +24,7 @@ _BY_STATUS: dict[int, type[EmberError]] = {
     409: errors.ConflictError,
     410: errors.SandboxDeadError,
     413: errors.PayloadTooLargeError,
+    429: errors.QuotaExceededError,
     422: errors.InvalidRequestError,
     503: errors.AgentUnavailableError,
 }
@@ -50,7 +51,12 @@ def error_from_response(status: int, body: bytes, reason: str = "") -> EmberErro
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("code"), str):
-        return error_for(data["code"], str(data.get("message") or reason or data["code"]))
+        details = data.get("details")
+        return error_for(
+            data["code"],
+            str(data.get("message") or reason or data["code"]),
+            details if isinstance(details, dict) else None,
+        )
     if isinstance(data, dict) and "detail" in data:
         message = json.dumps(data["detail"]) if not isinstance(data["detail"], str) else data["detail"]
     else:

@@ -208,6 +208,28 @@ class KeyInfo(WireModel):
 
 
 @dataclass
+class QuotaUsage(WireModel):
+    """What a key holds now: running sandboxes and their vCPUs and memory, kept snapshots."""
+
+    sandboxes: int = 0
+    vcpus: int = 0
+    memory_mb: int = 0
+    snapshots: int = 0
+    snapshot_bytes: int = 0
+
+
+@dataclass
+class QuotaInfo(WireModel):
+    """A key's quota: ``limits`` in force (None: no limit), from its ``own`` and the ``default``."""
+
+    key_id: str
+    limits: dict[str, int | None]
+    usage: QuotaUsage
+    own: dict[str, int | None] = field(default_factory=dict)
+    default: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass
 class CreatedKey(WireModel):
     """A new API key, secret included (the daemon keeps only its hash)."""
 

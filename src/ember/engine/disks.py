@@ -6,6 +6,11 @@ qcow2 overlay on top; a restored sandbox gets its own overlay on the snapshot's
 frozen top. So a chain is ``[writable top, ..., frozen base]``, layers are shared
 by sandboxes and snapshots, and a layer file is deleted only when no live
 sandbox's chain and no snapshot's chain contains it (``collect``).
+
+Layers are sparse, so sandboxes together may be allowed more disk than the host
+has: a reserve of free space in the data directory (``EMBER_DISK_RESERVE_MIB``)
+is kept, below which creates and snapshots are refused (``check_disk``), and a
+guest that writes into a full disk gets its own I/O error.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from ember.errors import VmmError
+from ember.errors import ResourceExhaustedError, VmmError
 from ember.images import create_writable_disk
 from ember.settings import Settings
 
@@ -82,6 +87,17 @@ async def create_overlay(backing: Path, path: Path, size_mib: int | None = None)
     if process.returncode != 0:
         path.unlink(missing_ok=True)
         raise VmmError(f"qemu-img could not create an overlay on {backing}: {stderr.decode().strip()}")
+
+
+def check_disk(directory: Path, reserve_mib: int, what: str) -> None:
+    """Refuse ``what`` when the data directory's free space is under the reserve."""
+    free_mib = shutil.disk_usage(directory).free >> 20
+    if free_mib < reserve_mib:
+        raise ResourceExhaustedError(
+            f"cannot {what}: the data directory {directory} has {free_mib} MiB free, under the reserve of "
+            f"{reserve_mib} MiB (EMBER_DISK_RESERVE_MIB); delete snapshots, templates or sandboxes, "
+            "or free disk space"
+        )
 
 
 def disk_format(path: str | Path) -> str:

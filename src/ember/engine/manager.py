@@ -23,8 +23,9 @@ from pathlib import Path
 
 from ember import errors
 from ember.engine import limits
-from ember.engine.disks import Layers
+from ember.engine.disks import Layers, check_disk
 from ember.engine.pool import WarmPool
+from ember.engine.quotas import Quota, Quotas, Reservation, Usage
 from ember.engine.recovery import recover
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
@@ -61,6 +62,8 @@ class SandboxManager:
         self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
         self.networks = Networks(self.settings, self.driver.spawn_helper)
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
+        #: Limits per owner; whoever keeps the API keys sets ``quotas.limits`` (default: none).
+        self.quotas = Quotas(lambda owner: Quota(), self.usage)
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         #: Sandboxes being torn down, by id: a resume under the same id waits for it,
@@ -155,6 +158,9 @@ class SandboxManager:
         if source is not None:
             self.snapshots.check_restorable(source)
             vcpus, memory_mb, disk_mb = source.vcpus, source.memory_mib, source.disk_mib
+        _check_duration("timeout", timeout_s)
+        _check_duration("idle_timeout", idle_timeout_s)
+        timeout_s = self.quotas.lifetime(owner, timeout_s)
         config = limits.validate(
             SandboxConfig(
                 vcpus=vcpus,
@@ -170,22 +176,24 @@ class SandboxManager:
                 on_timeout=on_timeout,
             )
         )
-        _check_duration("timeout", timeout_s)
-        _check_duration("idle_timeout", idle_timeout_s)
-        if sandbox_id is None and source is not None and source.kind == "template" and source.name:
-            pooled = self.pool.take(source.name)
-            if pooled is not None:
-                try:
-                    await pooled.hand_over(config)
-                except errors.EmberError as exc:
-                    log.warning("pooled sandbox %s failed at hand-over: %s", pooled.id, exc)
-                    await self._end(pooled, "failed at hand-over from the warm pool", dead=True)
-                else:
-                    log.info(
-                        "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
-                    )
-                    return pooled
-        return await self._launch(config, source, sandbox_id=sandbox_id)
+        adding = Usage(sandboxes=1, vcpus=config.vcpus, memory_mb=config.memory_mib)
+        with self.quotas.reserve(owner, adding) as reservation:
+            if sandbox_id is None and source is not None and source.kind == "template" and source.name:
+                pooled = self.pool.take(source.name)
+                if pooled is not None:
+                    reservation.release()  # hand_over makes it the owner's before its first await
+                    try:
+                        await pooled.hand_over(config)
+                    except errors.EmberError as exc:
+                        log.warning("pooled sandbox %s failed at hand-over: %s", pooled.id, exc)
+                        await self._end(pooled, "failed at hand-over from the warm pool", dead=True)
+                        reservation.renew()
+                    else:
+                        log.info(
+                            "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
+                        )
+                        return pooled
+            return await self._launch(config, source, sandbox_id=sandbox_id, reservation=reservation)
 
     async def _launch(
         self,
@@ -193,8 +201,13 @@ class SandboxManager:
         source: SnapshotRecord | None,
         pooled: bool = False,
         sandbox_id: str | None = None,
+        reservation: Reservation | None = None,
     ) -> Sandbox:
-        """Boot a new VM, or restore ``source``, and wait for its agent."""
+        """Boot a new VM, or restore ``source``, and wait for its agent.
+
+        ``reservation`` (the create's quota use) ends when the sandbox is counted itself.
+        """
+        check_disk(self.settings.data_dir, self.settings.disk_reserve_mib, "create a sandbox")
         images = self.images
         sandbox_id = sandbox_id or secrets.token_hex(8)
         run_dir = self.settings.run_dir / sandbox_id
@@ -245,6 +258,8 @@ class SandboxManager:
         sandbox_env = config.env if source is None or config.env else None
         sandbox = Sandbox(record, self.driver.create(spec), self.store, self.networks, sandbox_env)
         self._sandboxes[sandbox_id] = sandbox
+        if reservation is not None:
+            reservation.release()
         try:
             await sandbox.boot()
         finally:
@@ -272,6 +287,23 @@ class SandboxManager:
     def pool_stats(self) -> list[dict[str, object]]:
         return self.pool.stats()
 
+    def usage(self, owner: str) -> Usage:
+        """What ``owner`` holds: its booting and running sandboxes and its snapshots."""
+        live = [s.record for s in self.list(owner=owner)]
+        kept = self.snapshots.list(owner)
+        return Usage(
+            sandboxes=len(live),
+            vcpus=sum(r.vcpus for r in live),
+            memory_mb=sum(r.memory_mib for r in live),
+            snapshots=len(kept),
+            snapshot_bytes=sum(s.size_bytes for s in kept),
+        )
+
+    def _check_snapshot_quota(self, owner: str | None) -> None:
+        """One more snapshot, refused once the owner's snapshots hold its byte limit (a snapshot's
+        size is known only once taken, so the last one taken may go past it)."""
+        self.quotas.check(owner, Usage(snapshots=1, snapshot_bytes=1))
+
     # ------------------------------------------------------------ snapshots and forks
 
     async def snapshot(
@@ -279,7 +311,9 @@ class SandboxManager:
     ) -> SnapshotRecord:
         """Snapshot a running sandbox, which runs on; restore it with ``create(snapshot=id)``."""
         limits.check_metadata(metadata or {})
-        return await self.get(sandbox_id, owner).snapshot(self.snapshots, metadata=metadata)
+        sandbox = self.get(sandbox_id, owner)
+        self._check_snapshot_quota(owner)
+        return await sandbox.snapshot(self.snapshots, metadata=metadata)
 
     async def fork(self, sandbox_id: str, count: int, owner: str | None = None) -> list[Sandbox]:
         """``count`` new sandboxes identical to this one now; the source runs on unchanged."""
@@ -287,6 +321,10 @@ class SandboxManager:
             raise errors.InvalidRequestError(f"a fork makes 1 to {MAX_FORKS} sandboxes")
         source = self.get(sandbox_id, owner)
         record = source.record
+        # All or nothing, before the snapshot; each child's create holds its own share.
+        self.quotas.check(
+            owner, Usage(sandboxes=count, vcpus=count * record.vcpus, memory_mb=count * record.memory_mib)
+        )
         snapshot = await source.snapshot(self.snapshots, kind="fork")
         remaining = record.expires_at - time.time() if record.expires_at is not None else None
         try:
@@ -318,6 +356,7 @@ class SandboxManager:
     async def pause(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord:
         """Snapshot the sandbox and end it; ``resume`` brings it back under the same id."""
         sandbox = self.get(sandbox_id, owner)
+        self._check_snapshot_quota(owner)
         metadata = {**sandbox.record.metadata, PAUSED_KEY: sandbox_id}
         snapshot = await sandbox.snapshot(self.snapshots, metadata=metadata)
         await self._end(sandbox, "paused")
@@ -472,7 +511,9 @@ class SandboxManager:
         """End the sandbox ``timeout_s`` seconds from now (None: no lifetime limit)."""
         _check_duration("timeout", timeout_s)
         sandbox = self.get(sandbox_id, owner)
-        sandbox.record.expires_at = time.time() + timeout_s if timeout_s is not None else None
+        now = time.time()
+        timeout_s = self.quotas.lifetime(owner, timeout_s, age_s=now - sandbox.record.created_at)
+        sandbox.record.expires_at = now + timeout_s if timeout_s is not None else None
         self.store.save(sandbox.record)
         return sandbox.record
 

@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 
 from ember import errors
-from ember.engine.disks import Layers, create_overlay
+from ember.engine.disks import Layers, check_disk, create_overlay
 from ember.engine.spares import Make, MemorySpares
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.settings import Settings
@@ -83,6 +83,7 @@ class Snapshots:
 
         ``record`` (the sandbox's) is updated in place with its new disk chain.
         """
+        check_disk(self.settings.data_dir, self.settings.disk_reserve_mib, "take a snapshot")
         snapshot_id = secrets.token_hex(8)
         directory = self.directory / snapshot_id
         directory.mkdir()

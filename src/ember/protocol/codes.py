@@ -44,6 +44,7 @@ class ErrorCode(str, enum.Enum):
     BOOT_FAILED = "boot_failed"
     AGENT_UNAVAILABLE = "agent_unavailable"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    QUOTA_EXCEEDED = "quota_exceeded"
     IMAGES_MISSING = "images_missing"
     VMM_ERROR = "vmm_error"
     ISOLATION_UNAVAILABLE = "isolation_unavailable"

@@ -29,8 +29,11 @@ log = logging.getLogger("ember.server")
 _STREAMED_BODY = re.compile(r"/v1/sandboxes/[^/]+/(files|ports/\d+/.*)")
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
 
 
 class _BodyLimit:
@@ -101,7 +104,7 @@ def create_app(service_: Service) -> FastAPI:
 
     @app.exception_handler(EmberError)
     async def ember_error(request: Request, exc: EmberError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

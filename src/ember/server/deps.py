@@ -25,6 +25,10 @@ class Service:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
+    def __post_init__(self) -> None:
+        # The engine checks every owner's requests against the quota its key has here.
+        self.manager.quotas.limits = self.keys.quota
+
 
 def ember_version() -> str:
     try:

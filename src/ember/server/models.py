@@ -6,7 +6,7 @@ parameter is a 400 rather than a silently ignored option.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -350,6 +350,42 @@ class NewKey(KeyInfo):
 
 class KeyList(BaseModel):
     keys: list[KeyInfo]
+
+
+Limit = Annotated[StrictInt, Field(ge=0)] | None
+
+
+class QuotaLimits(_Request):
+    """Limits of an API key. A field left out follows the default; null is no limit."""
+
+    sandboxes: Limit = None
+    vcpus: Limit = None
+    memory_mb: Limit = None
+    lifetime_s: Annotated[StrictInt, Field(ge=1)] | None = None
+    snapshots: Limit = None
+    snapshot_bytes: Limit = None
+
+    def given(self) -> dict[str, int | None]:
+        """Only the fields the request named (left out: follow the default)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class QuotaUsage(BaseModel):
+    sandboxes: int
+    vcpus: int
+    memory_mb: int
+    snapshots: int
+    snapshot_bytes: int
+
+
+class QuotaInfo(BaseModel):
+    """A key's quota: the limits it sets itself, the default's, those in force, and its use now."""
+
+    key_id: str
+    own: dict[str, int | None]
+    default: dict[str, int | None]
+    limits: dict[str, int | None]
+    usage: QuotaUsage
 
 
 class Health(BaseModel):

@@ -193,8 +193,9 @@ class QemuVM(VirtualMachine):
             "-serial", "chardev:console",
             "-drive", f"id=root,file={spec.rootfs},format=raw,if=none,readonly=on",
             "-device", "virtio-blk-device,drive=root",
+            # A full host disk is the guest's I/O error, not a VM stopped until someone looks.
             "-drive", f"id=rw,file={spec.disk},format={spec.disk_format},if=none,{self._driver.disk_cache},"
-                      "discard=unmap",
+                      "discard=unmap,werror=report,rerror=report",
             "-device", "virtio-blk-device,drive=rw",
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",

@@ -1,7 +1,8 @@
-"""``AsyncKeys``: the daemon's API keys; every call needs an admin key.
+"""``AsyncKeys``: the daemon's API keys and their quotas; every call but ``quota()`` needs an admin key.
 
 The daemon keeps only a hash of each key: the secret is in ``CreatedKey.key``,
-returned once by ``create()``.
+returned once by ``create()``. A key's quota names its own limits; those it does
+not name follow the default (``set_default_quota``); None is no limit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Self
 
 from ember.client._async.transport import AsyncTransport
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, resolve_config
-from ember.client._models import CreatedKey, KeyInfo, parse, parse_list
+from ember.client._models import CreatedKey, KeyInfo, QuotaInfo, parse, parse_list
 
 
 class AsyncKeys:
@@ -35,6 +36,23 @@ class AsyncKeys:
     async def revoke(self, key_id: str) -> None:
         """Revoke a key: requests with it get ``unauthorized`` from now on."""
         await self._transport.request("DELETE", f"/v1/keys/{key_id}")
+
+    async def quota(self, key_id: str | None = None) -> QuotaInfo:
+        """A key's limits and use (``None``: the calling key's own, which needs no admin)."""
+        path = "/v1/quota" if key_id is None else f"/v1/keys/{key_id}/quota"
+        return parse(QuotaInfo, await self._transport.json("GET", path))
+
+    async def set_quota(self, key_id: str, limits: dict[str, int | None]) -> QuotaInfo:
+        """Replace the key's own limits: fields left out follow the default, None is no limit."""
+        data = await self._transport.json("PUT", f"/v1/keys/{key_id}/quota", json=limits)
+        return parse(QuotaInfo, data)
+
+    async def default_quota(self) -> dict[str, int | None]:
+        return dict(await self._transport.json("GET", "/v1/quota/default"))
+
+    async def set_default_quota(self, limits: dict[str, int | None]) -> dict[str, int | None]:
+        """Replace the default limits (left out: no limit)."""
+        return dict(await self._transport.json("PUT", "/v1/quota/default", json=limits))
 
     async def close(self) -> None:
         await self._transport.aclose()
