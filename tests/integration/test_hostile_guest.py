@@ -59,7 +59,7 @@ async def test_a_guest_flooding_its_agent_channel_dies_alone_with_a_protocol_err
         await hostile.commands.run("true")
 
     # The reaper ends a dead sandbox's VM (the daemon runs it every second).
-    await manager.reap()
+    await manager.reaper.reap()
     await asyncio.wait_for(hostile.vm.wait_exit(), 30)
     assert pid is not None and (not Path(f"/proc/{pid}").exists() or _is_zombie(pid))
     assert not hostile.vm.spec.run_dir.exists()

@@ -80,7 +80,7 @@ async def test_a_vmm_over_its_memory_limit_ends_its_sandbox_with_the_reason(
             await asyncio.sleep(0.1)
         assert sandbox.state is SandboxState.DEAD
         assert "memory limit" in (sandbox.end_reason or ""), sandbox.end_reason
-        await manager.reap()
+        await manager.reaper.reap()
         record = manager.record(sandbox.id)
         assert record.state == "dead" and "memory limit" in (record.end_reason or "")
     finally:

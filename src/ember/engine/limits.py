@@ -1,8 +1,9 @@
-"""Checking a requested sandbox shape against the rules and against this host.
+"""Checking a request against the rules and against this host.
 
 Everything is checked before any VM exists, so bad input creates nothing: a
 vCPU count outside 1-8 or beyond the host's CPUs, memory outside 128-8192 MiB or
-beyond what the host has available, malformed environment variables.
+beyond what the host has available, malformed environment variables, lifetimes
+outside 1 s to 30 days, fork counts, template names, what a timeout does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from ember.engine.sandbox import SandboxConfig
 from ember.errors import InvalidRequestError, ResourceExhaustedError
 from ember.vmm.base import MAX_DISK_MIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_MIB, MIN_MEMORY_MIB, MIN_VCPUS
 
+MAX_LIFETIME_S = 30 * 24 * 3600
+MAX_FORKS = 16
+#: What a sandbox's lifetime's end does: "kill" ends it, "pause" pauses it.
+ON_TIMEOUT = ("kill", "pause")
+_TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MAX_ENV_ENTRIES = 1000
 MAX_ENV_BYTES = 256 * 1024
 MAX_METADATA_ENTRIES = 64
@@ -76,3 +82,28 @@ def _check_strings(what: str, values: object, max_entries: int, names: bool) -> 
         size += len(key) + len(value)
     if size > MAX_ENV_BYTES:
         raise InvalidRequestError(f"{what} is larger than {MAX_ENV_BYTES} bytes")
+
+
+def check_duration(name: str, value: float | None) -> None:
+    """A lifetime or idle time: None (no limit) or 1 s to 30 days."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_LIFETIME_S:
+        raise InvalidRequestError(f"{name} must be a number of seconds from 1 to {MAX_LIFETIME_S}")
+
+
+def check_fork_count(count: object) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
+        raise InvalidRequestError(f"a fork makes 1 to {MAX_FORKS} sandboxes")
+
+
+def check_template_name(name: object) -> None:
+    if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
+        raise InvalidRequestError(
+            "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
+
+
+def check_on_timeout(on_timeout: object) -> None:
+    if on_timeout not in ON_TIMEOUT:
+        raise InvalidRequestError(f"on_timeout is one of {', '.join(ON_TIMEOUT)}")

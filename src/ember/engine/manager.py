@@ -1,20 +1,19 @@
-"""SandboxManager: creates, finds, lists, snapshots, forks and ends sandboxes on this host.
+"""SandboxManager: the registry of this host's sandboxes; creates, finds, lists and ends them.
 
 The manager picks the VMM driver and acceleration once, checks every request
-against the host before a VM exists, and gives each sandbox its own run
-directory (sockets, console, memory file; on tmpfs) and its own top disk layer
-(``disks``); taking and restoring snapshots is ``snapshots``' business. It keeps
-every sandbox's record in the store, ends sandboxes whose lifetime or idle time
-is over (the reaper), and on ``start`` finds the sandboxes a previous daemon
-left: it reattaches to those still running and cleans up the rest, recording why.
+against the host and the owner's quota before a VM exists, and gives each
+sandbox its own run directory (sockets, console, memory file; on tmpfs) and its
+own top disk layer (``disks``). It keeps every sandbox's record in the store.
+The rest is in modules of their own, which the manager's methods of the same
+names call: taking and restoring snapshots (``snapshots``), ``forks``,
+``pauses``, ``templates``, the ``reaper`` (lifetimes), and on ``start`` the
+``recovery`` of what a previous daemon left.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import secrets
 import shutil
 import time
@@ -22,10 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ember import errors
-from ember.engine import limits
+from ember.engine import forks, limits, pauses, templates
 from ember.engine.disks import Layers, check_disk
 from ember.engine.pool import WarmPool
 from ember.engine.quotas import Quota, Quotas, Reservation, Usage
+from ember.engine.reaper import Reaper
 from ember.engine.recovery import recover
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
@@ -39,15 +39,6 @@ from ember.vmm import QemuDriver, detect
 from ember.vmm.base import Restore
 
 log = logging.getLogger("ember.engine")
-
-REAPER_INTERVAL_S = 1.0
-MAX_LIFETIME_S = 30 * 24 * 3600
-MAX_FORKS = 16
-BASE_TEMPLATE = "base"
-#: Snapshot metadata naming the sandbox a pause snapshot will resume as.
-PAUSED_KEY = "ember.paused_sandbox"
-ON_TIMEOUT = ("kill", "pause")
-TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 class SandboxManager:
@@ -69,7 +60,7 @@ class SandboxManager:
         #: Sandboxes being torn down, by id: a resume under the same id waits for it,
         #: or the old teardown would delete the new run directory under its QEMU.
         self._ending: dict[str, asyncio.Event] = {}
-        self._reaper: asyncio.Task[None] | None = None
+        self.reaper = Reaper(self)
 
     @property
     def images(self) -> GuestImages:
@@ -89,20 +80,21 @@ class SandboxManager:
         )
         await self.collect()
         self.store.prune()
-        self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
+        self.reaper.start()
         self.pool.start()
 
     async def close(self) -> None:
         """Stop the reaper and the pool and end every sandbox this manager runs."""
         await self.pool.close()
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        await self.reaper.close()
         sandboxes = list(self._sandboxes.values())
         self._sandboxes.clear()
-        await asyncio.gather(*(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True)
+        ended = await asyncio.gather(
+            *(s.destroy("the daemon shut down") for s in sandboxes), return_exceptions=True
+        )
+        for sandbox, result in zip(sandboxes, ended, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("sandbox %s did not end cleanly at shutdown: %r", sandbox.id, result)
         await self.collect()
         self.snapshots.close()
         await self.networks.close()  # its services process runs under the driver's jail
@@ -137,8 +129,7 @@ class SandboxManager:
         ``on_timeout="pause"`` pauses it when its lifetime ends instead of ending it.
         """
         policy = parse_network(network)
-        if on_timeout not in ON_TIMEOUT:
-            raise errors.InvalidRequestError(f"on_timeout is one of {', '.join(ON_TIMEOUT)}")
+        limits.check_on_timeout(on_timeout)
         if sandbox_id is not None:
             if (ending := self._ending.get(sandbox_id)) is not None:
                 await ending.wait()
@@ -150,7 +141,7 @@ class SandboxManager:
             source = self.snapshots.template(template)
         else:
             # Template base stands in for a boot only when it has the shape asked for.
-            source = self._current_base()
+            source = templates.current_base(self)
             shape = (vcpus, memory_mb, disk_mb)
             if source is not None and (source.vcpus, source.memory_mib, source.disk_mib) != shape:
                 source = None
@@ -158,8 +149,8 @@ class SandboxManager:
         if source is not None:
             self.snapshots.check_restorable(source)
             vcpus, memory_mb, disk_mb = source.vcpus, source.memory_mib, source.disk_mib
-        _check_duration("timeout", timeout_s)
-        _check_duration("idle_timeout", idle_timeout_s)
+        limits.check_duration("timeout", timeout_s)
+        limits.check_duration("idle_timeout", idle_timeout_s)
         timeout_s = self.quotas.lifetime(owner, timeout_s)
         config = limits.validate(
             SandboxConfig(
@@ -186,7 +177,7 @@ class SandboxManager:
                         await pooled.hand_over(config)
                     except errors.EmberError as exc:
                         log.warning("pooled sandbox %s failed at hand-over: %s", pooled.id, exc)
-                        await self._end(pooled, "failed at hand-over from the warm pool", dead=True)
+                        await self.end(pooled, "failed at hand-over from the warm pool", dead=True)
                         reservation.renew()
                     else:
                         log.info(
@@ -270,7 +261,7 @@ class SandboxManager:
             try:
                 await sandbox.park()
             except BaseException:
-                await self._end(sandbox, "could not join the warm pool", dead=True)
+                await self.end(sandbox, "could not join the warm pool", dead=True)
                 raise
         how = f"restored from {source.kind} {source.id}" if source else "booted"
         log.info("sandbox %s %s, ready in %.3f s", sandbox_id, how, sandbox.boot_seconds or 0)
@@ -299,7 +290,7 @@ class SandboxManager:
             snapshot_bytes=sum(s.size_bytes for s in kept),
         )
 
-    def _check_snapshot_quota(self, owner: str | None) -> None:
+    def check_snapshot_quota(self, owner: str | None) -> None:
         """One more snapshot, refused once the owner's snapshots hold its byte limit (a snapshot's
         size is known only once taken, so the last one taken may go past it)."""
         self.quotas.check(owner, Usage(snapshots=1, snapshot_bytes=1))
@@ -312,132 +303,40 @@ class SandboxManager:
         """Snapshot a running sandbox, which runs on; restore it with ``create(snapshot=id)``."""
         limits.check_metadata(metadata or {})
         sandbox = self.get(sandbox_id, owner)
-        self._check_snapshot_quota(owner)
+        self.check_snapshot_quota(owner)
         return await sandbox.snapshot(self.snapshots, metadata=metadata)
 
     async def fork(self, sandbox_id: str, count: int, owner: str | None = None) -> list[Sandbox]:
-        """``count`` new sandboxes identical to this one now; the source runs on unchanged."""
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FORKS:
-            raise errors.InvalidRequestError(f"a fork makes 1 to {MAX_FORKS} sandboxes")
-        source = self.get(sandbox_id, owner)
-        record = source.record
-        # All or nothing, before the snapshot; each child's create holds its own share.
-        self.quotas.check(
-            owner, Usage(sandboxes=count, vcpus=count * record.vcpus, memory_mb=count * record.memory_mib)
-        )
-        snapshot = await source.snapshot(self.snapshots, kind="fork")
-        remaining = record.expires_at - time.time() if record.expires_at is not None else None
-        try:
-            results = await asyncio.gather(
-                *(
-                    self.create(
-                        snapshot=snapshot.id,
-                        owner=owner,
-                        metadata={**record.metadata, "forked_from": record.id},
-                        timeout_s=max(1.0, remaining) if remaining is not None else None,
-                        idle_timeout_s=record.idle_timeout_s,
-                        network=source.network,
-                    )
-                    for _ in range(count)
-                ),
-                return_exceptions=True,
-            )
-        finally:
-            # Its files stay while the forks map its memory, and go with the last of them.
-            self.snapshots.delete(snapshot)
-        forks = [r for r in results if isinstance(r, Sandbox)]
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            await asyncio.gather(*(self.destroy(f.id, "fork failed") for f in forks), return_exceptions=True)
-            await self.collect()
-            raise failures[0]
-        return forks
+        return await forks.fork(self, sandbox_id, count, owner)
 
     async def pause(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord:
-        """Snapshot the sandbox and end it; ``resume`` brings it back under the same id."""
-        sandbox = self.get(sandbox_id, owner)
-        self._check_snapshot_quota(owner)
-        metadata = {**sandbox.record.metadata, PAUSED_KEY: sandbox_id}
-        snapshot = await sandbox.snapshot(self.snapshots, metadata=metadata)
-        await self._end(sandbox, "paused")
-        return snapshot
+        return await pauses.pause(self, sandbox_id, owner)
 
     def paused(self, owner: str | None = None) -> list[SnapshotRecord]:
-        """The pause snapshots (each names its sandbox under ``PAUSED_KEY``)."""
-        return [s for s in self.snapshots.list(owner) if PAUSED_KEY in s.metadata]
+        return pauses.paused(self, owner)
 
     def paused_snapshot(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord | None:
-        return next((s for s in self.paused(owner) if s.metadata[PAUSED_KEY] == sandbox_id), None)
+        return pauses.paused_snapshot(self, sandbox_id, owner)
 
     async def resume(
         self, sandbox_id: str, owner: str | None = None, timeout_s: float | None = None
     ) -> Sandbox:
-        """Restore a paused sandbox under its id, metadata and network policy; its pause snapshot goes."""
-        snapshot = self.paused_snapshot(sandbox_id, owner)
-        if snapshot is None:
-            raise errors.SandboxNotFoundError(f"no paused sandbox {sandbox_id!r}")
-        previous = self.store.get(sandbox_id)
-        sandbox = await self.create(
-            snapshot=snapshot.id,
-            sandbox_id=sandbox_id,
-            owner=owner,
-            metadata={k: v for k, v in snapshot.metadata.items() if k != PAUSED_KEY},
-            timeout_s=timeout_s,
-            on_timeout=previous.on_timeout if previous is not None else "kill",
-            network=previous.network or None if previous is not None else None,
-        )
-        await self.delete_snapshot(snapshot.id, owner)
-        return sandbox
-
-    def _current_base(self) -> SnapshotRecord | None:
-        """Template ``base`` when it was made on today's images and kernel command line:
-        what a plain create resumes.
-
-        It is a freshly booted guest with its REPL warm, so resuming it gives the
-        same sandbox as a boot, in a fraction of the time.
-        """
-        base = self.store.snapshot_named(BASE_TEMPLATE)
-        if base is None:
-            return None
-        images, driver = self.images, self.driver
-        current = (str(images.kernel), str(images.rootfs), driver.machine_abi, driver.kernel_args)
-        return base if (base.kernel, base.rootfs, base.machine, base.kernel_args) == current else None
+        return await pauses.resume(self, sandbox_id, owner, timeout_s)
 
     async def ensure_base_template(self) -> SnapshotRecord:
-        """Build template ``base`` (boot, warm the REPL, snapshot) unless it is current."""
-        base = self._current_base()
-        if base is not None:
-            return base
-        sandbox = await self.create()
-        try:
-            return await self.save_template(sandbox.id, BASE_TEMPLATE)
-        finally:
-            await self.destroy(sandbox.id)
+        return await templates.ensure_base(self)
 
     async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
-        """Snapshot a sandbox as template ``name`` (for every key), replacing an older one."""
-        if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
-            raise errors.InvalidRequestError(
-                "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
-            )
-        template = await self.get(sandbox_id, owner).snapshot(self.snapshots, kind="template")
-        older = self.store.snapshot_named(name)
-        if older is not None:
-            self.snapshots.delete(older)  # frees the name; its files go once unused
-        template.name, template.owner = name, None
-        self.store.save_snapshot(template)
-        await self.collect()
-        return template
+        return await templates.save(self, sandbox_id, name, owner)
+
+    async def delete_template(self, name: str) -> None:
+        await templates.delete(self, name)
 
     def list_snapshots(self, owner: str | None = None) -> list[SnapshotRecord]:
         return self.snapshots.list(owner)
 
     async def delete_snapshot(self, snapshot_id: str, owner: str | None = None) -> None:
         self.snapshots.delete(self.snapshots.get(snapshot_id, owner))
-        await self.collect()
-
-    async def delete_template(self, name: str) -> None:
-        self.snapshots.delete(self.snapshots.template(name))
         await self.collect()
 
     async def collect(self) -> None:
@@ -460,6 +359,10 @@ class SandboxManager:
             raise errors.SandboxNotFoundError(f"no sandbox {sandbox_id!r}")
         return record
 
+    def live(self) -> list[Sandbox]:
+        """Every sandbox this manager holds, pooled and dead ones too."""
+        return list(self._sandboxes.values())
+
     def list(self, include_ended: bool = False, owner: str | None = None) -> list[Sandbox]:
         return [
             s
@@ -480,9 +383,10 @@ class SandboxManager:
         return records
 
     async def destroy(self, sandbox_id: str, reason: str = "deleted", owner: str | None = None) -> None:
-        await self._end(self.get(sandbox_id, owner), reason)
+        await self.end(self.get(sandbox_id, owner), reason)
 
-    async def _end(self, sandbox: Sandbox, reason: str, dead: bool = False) -> None:
+    async def end(self, sandbox: Sandbox, reason: str, dead: bool = False) -> None:
+        """End ``sandbox`` with ``reason`` recorded; a resume of its id waits for the end."""
         self._sandboxes.pop(sandbox.id, None)
         ending = self._ending.setdefault(sandbox.id, asyncio.Event())
         try:
@@ -509,56 +413,10 @@ class SandboxManager:
         self, sandbox_id: str, timeout_s: float | None, owner: str | None = None
     ) -> SandboxRecord:
         """End the sandbox ``timeout_s`` seconds from now (None: no lifetime limit)."""
-        _check_duration("timeout", timeout_s)
+        limits.check_duration("timeout", timeout_s)
         sandbox = self.get(sandbox_id, owner)
         now = time.time()
         timeout_s = self.quotas.lifetime(owner, timeout_s, age_s=now - sandbox.record.created_at)
         sandbox.record.expires_at = now + timeout_s if timeout_s is not None else None
         self.store.save(sandbox.record)
         return sandbox.record
-
-    # ------------------------------------------------------------ lifetimes
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(REAPER_INTERVAL_S)
-            try:
-                await self.reap()
-            except Exception:
-                log.exception("reaper pass failed")
-
-    async def reap(self) -> None:
-        """End sandboxes past their lifetime or idle time; release dead ones' resources."""
-        now, monotonic = time.time(), time.monotonic()
-        for sandbox in list(self._sandboxes.values()):
-            record = sandbox.record
-            reason = None
-            if sandbox.state is SandboxState.DEAD:
-                reason = record.end_reason or "dead"
-            elif record.expires_at is not None and now >= record.expires_at:
-                reason = "timeout"
-            elif (
-                record.idle_timeout_s is not None and monotonic - sandbox.last_active >= record.idle_timeout_s
-            ):
-                reason = "idle_timeout"
-            if reason is not None and sandbox.state is not SandboxState.BOOTING:
-                if reason == "timeout" and record.on_timeout == "pause" and await self._pause_at_end(sandbox):
-                    continue
-                log.info("ending sandbox %s: %s", sandbox.id, reason.splitlines()[0])
-                await self._end(sandbox, reason)
-
-    async def _pause_at_end(self, sandbox: Sandbox) -> bool:
-        try:
-            await self.pause(sandbox.id)
-        except errors.EmberError as exc:
-            log.warning("sandbox %s could not be paused at its timeout, so it ends: %s", sandbox.id, exc)
-            return False
-        log.info("paused sandbox %s at its timeout", sandbox.id)
-        return True
-
-
-def _check_duration(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_LIFETIME_S:
-        raise errors.InvalidRequestError(f"{name} must be a number of seconds from 1 to {MAX_LIFETIME_S}")

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember import errors
-from ember.engine.manager import PAUSED_KEY
+from ember.engine.pauses import PAUSED_KEY
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.network.policy import split_rules
 from ember.server.deps import Service
