@@ -11,13 +11,13 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_full_data_disk_refuses_creates_and_snapshots_and_costs_only_the_writer(own_manager):
-    manager = await own_manager(data_disk_mib=640, disk_reserve_mib=192)
+    manager = await own_manager(data_disk_mib=384, disk_reserve_mib=96)
     bystander = await manager.create(vcpus=1, memory_mb=256)
     writer = await manager.create(vcpus=1, memory_mb=256)
     try:
         # Its disk layer is sparse and allowed 4 GiB: it can write more than the host has.
         filled = await writer.commands.run(
-            "dd if=/dev/urandom of=/app/fill bs=1M count=900 conv=fsync 2>&1; echo exit=$?", timeout_s=300
+            "dd if=/dev/urandom of=/app/fill bs=1M count=400 conv=fsync 2>&1; echo exit=$?", timeout_s=300
         )
         assert "exit=0" not in filled.stdout, filled.stdout  # its own error, in the guest
         assert (await writer.commands.run("echo still here")).stdout == "still here\n"

@@ -54,6 +54,26 @@ Table()
     assert base64.b64decode(result.data["image/png"]) == b"\x89PNG fake"
 
 
+async def test_a_display_method_that_raises_costs_its_format_and_says_why(shared_sandbox):
+    code = """
+class Broken:
+    def _repr_html_(self):
+        raise ValueError("no html today")
+    def _repr_markdown_(self):
+        return "**fine**"
+    def __repr__(self):
+        return "Broken()"
+Broken()
+"""
+    execution = await shared_sandbox.code.run(code)
+    assert execution.error is None
+    (result,) = execution.results
+    assert result.data["text/plain"] == "Broken()"
+    assert result.data["text/markdown"] == "**fine**"
+    assert "text/html" not in result.data
+    assert "Broken._repr_html_() failed: ValueError('no html today')" in execution.stderr
+
+
 async def test_display_adds_results_in_order(shared_sandbox):
     execution = await shared_sandbox.code.run("display(1); display('two'); 3")
     assert [r.data["text/plain"] for r in execution.results] == ["1", "'two'", "3"]

@@ -66,6 +66,12 @@ def _is_figure(value):
     return figure_module is not None and isinstance(value, figure_module.Figure)
 
 
+def _formatter_failed(value, method_name, exc):
+    """A display method that raises costs its format, not the cell (as in Jupyter): the user
+    sees why on stderr, and the value's other formats are still shown."""
+    os.write(2, f"{type(value).__name__}.{method_name}() failed: {exc!r}\n".encode(errors="replace"))
+
+
 def format_value(value):
     """A Jupyter-style MIME bundle for one value."""
     bundle = {}
@@ -79,8 +85,8 @@ def format_value(value):
                 encoded = _encode(mime, item)
                 if encoded is not None:
                     bundle[mime] = encoded
-        except Exception:
-            pass
+        except Exception as exc:
+            _formatter_failed(value, "_repr_mimebundle_", exc)
     for mime, method_name in _REPR_METHODS:
         if mime in bundle or isinstance(value, type):
             continue
@@ -89,7 +95,8 @@ def format_value(value):
             continue
         try:
             encoded = _encode(mime, method())
-        except Exception:
+        except Exception as exc:
+            _formatter_failed(value, method_name, exc)
             continue
         if encoded is not None:
             bundle[mime] = encoded
@@ -238,8 +245,8 @@ def main(request_fd, reply_fd):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:
-                pass
+            except Exception as exc:  # the cell replaced or closed it: the reply must still go
+                os.write(2, f"could not flush {stream!r}: {exc!r}\n".encode(errors="replace"))
         os.write(1, marker)
         os.write(2, marker)
         try:

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ember import errors
-from ember.engine.channel import AgentCall, Chunk, Event
+from ember.engine.channel import AgentCall, AgentClient, Chunk, Event
+from ember.protocol.messages import Request
 
 T = TypeVar("T")
 
@@ -100,3 +101,22 @@ async def with_deadline(awaitable: Awaitable[T], timeout_s: float | None) -> T:
         raise errors.TimeoutError(
             f"the guest did not answer within {limit:.0f} s of a {timeout_s} s timeout"
         ) from None
+
+
+async def drive(
+    agent: AgentClient,
+    request: Request,
+    consume: Callable[[AgentCall], Awaitable[T]],
+    timeout_s: float | None = None,
+) -> T:
+    """Start ``request`` and ``consume`` its call under the host's deadline for ``timeout_s``.
+
+    Whatever interrupts it (the deadline, an error, the caller's cancellation)
+    cancels the call in the guest too, so nothing runs on there for nobody.
+    """
+    call = agent.start(request)
+    try:
+        return await with_deadline(consume(call), timeout_s)
+    except BaseException:
+        await call.cancel()
+        raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ember.engine.calls import OutputCallback, OutputCollector, with_deadline
+from ember.engine.calls import OutputCallback, OutputCollector, drive
 from ember.protocol import messages as m
 
 if TYPE_CHECKING:
@@ -36,12 +36,7 @@ class Code:
         )
         collector = OutputCollector(on_stdout, on_stderr)
         async with self._sandbox.agent_call() as agent:
-            call = agent.start(request)
-            try:
-                result = await with_deadline(collector.drain(call), timeout_s)
-            except BaseException:
-                await call.cancel()
-                raise
+            result = await drive(agent, request, collector.drain, timeout_s)
         execution = m.Execution.from_wire(result)
         execution.stdout, execution.stderr = collector.stdout, collector.stderr
         return execution

@@ -6,8 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ember.engine.calls import OutputCallback, OutputCollector, with_deadline
-from ember.engine.channel import Chunk
+from ember.engine.calls import OutputCallback, OutputCollector, drive
+from ember.engine.channel import AgentCall, Chunk
 from ember.protocol import messages as m
 
 if TYPE_CHECKING:
@@ -46,12 +46,7 @@ class Commands:
 
         collector = OutputCollector(on_stdout, on_stderr, on_event=started)
         async with self._sandbox.agent_call() as agent:
-            call = agent.start(request)
-            try:
-                result = await with_deadline(collector.drain(call), timeout_s)
-            except BaseException:
-                await call.cancel()
-                raise
+            result = await drive(agent, request, collector.drain, timeout_s)
         return _finished(result, collector)
 
     async def start(
@@ -83,12 +78,7 @@ class Commands:
         """Follow a process (first what its buffers still hold) until it exits."""
         collector = OutputCollector(on_stdout, on_stderr)
         async with self._sandbox.agent_call() as agent:
-            call = agent.start(m.ProcAttach(pid=pid, replay=replay))
-            try:
-                result = await collector.drain(call)
-            except BaseException:
-                await call.cancel()
-                raise
+            result = await drive(agent, m.ProcAttach(pid=pid, replay=replay), collector.drain)
         return _finished(result, collector)
 
     async def follow(
@@ -99,18 +89,17 @@ class Commands:
         replay: bool = True,
     ) -> m.ProcessExit:
         """Deliver a process's raw output (``on_output(stream, bytes)``) until it exits."""
+
+        async def deliver(call: AgentCall) -> m.ProcessExit:
+            async for item in call:
+                if isinstance(item, Chunk):
+                    result = on_output(item.stream, item.data)
+                    if inspect.isawaitable(result):
+                        await result
+            return m.ProcessExit.from_wire(await call.result())
+
         async with self._sandbox.agent_call() as agent:
-            call = agent.start(m.ProcAttach(pid=pid, replay=replay))
-            try:
-                async for item in call:
-                    if isinstance(item, Chunk):
-                        result = on_output(item.stream, item.data)
-                        if inspect.isawaitable(result):
-                            await result
-                return m.ProcessExit.from_wire(await call.result())
-            except BaseException:
-                await call.cancel()
-                raise
+            return await drive(agent, m.ProcAttach(pid=pid, replay=replay), deliver)
 
     async def list(self) -> list[m.ProcessInfo]:
         async with self._sandbox.agent_call() as agent:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Iterable
@@ -87,6 +88,17 @@ async def create_overlay(backing: Path, path: Path, size_mib: int | None = None)
     if process.returncode != 0:
         path.unlink(missing_ok=True)
         raise VmmError(f"qemu-img could not create an overlay on {backing}: {stderr.decode().strip()}")
+
+
+def root_reserve_mib(directory: Path) -> int:
+    """Space of ``directory``'s filesystem that only root may write (ext4's reserved blocks).
+
+    The daemon writes its state as root and jailed VMMs write disk layers as
+    their own uids: with a root reserve, guests that fill the disk stop at it
+    and the daemon can still record what happens.
+    """
+    stats = os.statvfs(directory)
+    return (stats.f_bfree - stats.f_bavail) * stats.f_frsize >> 20
 
 
 def check_disk(directory: Path, reserve_mib: int, what: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ember import errors
 from ember.engine import forks, limits, pauses, templates
-from ember.engine.disks import Layers, check_disk
+from ember.engine.disks import Layers, check_disk, root_reserve_mib
 from ember.engine.pool import WarmPool
 from ember.engine.quotas import Quota, Quotas, Reservation, Usage
 from ember.engine.reaper import Reaper
@@ -39,6 +39,9 @@ from ember.vmm import QemuDriver, detect
 from ember.vmm.base import Restore
 
 log = logging.getLogger("ember.engine")
+
+#: Root-only space below which the start warns (the state database's writes need little).
+MIN_ROOT_RESERVE_MIB = 16
 
 
 class SandboxManager:
@@ -80,6 +83,13 @@ class SandboxManager:
         )
         await self.collect()
         self.store.prune()
+        if self.settings.jail and root_reserve_mib(self.settings.data_dir) < MIN_ROOT_RESERVE_MIB:
+            log.warning(
+                "the data directory %s is on a filesystem with no space kept for root: guests that fill it "
+                "would leave the daemon unable to record state; give it reserved blocks (tune2fs -m 5) or "
+                "put EMBER_DATA_DIR on such a filesystem",
+                self.settings.data_dir,
+            )
         self.reaper.start()
         self.pool.start()
 

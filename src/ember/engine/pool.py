@@ -123,6 +123,12 @@ class WarmPool:
             log.warning("warm pool: restoring %s failed: %s", template, exc)
             await asyncio.sleep(RETRY_DELAY_S)
             return
+        except Exception:
+            # A bug, not a host problem: say so loudly, but keep the pool filling.
+            stats.failures += 1
+            log.exception("warm pool: restoring %s failed unexpectedly", template)
+            await asyncio.sleep(RETRY_DELAY_S)
+            return
         stats.refills += 1
         stats.refill_seconds.append(time.perf_counter() - started)
         self._ready[template].append(sandbox)

@@ -18,8 +18,9 @@ import enum
 import logging
 import secrets
 import shutil
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,8 +230,8 @@ class Sandbox:
             died.cancel()
         if connect not in done:
             connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
+            # Its own end (cancelled, or failed) is no news; a cancellation of ours still is.
+            await asyncio.gather(connect, return_exceptions=True)
             if died in done:
                 what = "the VM exited before its agent answered"
             else:
@@ -349,9 +350,14 @@ class Sandbox:
             log.warning("sandbox %s died: %s", self.id, reason)
 
     async def destroy(self, reason: str = "deleted", *, dead: bool = False) -> None:
-        """End the sandbox and remove everything it had on the host. Idempotent."""
+        """End the sandbox and remove everything it had on the host. Idempotent.
+
+        A record that cannot be written (the state database's disk is full) is
+        logged and the teardown goes on: a VM must never outlive its end because
+        of it, and the next start's recovery records the end from what it finds.
+        """
         if self.state in _LIVE:
-            self._set_state(SandboxState.DEAD if dead else SandboxState.STOPPED, reason)
+            self._recording(self._set_state, SandboxState.DEAD if dead else SandboxState.STOPPED, reason)
         await self._agent.close()
         await self.vm.stop()
         if self._watch is not None:
@@ -367,8 +373,14 @@ class Sandbox:
             else:  # a previous daemon's, never adopted
                 await self._networks.host.remove(self.id, self.record.net_slot)
             self.record.net_slot = self.record.address = None
-            self._store.save(self.record)
+            self._recording(self._store.save, self.record)
         shutil.rmtree(self.vm.spec.run_dir, ignore_errors=True)
+
+    def _recording(self, write: Callable[..., None], *args: object) -> None:
+        try:
+            write(*args)
+        except sqlite3.Error as exc:
+            log.error("sandbox %s: could not record its end (%s); it ends all the same", self.id, exc)
 
     async def snapshot(
         self,

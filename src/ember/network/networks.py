@@ -120,8 +120,10 @@ class Networks:
         prefix = f"ember-{self.host.instance}-"
         for netns in self.host.leftover_namespaces(keep):
             log.info("removing leftover sandbox network %s", netns)
-            with contextlib.suppress(Exception):
+            try:
                 await self.host.remove(netns[len(prefix) :], None)
+            except Exception:
+                log.exception("removing leftover sandbox network %s failed; remove it by hand", netns)
 
     async def close(self) -> None:
         await self.services.close()

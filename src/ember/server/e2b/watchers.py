@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import secrets
 from dataclasses import dataclass
 
@@ -100,8 +99,8 @@ class Watchers:
         watcher = self._get(box, watcher_id)
         del self._watchers[watcher_id]  # type: ignore[arg-type]
         watcher.task.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher.task
+        # Its own end (cancelled, or failed) is no news; a cancellation of ours still is.
+        await asyncio.gather(watcher.task, return_exceptions=True)
 
 
 def _watchers(request: Request) -> Watchers:
