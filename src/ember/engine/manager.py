@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ember import errors
 from ember.engine import limits
@@ -29,7 +30,9 @@ from ember.engine.recovery import recover
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
-from ember.images import GuestImages, ImagesMissing, find_guest_images
+from ember.images import BuildFailed, BuildProgress, GuestImages, ImagesMissing, find_guest_images
+from ember.images.errors import ImageRejected
+from ember.images.oci import ImportedImage, import_image
 from ember.network.networks import Networks
 from ember.network.policy import NetworkPolicy
 from ember.network.policy import parse as parse_network
@@ -193,8 +196,10 @@ class SandboxManager:
         source: SnapshotRecord | None,
         pooled: bool = False,
         sandbox_id: str | None = None,
+        image: ImportedImage | None = None,
     ) -> Sandbox:
-        """Boot a new VM, or restore ``source``, and wait for its agent."""
+        """Boot a new VM (of Ember's image, or an imported ``image``), or restore ``source``,
+        and wait for its agent."""
         images = self.images
         sandbox_id = sandbox_id or secrets.token_hex(8)
         run_dir = self.settings.run_dir / sandbox_id
@@ -214,8 +219,9 @@ class SandboxManager:
             hostname=f"ember-{sandbox_id[:12]}",
             run_dir=str(run_dir),
             kernel=source.kernel if source else str(images.kernel),
-            kernel_args=source.kernel_args if source else self.driver.kernel_args,
-            rootfs=source.rootfs if source else str(images.rootfs),
+            kernel_args=source.kernel_args if source else _boot_args(self.driver.kernel_args, image),
+            rootfs=source.rootfs if source else str(image.rootfs if image else images.rootfs),
+            init=image.init if image and not source else "",
             memory_file=str(source.memory_file if source else run_dir / "memory"),
             memory_shared=source is None,
             snapshot_id=source.id if source else None,
@@ -375,20 +381,58 @@ class SandboxManager:
         finally:
             await self.destroy(sandbox.id)
 
-    async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
-        """Snapshot a sandbox as template ``name`` (for every key), replacing an older one."""
-        if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
-            raise errors.InvalidRequestError(
-                "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
-            )
+    async def save_template(
+        self, sandbox_id: str, name: str, owner: str | None = None, image: dict[str, Any] | None = None
+    ) -> SnapshotRecord:
+        """Snapshot a sandbox as template ``name`` (for every key), replacing an older one.
+
+        ``image`` describes the OCI image it was imported from, if it was.
+        """
+        _check_template_name(name)
         template = await self.get(sandbox_id, owner).snapshot(self.snapshots, kind="template")
         older = self.store.snapshot_named(name)
         if older is not None:
             self.snapshots.delete(older)  # frees the name; its files go once unused
-        template.name, template.owner = name, None
+        template.name, template.owner, template.image = name, None, dict(image or {})
         self.store.save_snapshot(template)
         await self.collect()
         return template
+
+    async def import_template(
+        self,
+        name: str,
+        reference: str,
+        *,
+        vcpus: int = 2,
+        memory_mb: int = 512,
+        disk_mb: int = 4096,
+        credentials: tuple[str, str] | None = None,
+        progress: BuildProgress | None = None,
+        owner: str | None = None,
+    ) -> SnapshotRecord:
+        """Make template ``name`` from an OCI image: import it (``ember.images.oci``), boot it,
+        snapshot it with its REPL warm. A failure leaves no template and no sandbox."""
+        _check_template_name(name)
+        progress = progress or BuildProgress()
+        config = limits.validate(
+            SandboxConfig(vcpus=vcpus, memory_mib=memory_mb, disk_mib=disk_mb, owner=owner)
+        )
+        try:
+            image = await asyncio.to_thread(
+                import_image, self.settings, reference, progress, credentials=credentials
+            )
+        except ImageRejected as exc:
+            raise errors.error_for(exc.code.value, str(exc)) from exc
+        except BuildFailed as exc:
+            raise errors.TemplateBuildFailedError(f"importing {reference} failed: {exc}") from exc
+        progress.stage("booting the image")
+        sandbox = await self._launch(config, None, image=image)
+        try:
+            progress.stage("snapshotting it, REPL warm")
+            described = {"reference": reference, "digest": image.digest, "config": image.config.to_json()}
+            return await self.save_template(sandbox.id, name, owner, image=described)
+        finally:
+            await self.destroy(sandbox.id, "template build finished")
 
     def list_snapshots(self, owner: str | None = None) -> list[SnapshotRecord]:
         return self.snapshots.list(owner)
@@ -514,6 +558,18 @@ class SandboxManager:
             return False
         log.info("paused sandbox %s at its timeout", sandbox.id)
         return True
+
+
+def _check_template_name(name: str) -> None:
+    if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
+        raise errors.InvalidRequestError(
+            "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
+
+
+def _boot_args(kernel_args: str, image: ImportedImage | None) -> str:
+    """The command line a fresh boot records: an imported image's init comes last (and wins)."""
+    return f"{kernel_args} init={image.init}" if image is not None else kernel_args
 
 
 def _check_duration(name: str, value: float | None) -> None:

@@ -102,9 +102,8 @@ class RegistryAuth(httpx.Auth):
     """The registry's 401 challenge answered: a Bearer token from its realm, or Basic credentials.
 
     The token is kept and sent with the next requests (the same repository and scope).
+    Only the token service's answer is read here: a blob's body streams to its reader.
     """
-
-    requires_response_body = True
 
     def __init__(self, credentials: Credentials | None) -> None:
         self._credentials = credentials
@@ -123,6 +122,7 @@ class RegistryAuth(httpx.Auth):
             if self._credentials is not None:
                 token_request.headers["Authorization"] = _basic(self._credentials)
             token_response = yield token_request
+            token_response.read()
             self._authorization = "Bearer " + _token_of(token_response, params["realm"])
         elif scheme == "basic" and self._credentials is not None:
             self._authorization = _basic(self._credentials)

@@ -33,11 +33,11 @@ BIN_DIR = GUEST_ROOT / "bin"
 #: The busybox applets init runs, and ``sh`` for commands in an image without a shell.
 APPLETS = ("sh", "mount", "mkdir", "ln", "pivot_root")
 # Bump when the steps below change what ends up in the runtime.
-RUNTIME_BUILDER_VERSION = "1"
+RUNTIME_BUILDER_VERSION = "2"
 # Parts of the standard library the agent never imports: tests, GUIs, build support.
 _SKIPPED_STDLIB = re.compile(
     r"(test|tests|idlelib|tkinter|turtledemo|ensurepip|lib2to3|pydoc_data|distutils|"
-    r"site-packages|dist-packages|__pycache__|config-.*)"
+    r"site-packages|dist-packages|__pycache__|config-.*|lib-dynload)"
 )
 # Extension modules never imported by the agent, several with large libraries behind them.
 _SKIPPED_EXTENSIONS = re.compile(
@@ -77,7 +77,7 @@ def build_runtime(workspace: Workspace) -> None:
     shutil.copytree(_stdlib(), stdlib_target, symlinks=True, ignore=_ignore_stdlib)
     dynload_source = Path(sysconfig.get_config_var("DESTSHARED"))
     dynload = stdlib_target / "lib-dynload"
-    dynload.mkdir(exist_ok=True)
+    dynload.mkdir()
     for module in dynload_source.iterdir():
         if module.is_file() and not _SKIPPED_EXTENSIONS.fullmatch(module.name):
             shutil.copy2(module, dynload / module.name)
