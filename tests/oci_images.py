@@ -18,8 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import sysconfig
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +150,8 @@ _SKIPPED_STDLIB = re.compile(
     r"dbm|venv|wsgiref|xmlrpc|http|urllib|html|lib-dynload)"
 )
 _LDD = re.compile(r"(/\S+) \(0x")
+#: Debian's own python3 (./setup installs it): its stdlib is where a Debian image has it.
+DEBIAN_PYTHON = "/usr/bin/python3"
 
 
 def _with_libraries(entries: LayerEntries, binaries: list[Path], seen: set[str]) -> None:
@@ -172,15 +172,16 @@ def _merged_usr(entries: LayerEntries) -> None:
 
 
 def debian_image(path: Path) -> Layout:
-    """Python 3 (this host's, with a trimmed stdlib), bash, coreutils' id/env/cat/ls, user 'app'."""
+    """Debian's python3 (the host's /usr/bin/python3, trimmed stdlib), bash, a few coreutils, user 'app'."""
     base = LayerEntries()
     _merged_usr(base)
     seen: set[str] = set()
-    programs = [Path(shutil.which(name) or name) for name in ("bash", "id", "env", "cat", "ls", "whoami")]
-    _with_libraries(base, [Path(sys.executable).resolve(), *programs], seen)
-    base.symlink("usr/bin/python3", Path(sys.executable).resolve().name)
+    python = Path(DEBIAN_PYTHON).resolve()
+    programs = [Path("/usr/bin", name) for name in ("bash", "id", "env", "cat", "ls", "whoami")]
+    _with_libraries(base, [python, *programs], seen)
+    base.symlink("usr/bin/python3", python.name)
     base.symlink("usr/bin/sh", "bash")
-    stdlib = Path(sysconfig.get_path("stdlib")).resolve()
+    stdlib = Path("/usr/lib", python.name)
     for directory, subdirs, names in os.walk(stdlib):
         relative = Path(directory).relative_to(stdlib)
         if relative == Path("."):
@@ -188,7 +189,7 @@ def debian_image(path: Path) -> Layout:
         for name in names:
             if name.endswith((".py", ".pyc")):
                 base.host_file(Path(directory, name), f"usr/lib/{stdlib.name}/{relative}/{name}")
-    dynload = Path(sysconfig.get_config_var("DESTSHARED"))
+    dynload = stdlib / "lib-dynload"
     for module in ("_asyncio", "_json", "_contextvars", "_queue", "_typing", "resource", "termios", "mmap"):
         for found in dynload.glob(f"{module}.*.so"):
             base.host_file(found, f"usr/lib/{stdlib.name}/lib-dynload/{found.name}")
