@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from e2e_support import Daemon, SandboxFactory, run_cli
-from oci_images import busybox_image
 
 from ember.client import Sandbox
+from oci_images import busybox_image
 
 
 def test_cli_builds_a_template_from_an_oci_layout_and_shows_its_stages(
