@@ -287,7 +287,7 @@ def _registry_message(response: httpx.Response) -> str:
 
 def _read_limited(response: httpx.Response, what: str) -> bytes:
     data = bytearray()
-    for chunk in response.iter_raw():
+    for chunk in response.iter_bytes():
         data += chunk
         if len(data) > MAX_DOCUMENT_BYTES:
             raise ImageRejected(f"{what} is more than {MAX_DOCUMENT_BYTES} bytes: not a manifest or config")
