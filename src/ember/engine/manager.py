@@ -386,10 +386,15 @@ class SandboxManager:
     ) -> SnapshotRecord:
         """Snapshot a sandbox as template ``name`` (for every key), replacing an older one.
 
-        ``image`` describes the OCI image it was imported from, if it was.
+        ``image`` describes the OCI image it was imported from, if it was; by default a
+        template made from a sandbox of such a template keeps its source's.
         """
         _check_template_name(name)
-        template = await self.get(sandbox_id, owner).snapshot(self.snapshots, kind="template")
+        sandbox = self.get(sandbox_id, owner)
+        if image is None and sandbox.record.snapshot_id is not None:
+            source = self.store.get_snapshot(sandbox.record.snapshot_id)
+            image = source.image if source is not None else None
+        template = await sandbox.snapshot(self.snapshots, kind="template")
         older = self.store.snapshot_named(name)
         if older is not None:
             self.snapshots.delete(older)  # frees the name; its files go once unused
