@@ -19,7 +19,7 @@ from ember.client._async.transport import AsyncTransport, TextCallback
 from ember.client._backends import aemit
 from ember.client._config import resolve_config
 from ember.client._models import SnapshotInfo, parse
-from ember.client._stream import parse_line, result_of
+from ember.client._stream import result_of
 
 #: The most output of a failed step that its error carries.
 FAILED_OUTPUT_CHARS = 4000
@@ -113,22 +113,17 @@ async def _import_oci(
         body["disk_mb"] = disk_mb
     if registry_auth is not None:
         body["registry_username"], body["registry_password"] = registry_auth
+
+    async def stage(event: dict[str, Any]) -> None:
+        if event["type"] == "stage":
+            await aemit(on_step, str(event.get("name")))
+
     transport = AsyncTransport(resolve_config(api_key, base_url))
     try:
-        async with transport.stream(
-            "POST", "/v1/templates", json=body, params={"stream": "true"}, waits=True
-        ) as response:
-            async for line in response.aiter_lines():
-                event = parse_line(line)
-                if event is None:
-                    continue
-                if event["type"] == "result":
-                    return parse(SnapshotInfo, result_of(event, "template"))
-                if event["type"] == "stage" and on_step is not None:
-                    await aemit(on_step, str(event.get("name")))
+        event, _ = await transport.events("POST", "/v1/templates", json=body, on_event=stage)
     finally:
         await transport.aclose()
-    raise errors.ProtocolError("POST /v1/templates: the stream ended without a result")
+    return parse(SnapshotInfo, result_of(event, "template"))
 
 
 async def _run(

@@ -18,7 +18,7 @@ from ember import errors
 from ember.client._backends import emit
 from ember.client._config import resolve_config
 from ember.client._models import SnapshotInfo, parse
-from ember.client._stream import parse_line, result_of
+from ember.client._stream import result_of
 from ember.client._sync.sandbox import Sandbox
 from ember.client._sync.transport import TextCallback, Transport
 
@@ -114,22 +114,17 @@ def _import_oci(
         body["disk_mb"] = disk_mb
     if registry_auth is not None:
         body["registry_username"], body["registry_password"] = registry_auth
+
+    def stage(event: dict[str, Any]) -> None:
+        if event["type"] == "stage":
+            emit(on_step, str(event.get("name")))
+
     transport = Transport(resolve_config(api_key, base_url))
     try:
-        with transport.stream(
-            "POST", "/v1/templates", json=body, params={"stream": "true"}, waits=True
-        ) as response:
-            for line in response.iter_lines():
-                event = parse_line(line)
-                if event is None:
-                    continue
-                if event["type"] == "result":
-                    return parse(SnapshotInfo, result_of(event, "template"))
-                if event["type"] == "stage" and on_step is not None:
-                    emit(on_step, str(event.get("name")))
+        event, _ = transport.events("POST", "/v1/templates", json=body, on_event=stage)
     finally:
         transport.close()
-    raise errors.ProtocolError("POST /v1/templates: the stream ended without a result")
+    return parse(SnapshotInfo, result_of(event, "template"))
 
 
 def _run(
