@@ -6,13 +6,19 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     EmberError                          code            status
     ├── InvalidRequestError             invalid_request   400
     │   ├── PayloadTooLargeError        payload_too_large 413
-    │   └── UnknownOperationError       unknown_operation 400
+    │   │   └── ImageTooLargeError      image_too_large   413
+    │   ├── UnknownOperationError       unknown_operation 400
+    │   └── ImageInvalidError           image_invalid     400
+    │       ├── ImageUnsupportedError   image_unsupported
+    │       ├── ImageDigestMismatchError image_digest_mismatch
+    │       └── ImageUnsafePathError    image_unsafe_path
     ├── AuthenticationError             unauthorized      401
     ├── PermissionDeniedError           permission_denied 403
     ├── NotFoundError                                     404
     │   ├── SandboxNotFoundError        sandbox_not_found
     │   ├── TemplateNotFoundError       template_not_found
     │   ├── PathNotFoundError           file_not_found
+    │   ├── ImageNotFoundError          image_not_found
     │   ├── ProcessNotFoundError        process_not_found
     │   ├── ContextNotFoundError        context_not_found
     │   └── PortNotExposedError         port_not_exposed
@@ -30,6 +36,8 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     ├── ResourceExhaustedError          resource_exhausted 507
     ├── DiskFullError                   disk_full         507
     ├── ExecFailedError                 exec_failed       422
+    │   └── PythonUnavailableError      python_unavailable
+    ├── RegistryUnauthorizedError       registry_unauthorized 403
     └── ServerError                                       500/502/503
         ├── InternalError               internal_error
         ├── ProtocolError               protocol_error    502
@@ -40,6 +48,7 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
         ├── IsolationUnavailableError   isolation_unavailable 503
         ├── NetworkError                network_error
         ├── PortUnreachableError        port_unreachable  502
+        ├── RegistryError               registry_error    502
         └── VmmError                    vmm_error
 """
 
@@ -88,6 +97,36 @@ class UnknownOperationError(InvalidRequestError):
     code = ErrorCode.UNKNOWN_OPERATION.value
 
 
+class ImageTooLargeError(PayloadTooLargeError):
+    """An OCI image unpacks to more than the host allows (EMBER_IMAGE_MAX_MIB)."""
+
+    code = ErrorCode.IMAGE_TOO_LARGE.value
+
+
+class ImageInvalidError(InvalidRequestError):
+    """An OCI image is malformed: a corrupt archive, a missing or wrong field; the message names it."""
+
+    code = ErrorCode.IMAGE_INVALID.value
+
+
+class ImageUnsupportedError(ImageInvalidError):
+    """An OCI image uses a media type, platform or digest algorithm Ember does not read."""
+
+    code = ErrorCode.IMAGE_UNSUPPORTED.value
+
+
+class ImageDigestMismatchError(ImageInvalidError):
+    """A blob of an OCI image is not what its digest says."""
+
+    code = ErrorCode.IMAGE_DIGEST_MISMATCH.value
+
+
+class ImageUnsafePathError(ImageInvalidError):
+    """A layer names a path outside the image's root (``../``, a hard link out of it)."""
+
+    code = ErrorCode.IMAGE_UNSAFE_PATH.value
+
+
 class AuthenticationError(EmberError):
     code = ErrorCode.UNAUTHORIZED.value
     status = 401
@@ -116,6 +155,12 @@ class SnapshotNotFoundError(NotFoundError):
 
 class PathNotFoundError(NotFoundError):
     code = ErrorCode.FILE_NOT_FOUND.value
+
+
+class ImageNotFoundError(NotFoundError):
+    """No OCI image at that path, or no such repository or tag in the registry."""
+
+    code = ErrorCode.IMAGE_NOT_FOUND.value
 
 
 class ProcessNotFoundError(NotFoundError):
@@ -209,6 +254,19 @@ class ExecFailedError(EmberError):
     status = 422
 
 
+class PythonUnavailableError(ExecFailedError):
+    """run_code in Python, in a sandbox whose image has no python3."""
+
+    code = ErrorCode.PYTHON_UNAVAILABLE.value
+
+
+class RegistryUnauthorizedError(EmberError):
+    """A registry refused the credentials (or their absence) for an image."""
+
+    code = ErrorCode.REGISTRY_UNAUTHORIZED.value
+    status = 403
+
+
 class ServerError(EmberError):
     status = 500
 
@@ -236,6 +294,13 @@ class PortUnreachableError(ServerError):
     """Nothing answers on an exposed port inside the sandbox."""
 
     code = ErrorCode.PORT_UNREACHABLE.value
+    status = 502
+
+
+class RegistryError(ServerError):
+    """A registry could not be reached or answered something that is not the registry API."""
+
+    code = ErrorCode.REGISTRY_ERROR.value
     status = 502
 
 

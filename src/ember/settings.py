@@ -60,10 +60,19 @@ class Settings:
     #: Host memory a VMM may use beyond its guest's RAM before its cgroup ends it
     #: (EMBER_VMM_OVERHEAD_MIB; None: the driver's measured figure for this acceleration).
     vmm_overhead_mib: int | None = None
+    #: The most an OCI image may unpack to (EMBER_IMAGE_MAX_MIB): a bigger one is refused.
+    image_max_mib: int = 16384
+    #: Registries reached over plain HTTP (EMBER_INSECURE_REGISTRIES="host:port,..."); loopback always is.
+    insecure_registries: tuple[str, ...] = ()
 
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    @property
+    def oci_dir(self) -> Path:
+        """Root filesystems made from OCI images, by image digest (``ember.images.oci``)."""
+        return self.data_dir / "oci-images"
 
     @property
     def instance(self) -> str:
@@ -106,6 +115,11 @@ class Settings:
             kwargs["disk_reserve_mib"] = int(env["EMBER_DISK_RESERVE_MIB"])
         if "EMBER_VMM_OVERHEAD_MIB" in env:
             kwargs["vmm_overhead_mib"] = int(env["EMBER_VMM_OVERHEAD_MIB"])
+        if "EMBER_IMAGE_MAX_MIB" in env:
+            kwargs["image_max_mib"] = int(env["EMBER_IMAGE_MAX_MIB"])
+        if "EMBER_INSECURE_REGISTRIES" in env:
+            names = (name.strip() for name in env["EMBER_INSECURE_REGISTRIES"].split(","))
+            kwargs["insecure_registries"] = tuple(name for name in names if name)
         return cls(**kwargs)  # type: ignore[arg-type]
 
 

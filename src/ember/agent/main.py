@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember.agent import files, network, system, watch
+from ember.agent import files, image, network, system, watch
 from ember.agent._errors import AgentError
 from ember.agent.paths import WORKDIR
 from ember.agent.port import SocketPort, VirtioPort, find_port
@@ -86,8 +86,15 @@ class Agent:
             self.contexts.set_env(request.env)
         # Warm the default Python REPL now so the first run_code does not pay for it,
         # and answer once it has started: a snapshot (a template, a fork) is then warm.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.contexts.default("python").wait_started(), _REPL_START_S)
+        # An image without Python has none to warm (its run_code says so).
+        try:
+            repl = self.contexts.default("python")
+        except AgentError as exc:
+            if exc.code is not ErrorCode.PYTHON_UNAVAILABLE:
+                raise
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(repl.wait_started(), _REPL_START_S)
         return await self.ping(context, m.Ping())
 
     async def ping(self, context: RequestContext, request: m.Ping) -> m.AgentInfo:
@@ -135,7 +142,12 @@ class Agent:
     async def exec(self, context: RequestContext, request: m.Exec) -> WireModel:
         if (request.cmd is None) == (request.argv is None):
             raise AgentError(ErrorCode.INVALID_REQUEST, "give exactly one of cmd and argv")
-        argv = ["/bin/bash", "-c", request.cmd] if request.cmd is not None else list(request.argv or [])
+        if request.login_shell:
+            argv = [image.shell(), "-l"]
+        elif request.cmd is not None:
+            argv = [image.shell(), "-c", request.cmd]
+        else:
+            argv = list(request.argv or [])
         process = self.processes.spawn(
             argv,
             cmd=request.cmd,

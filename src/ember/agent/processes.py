@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import os
 import pwd
+import shutil
 import signal
 import struct
 import subprocess
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from ember.agent._errors import AgentError
 from ember.agent._fdio import wait_writable
 from ember.agent.buffers import OutputBuffer
+from ember.agent.image import IMAGE
 from ember.protocol.codes import ErrorCode
 from ember.protocol.messages import ProcessExit, ProcessInfo, PtySize
 from ember.protocol.pulse import Pulse
@@ -310,6 +313,7 @@ class ProcessTable:
         return [p for p in self._processes.values() if not p.internal]
 
     def environment(self, user: pwd.struct_passwd, extra: dict[str, str] | None) -> dict[str, str]:
+        """A process's environment: defaults, the image's, the sandbox's, then the request's."""
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LANG": "C.UTF-8",
@@ -319,10 +323,16 @@ class ProcessTable:
             "LOGNAME": user.pw_name,
             "SHELL": user.pw_shell or "/bin/bash",
         }
+        env.update(IMAGE.env)
         env.update(self.base_env)
         if extra:
             env.update(extra)
         return env
+
+    def which(self, program: str) -> str | None:
+        """Where `program` is on the default user's PATH (the image's), if anywhere."""
+        path = self.environment(_account(None), None)["PATH"]
+        return shutil.which(program, path=path)
 
     def spawn(
         self,
@@ -348,7 +358,7 @@ class ProcessTable:
             raise AgentError(ErrorCode.INVALID_REQUEST, "timeout must be positive")
         environment = self.environment(account, env)
         identity = {}
-        if account.pw_uid != os.getuid():
+        if account.pw_uid != os.getuid() or account.pw_gid != os.getgid():
             identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         if pty is not None:
             _validate_pty_size(pty)
@@ -422,11 +432,26 @@ class ProcessTable:
 
 
 def _account(user: str | None) -> pwd.struct_passwd:
-    name = user or "root"
+    """The account a process runs as: ``name``, ``uid``, ``name:group`` or ``uid:gid``, as an
+    image's ``User`` says it (its default when the request names none; else root)."""
+    spec = user or IMAGE.user or "root"
+    name, _, group = spec.partition(":")
     try:
-        return pwd.getpwnam(name)
+        account = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
-        raise AgentError(ErrorCode.INVALID_REQUEST, f"no user named {name!r} in the sandbox") from None
+        if not name.isdigit():
+            raise AgentError(ErrorCode.INVALID_REQUEST, f"no user named {name!r} in the sandbox") from None
+        # A uid without an entry in /etc/passwd runs as itself, at / (as docker run does).
+        account = pwd.struct_passwd((name, "x", int(name), int(name), "", "/", ""))
+    if not group:
+        return account
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise AgentError(ErrorCode.INVALID_REQUEST, f"no group named {group!r} in the sandbox") from None
+    fields = list(account)
+    fields[3] = gid
+    return pwd.struct_passwd(fields)
 
 
 def _popen(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:

@@ -97,7 +97,14 @@ class ReplContext:
         reply_read, reply_write = os.pipe()
         try:
             if self.language == "python":
-                argv = ["python3", "-c", _BOOTSTRAP, str(_WORKER), str(request_read), str(reply_write)]
+                python = self._table.which("python3")
+                if python is None:
+                    raise AgentError(
+                        ErrorCode.PYTHON_UNAVAILABLE,
+                        "this sandbox's image has no python3 (on its PATH), so code cannot run in "
+                        "Python here; run commands instead, or build the template from an image with Python",
+                    )
+                argv = [python, "-c", _BOOTSTRAP, str(_WORKER), str(request_read), str(reply_write)]
                 env = {"MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1"}
             else:
                 # /proc/self/fd, not /dev/fd: without udev the guest has no /dev/fd link.

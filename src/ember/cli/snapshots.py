@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +57,22 @@ def template_build(
     base: Annotated[
         str | None, typer.Option("--from", help="Start from this template (default: boot).")
     ] = None,
+    from_oci: Annotated[
+        str | None,
+        typer.Option(
+            "--from-oci",
+            metavar="REF",
+            help="Start from an OCI image: HOST[:PORT]/REPO[:TAG], or a layout directory or "
+            "archive (OCI or docker save) on the daemon's host.",
+        ),
+    ] = None,
+    registry_user: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-user",
+            help="For --from-oci: the registry's user (password: $EMBER_REGISTRY_PASSWORD).",
+        ),
+    ] = None,
     run: Annotated[list[str], typer.Option("--run", help="A shell command to run (repeatable).")] = [],  # noqa: B006
     copy: Annotated[
         list[str], typer.Option("--copy", help="LOCAL:REMOTE, copied before the commands run (repeatable).")
@@ -66,10 +84,17 @@ def template_build(
     memory_mb: Annotated[int, typer.Option("--memory", help="MiB of memory.")] = 512,
     vcpus: Annotated[int, typer.Option("--vcpus")] = 2,
 ) -> None:
-    """Boot a sandbox, copy files in, run the commands and code (output streamed), save it as NAME."""
+    """Boot a sandbox (or an OCI image), copy files in, run the commands and code (output streamed),
+    save it as NAME."""
     steps = [Step(copy=_pair(item, ":", "--copy")) for item in copy] + [Step(run=command) for command in run]
     steps += [Step(code=cell) for cell in code]
     variables = dict(_pair(item, "=", "--env") for item in env)
+    registry_auth = None
+    if registry_user is not None:
+        registry_auth = (registry_user, os.environ.get("EMBER_REGISTRY_PASSWORD", ""))
+    started = time.monotonic()
+    if from_oci is not None:
+        from_oci = _local_path(from_oci)
     info = build_template(
         name,
         steps,
@@ -78,9 +103,19 @@ def template_build(
         vcpus=vcpus,
         memory_mb=memory_mb,
         on_output=write_stdout,
-        on_step=lambda text: stderr.print(f"[bold]==> {text}[/]"),
+        on_step=lambda text: stderr.print(
+            f"[bold]==> {text}[/] [dim]({time.monotonic() - started:.1f} s)[/]"
+        ),
+        from_oci=from_oci,
+        registry_auth=registry_auth,
     )
     stderr.print(f"template {info.name} saved ({info.size_bytes / 2**20:.0f} MiB on disk)")
+    if info.image is not None:
+        command = " ".join(info.image.default_command) or "-"
+        stderr.print(
+            f"image {info.image.digest[:19]}: user {info.image.user or 'root'}, "
+            f"workdir {info.image.workdir}, default command: {command}"
+        )
 
 
 @template_app.command("ls")
@@ -95,6 +130,16 @@ def template_rm(names: Annotated[list[str], typer.Argument(metavar="NAME...")]) 
     for name in names:
         Sandbox.delete_template(name)
         stdout.print(f"deleted {name}")
+
+
+def _local_path(reference: str) -> str:
+    """A layout or archive here named absolutely (``PATH[:TAG]``), for a daemon with another cwd."""
+    head, colon, tag = reference.rpartition(":")
+    if Path(reference).exists():
+        return str(Path(reference).resolve())
+    if colon and head and Path(head).exists():
+        return f"{Path(head).resolve()}:{tag}"
+    return reference
 
 
 def _pair(text: str, separator: str, option: str) -> tuple[str, str]:

@@ -166,6 +166,24 @@ class PortInfo(WireModel):
 
 
 @dataclass
+class ImageInfo(WireModel):
+    """The OCI image a template was imported from: its config, as its sandboxes run it."""
+
+    reference: str
+    digest: str
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    user: str = ""
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+
+    @property
+    def default_command(self) -> list[str]:
+        """The image's command (entrypoint, then cmd), as ``docker run`` would start it."""
+        return self.entrypoint + self.cmd
+
+
+@dataclass
 class SnapshotInfo(WireModel):
     """A snapshot (``kind="snapshot"``) or a template (``kind="template"``, with its ``name``)."""
 
@@ -179,6 +197,8 @@ class SnapshotInfo(WireModel):
     metadata: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
     size_bytes: int = 0
+    #: For a template imported from an OCI image (``build_template(..., from_oci=...)``).
+    image: ImageInfo | None = None
 
 
 @dataclass

@@ -132,6 +132,7 @@ class Pty:
         timeout_s: float | None = None,
     ) -> int:
         request = _exec(cmd or list(DEFAULT_PTY_COMMAND), env=env, cwd=cwd, user=user, timeout_s=timeout_s)
+        request.login_shell = cmd is None  # the image's shell: bash, else sh
         request.background = True
         request.pty = m.PtySize(cols=cols, rows=rows)
         async with self._sandbox.agent_call() as agent:

@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ember import errors
 from ember.engine import forks, limits, pauses, templates
@@ -30,7 +31,8 @@ from ember.engine.recovery import recover
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
-from ember.images import GuestImages, ImagesMissing, find_guest_images
+from ember.images import BuildProgress, GuestImages, ImagesMissing, find_guest_images
+from ember.images.oci import ImportedImage
 from ember.network.networks import Networks
 from ember.network.policy import NetworkPolicy
 from ember.network.policy import parse as parse_network
@@ -194,17 +196,19 @@ class SandboxManager:
                             "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
                         )
                         return pooled
-            return await self._launch(config, source, sandbox_id=sandbox_id, reservation=reservation)
+            return await self.launch(config, source, sandbox_id=sandbox_id, reservation=reservation)
 
-    async def _launch(
+    async def launch(
         self,
         config: SandboxConfig,
         source: SnapshotRecord | None,
         pooled: bool = False,
         sandbox_id: str | None = None,
         reservation: Reservation | None = None,
+        image: ImportedImage | None = None,
     ) -> Sandbox:
-        """Boot a new VM, or restore ``source``, and wait for its agent.
+        """Boot a new VM (of Ember's image, or an imported ``image``), or restore ``source``,
+        and wait for its agent.
 
         ``reservation`` (the create's quota use) ends when the sandbox is counted itself.
         """
@@ -228,8 +232,9 @@ class SandboxManager:
             hostname=f"ember-{sandbox_id[:12]}",
             run_dir=str(run_dir),
             kernel=source.kernel if source else str(images.kernel),
-            kernel_args=source.kernel_args if source else self.driver.kernel_args,
-            rootfs=source.rootfs if source else str(images.rootfs),
+            kernel_args=source.kernel_args if source else _boot_args(self.driver.kernel_args, image),
+            rootfs=source.rootfs if source else str(image.rootfs if image else images.rootfs),
+            init=image.init if image and not source else "",
             memory_file=str(source.memory_file if source else run_dir / "memory"),
             memory_shared=source is None,
             snapshot_id=source.id if source else None,
@@ -283,7 +288,7 @@ class SandboxManager:
         config = SandboxConfig(
             vcpus=source.vcpus, memory_mib=source.memory_mib, disk_mib=source.disk_mib, template=template
         )
-        return await self._launch(limits.validate(config), source, pooled=True)
+        return await self.launch(limits.validate(config), source, pooled=True)
 
     def pool_stats(self) -> list[dict[str, object]]:
         return self.pool.stats()
@@ -336,8 +341,34 @@ class SandboxManager:
     async def ensure_base_template(self) -> SnapshotRecord:
         return await templates.ensure_base(self)
 
-    async def save_template(self, sandbox_id: str, name: str, owner: str | None = None) -> SnapshotRecord:
-        return await templates.save(self, sandbox_id, name, owner)
+    async def save_template(
+        self, sandbox_id: str, name: str, owner: str | None = None, image: dict[str, Any] | None = None
+    ) -> SnapshotRecord:
+        return await templates.save(self, sandbox_id, name, owner, image)
+
+    async def import_template(
+        self,
+        name: str,
+        reference: str,
+        *,
+        vcpus: int = 2,
+        memory_mb: int = 512,
+        disk_mb: int = 4096,
+        credentials: tuple[str, str] | None = None,
+        progress: BuildProgress | None = None,
+        owner: str | None = None,
+    ) -> SnapshotRecord:
+        return await templates.import_oci(
+            self,
+            name,
+            reference,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            disk_mb=disk_mb,
+            credentials=credentials,
+            progress=progress,
+            owner=owner,
+        )
 
     async def delete_template(self, name: str) -> None:
         await templates.delete(self, name)
@@ -430,3 +461,8 @@ class SandboxManager:
         sandbox.record.expires_at = now + timeout_s if timeout_s is not None else None
         self.store.save(sandbox.record)
         return sandbox.record
+
+
+def _boot_args(kernel_args: str, image: ImportedImage | None) -> str:
+    """The command line a fresh boot records: an imported image's init comes last (and wins)."""
+    return f"{kernel_args} init={image.init}" if image is not None else kernel_args

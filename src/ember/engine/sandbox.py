@@ -179,7 +179,8 @@ class Sandbox:
         guest gets its name, clock and entropy again, now that the path is warm
         (on a cold guest the clock lands tens of ms late), and keeps them.
         """
-        await self.code.run("print(1)\n1 + 1", scratch=True)
+        with contextlib.suppress(errors.PythonUnavailableError):  # an image without Python
+            await self.code.run("print(1)\n1 + 1", scratch=True)
         await self.commands.run("true")
         await self._reidentify()
         self._set_state(SandboxState.POOLED)
@@ -440,4 +441,6 @@ def vm_spec(record: SandboxRecord) -> VmSpec:
         run_dir=Path(record.run_dir),
         memory_file=Path(record.memory_file),
         memory_shared=record.memory_shared,
+        # The last init= on the kernel's command line is the one it runs.
+        kernel_args=(f"init={record.init}",) if record.init else (),
     )

@@ -80,6 +80,8 @@ class SandboxRecord:
     ports: dict[str, str] = field(default_factory=dict)
     #: What its lifetime's end does: "kill" ends it, "pause" pauses it (see SandboxManager.pause).
     on_timeout: str = "kill"
+    #: The guest's init when it is not Ember's own image's: an imported image's /.ember/init.
+    init: str = ""
 
     @property
     def live(self) -> bool:
@@ -110,6 +112,9 @@ class SnapshotRecord:
     machine: str = ""
     #: The command line its guest kernel booted with ("": from before it was recorded).
     kernel_args: str = ""
+    #: For a template imported from an OCI image: its reference, digest and config
+    #: (env, workdir, user, entrypoint, cmd); {} otherwise.
+    image: dict[str, Any] = field(default_factory=dict)
 
     @property
     def memory_file(self) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ember.protocol.codes import ErrorCode
+
 
 class ImagesError(Exception):
     """Base of every error raised by `ember.images`."""
@@ -23,3 +25,18 @@ class BuildFailed(ImagesError):
     def __init__(self, message: str, log_path: Path | None = None) -> None:
         super().__init__(message)
         self.log_path = log_path
+
+
+class ImageRejected(ImagesError):
+    """An OCI image that cannot become a template: bad input, named by its stable `code`.
+
+    The message names the layer, blob or field at fault. The engine turns it into the
+    ``ember.errors`` class of the same code.
+    """
+
+    code: ErrorCode = ErrorCode.IMAGE_INVALID
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code

@@ -44,15 +44,26 @@ def agent_digest() -> str:
     return digest.hexdigest()
 
 
-def install_agent(root: Path) -> None:
-    """Write the agent into the rootfs tree at `root` (files root-owned, 0644; init 0755)."""
+def install_agent(
+    root: Path, agent_root: PurePosixPath = AGENT_ROOT, init_path: PurePosixPath = INIT_PATH
+) -> None:
+    """Write the agent into the rootfs tree at `root` (files root-owned, 0644; init 0755).
+
+    Ember's own image has it in /opt/ember and /sbin/ember-init; an imported image
+    keeps everything of Ember's under /.ember (``ember.images.oci``).
+    """
     files = agent_files()
     if INIT_SOURCE not in files:
         raise FileNotFoundError(f"{INIT_SOURCE} is missing from this Ember installation")
-    _write(root, AGENT_ROOT / "ember/__init__.py", b"", 0o644)
+    _write(root, agent_root / "ember/__init__.py", b"", 0o644)
     for guest_path, host_path in files.items():
-        _write(root, AGENT_ROOT / guest_path, host_path.read_bytes(), 0o644)
-    _write(root, INIT_PATH, files[INIT_SOURCE].read_bytes(), 0o755)
+        _write(root, agent_root / guest_path, host_path.read_bytes(), 0o644)
+    _write(root, init_path, files[INIT_SOURCE].read_bytes(), 0o755)
+
+
+def write_file(root: Path, guest_path: PurePosixPath, content: bytes, mode: int = 0o644) -> None:
+    """Write one file of Ember's into the tree at `root`, never through a link."""
+    _write(root, guest_path, content, mode)
 
 
 def _write(root: Path, guest_path: PurePosixPath, content: bytes, mode: int) -> None:

@@ -51,7 +51,12 @@ def build_rootfs(workspace: Workspace, tree: Path) -> None:
         ["chroot", staging, "/usr/bin/python3", "-m", "compileall", "-q",
          "--invalidation-mode", "unchecked-hash", f"/{AGENT_ROOT}"]
     )  # fmt: skip
-    used_bytes, entries = _usage(staging)
+    pack_ext4(workspace, staging, ROOTFS_LABEL, workspace.out / ROOTFS_FILE)
+
+
+def pack_ext4(workspace: Workspace, tree: Path, label: str, image: Path) -> None:
+    """Pack `tree` into a new read-only ext4 image at `image`, sized to it with some headroom."""
+    used_bytes, entries = _usage(tree)
     size_mib = math.ceil(used_bytes / _MIB) + max(
         _MIN_HEADROOM_MIB, math.ceil(used_bytes * _HEADROOM_FRACTION / _MIB)
     )
@@ -64,9 +69,9 @@ def build_rootfs(workspace: Workspace, tree: Path) -> None:
             "-q",
             "-F",
             "-L",
-            ROOTFS_LABEL,
+            label,
             "-d",
-            staging,
+            tree,
             "-b",
             str(_BLOCK_SIZE),
             "-N",
@@ -78,7 +83,7 @@ def build_rootfs(workspace: Workspace, tree: Path) -> None:
             "0",
             "-E",
             "lazy_itable_init=1,nodiscard",
-            workspace.out / ROOTFS_FILE,
+            image,
             f"{size_mib}M",
         ]
     )

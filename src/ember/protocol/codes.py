@@ -53,3 +53,14 @@ class ErrorCode(str, enum.Enum):
     PORT_NOT_EXPOSED = "port_not_exposed"
     PORT_UNREACHABLE = "port_unreachable"
     NETWORK_ERROR = "network_error"
+    # OCI images imported as templates, on the host.
+    IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_INVALID = "image_invalid"
+    IMAGE_UNSUPPORTED = "image_unsupported"
+    IMAGE_DIGEST_MISMATCH = "image_digest_mismatch"
+    IMAGE_UNSAFE_PATH = "image_unsafe_path"
+    IMAGE_TOO_LARGE = "image_too_large"
+    REGISTRY_UNAUTHORIZED = "registry_unauthorized"
+    REGISTRY_ERROR = "registry_error"
+    # run_code in an image that has no python3 (the agent runs on its own interpreter).
+    PYTHON_UNAVAILABLE = "python_unavailable"

@@ -183,7 +183,9 @@ class PtySize(WireModel):
 @_request
 @dataclass
 class Exec(Request):
-    """Start a process: ``cmd`` runs under ``bash -c``, ``argv`` runs as given.
+    """Start a process: ``cmd`` runs under ``bash -c`` (``sh -c`` in an image without bash),
+    ``argv`` runs as given; ``login_shell`` runs the image's shell as a login shell instead
+    (``argv`` then says what an older agent runs).
 
     Foreground: output streams on this request until the exit result. Background:
     the result (``ProcessStarted``) comes at once and the output is kept in
@@ -202,6 +204,7 @@ class Exec(Request):
     pty: PtySize | None = None
     tag: str | None = None
     max_output_bytes: int | None = None
+    login_shell: bool = False
 
 
 @dataclass

@@ -125,6 +125,37 @@ class SaveTemplate(_Request):
     name: str
 
 
+class ImportTemplate(_Request):
+    """Build template ``name`` from an OCI image: a registry reference, or a layout
+    directory or archive on the daemon's host."""
+
+    name: str
+    from_oci: str = Field(min_length=1, max_length=4096)
+    vcpus: StrictInt = 2
+    memory_mb: StrictInt = 512
+    disk_mb: StrictInt = 4096
+    registry_username: str | None = None
+    registry_password: str | None = None
+
+
+class ImageInfo(BaseModel):
+    """The OCI image a template was imported from, and how its processes run."""
+
+    reference: str
+    digest: str
+    env: dict[str, str]
+    workdir: str
+    user: str
+    entrypoint: list[str]
+    cmd: list[str]
+
+    @classmethod
+    def of(cls, image: dict[str, Any]) -> ImageInfo | None:
+        if not image:
+            return None
+        return cls(reference=image["reference"], digest=image["digest"], **image["config"])
+
+
 class SnapshotInfo(BaseModel):
     id: str
     kind: str
@@ -136,6 +167,8 @@ class SnapshotInfo(BaseModel):
     metadata: dict[str, str]
     created_at: float
     size_bytes: int
+    #: Templates imported from an OCI image: the image, its config and default command.
+    image: ImageInfo | None = None
 
     @classmethod
     def of(cls, record: SnapshotRecord) -> SnapshotInfo:
@@ -150,6 +183,7 @@ class SnapshotInfo(BaseModel):
             metadata=record.metadata,
             created_at=record.created_at,
             size_bytes=record.size_bytes,
+            image=ImageInfo.of(record.image),
         )
 
 

@@ -88,8 +88,10 @@ class AsyncTransport:
         params: Any = None,
         on_stdout: TextCallback | None = None,
         on_stderr: TextCallback | None = None,
+        on_event: Callable[[dict[str, Any]], Any] | None = None,
     ) -> tuple[dict[str, Any], StreamedOutput]:
-        """Follow an NDJSON stream to its result line, handing output text to the callbacks."""
+        """Follow an NDJSON stream to its result line, handing output text to the callbacks
+        (and other lines, a build's stages, to ``on_event``)."""
         output = StreamedOutput()
         async with self.stream(
             method, path, json=json, params={**(params or {}), "stream": "true"}, waits=True
@@ -103,6 +105,8 @@ class AsyncTransport:
                 text = output.add(event)
                 if text is not None:
                     await aemit(on_stdout if event["type"] == "stdout" else on_stderr, text)
+                else:
+                    await aemit(on_event, event)
         raise errors.ProtocolError(f"{method} {path}: the stream ended without a result")
 
     async def aclose(self) -> None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ember import errors
-from ember.client._models import SnapshotInfo
+from ember.client._backends import emit
+from ember.client._config import resolve_config
+from ember.client._models import SnapshotInfo, parse
+from ember.client._stream import result_of
 from ember.client._sync.sandbox import Sandbox
-from ember.client._sync.transport import TextCallback
+from ember.client._sync.transport import TextCallback, Transport
 
 #: The most output of a failed step that its error carries.
 FAILED_OUTPUT_CHARS = 4000
@@ -51,14 +55,30 @@ def build_template(
     on_output: TextCallback | None = None,
     on_step: TextCallback | None = None,
     *,
+    from_oci: str | None = None,
+    registry_auth: tuple[str, str] | None = None,
     api_key: str | None = None,
     base_url: str | None = None,
 ) -> SnapshotInfo:
     """Build template ``name`` from ``base`` (a template; None: a fresh boot) and return it.
 
+    ``from_oci`` starts from an OCI image instead: a registry reference
+    (``host:port/repo:tag``, with ``registry_auth`` as (user, password) if it asks), or an
+    OCI layout directory or archive (OCI or ``docker save``) on the daemon's host. The
+    daemon imports it (cached by its digest) and boots it; ``on_step`` hears each stage
+    of that (pull, unpack, mkfs, boot, snapshot). The steps, if any, then run on it.
     ``on_step`` hears each step's description as it starts, ``on_output`` its output.
     A step that exits non-zero raises ``TemplateBuildFailedError`` with its output.
     """
+    if from_oci is not None:
+        if base is not None:
+            raise errors.InvalidRequestError("give base or from_oci, not both")
+        imported = _import_oci(
+            name, from_oci, vcpus, memory_mb, disk_mb, registry_auth, on_step, api_key, base_url
+        )
+        if not steps and not env:
+            return imported
+        base = name
     sandbox = Sandbox.create(
         vcpus, memory_mb, env, 4 * 3600, None, base, {"template_build": name}, disk_mb,
         api_key=api_key, base_url=base_url,
@@ -76,6 +96,35 @@ def build_template(
         return sandbox.save_template(name)
     finally:
         sandbox.close()
+
+
+def _import_oci(
+    name: str,
+    reference: str,
+    vcpus: int,
+    memory_mb: int,
+    disk_mb: int | None,
+    registry_auth: tuple[str, str] | None,
+    on_step: TextCallback | None,
+    api_key: str | None,
+    base_url: str | None,
+) -> SnapshotInfo:
+    body: dict[str, Any] = {"name": name, "from_oci": reference, "vcpus": vcpus, "memory_mb": memory_mb}
+    if disk_mb is not None:
+        body["disk_mb"] = disk_mb
+    if registry_auth is not None:
+        body["registry_username"], body["registry_password"] = registry_auth
+
+    def stage(event: dict[str, Any]) -> None:
+        if event["type"] == "stage":
+            emit(on_step, str(event.get("name")))
+
+    transport = Transport(resolve_config(api_key, base_url))
+    try:
+        event, _ = transport.events("POST", "/v1/templates", json=body, on_event=stage)
+    finally:
+        transport.close()
+    return parse(SnapshotInfo, result_of(event, "template"))
 
 
 def _run(

@@ -89,8 +89,10 @@ class Transport:
         params: Any = None,
         on_stdout: TextCallback | None = None,
         on_stderr: TextCallback | None = None,
+        on_event: Callable[[dict[str, Any]], Any] | None = None,
     ) -> tuple[dict[str, Any], StreamedOutput]:
-        """Follow an NDJSON stream to its result line, handing output text to the callbacks."""
+        """Follow an NDJSON stream to its result line, handing output text to the callbacks
+        (and other lines, a build's stages, to ``on_event``)."""
         output = StreamedOutput()
         with self.stream(
             method, path, json=json, params={**(params or {}), "stream": "true"}, waits=True
@@ -104,6 +106,8 @@ class Transport:
                 text = output.add(event)
                 if text is not None:
                     emit(on_stdout if event["type"] == "stdout" else on_stderr, text)
+                else:
+                    emit(on_event, event)
         raise errors.ProtocolError(f"{method} {path}: the stream ended without a result")
 
     def close(self) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request, Response
 
+from ember.engine.store import SnapshotRecord
+from ember.images import BuildProgress
 from ember.server.deps import caller, require_admin, service
 from ember.server.keys import ApiKey
 from ember.server.models import (
     CreateSnapshot,
     Fork,
+    ImportTemplate,
     PoolInfo,
     PoolList,
     SandboxInfo,
@@ -17,6 +22,7 @@ from ember.server.models import (
     SnapshotInfo,
     SnapshotList,
 )
+from ember.server.streaming import Emit, ndjson_response, with_progress
 
 router = APIRouter(tags=["snapshots"])
 
@@ -60,6 +66,33 @@ async def save_template(
 ) -> SnapshotInfo:
     """Snapshot the sandbox as a named template that every key can start from (admin keys only)."""
     return SnapshotInfo.of(await service(request).manager.save_template(sandbox_id, body.name, owner=key.id))
+
+
+@router.post("/v1/templates", status_code=201, response_model=SnapshotInfo)
+async def import_template(
+    body: ImportTemplate, request: Request, stream: bool = False, key: ApiKey = Depends(require_admin)
+) -> Any:
+    """Build a template from an OCI image (admin keys only); ``?stream=true`` streams its progress
+    as NDJSON (``stage`` and ``progress`` lines), then the template (``result``) or an error."""
+    manager = service(request).manager
+    credentials = None
+    if body.registry_username is not None:
+        credentials = (body.registry_username, body.registry_password or "")
+
+    async def build(progress: BuildProgress | None) -> SnapshotRecord:
+        return await manager.import_template(
+            body.name, body.from_oci, vcpus=body.vcpus, memory_mb=body.memory_mb, disk_mb=body.disk_mb,
+            credentials=credentials, progress=progress, owner=key.id,
+        )  # fmt: skip
+
+    if not stream:
+        return SnapshotInfo.of(await build(None))
+
+    async def run(emit: Emit) -> dict[str, Any]:
+        record = await with_progress(build, emit)
+        return {"type": "result", "template": SnapshotInfo.of(record).model_dump()}
+
+    return ndjson_response(run)
 
 
 @router.get("/v1/templates", response_model=SnapshotList)

@@ -1,0 +1,11 @@
+"""OCI images as guest root filesystems: read from a layout, an archive or a registry.
+
+``import_image`` is the whole of it: find the image, unpack its layers (whiteouts,
+opaque directories, nothing outside its root), add Ember's init, agent and
+Python under ``/.ember``, pack it as ext4, cached by the image's digest.
+"""
+
+from ember.images.oci.build import ImportedImage, import_image, open_image
+from ember.images.oci.manifest import ImageConfig
+
+__all__ = ["ImageConfig", "ImportedImage", "import_image", "open_image"]
