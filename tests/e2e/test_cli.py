@@ -33,6 +33,20 @@ def test_failing_code_prints_the_traceback_and_exits_one(daemon: Daemon) -> None
     assert "ZeroDivisionError" in done.stderr and "Traceback" not in done.stdout
 
 
+def test_sys_exit_in_the_cell_is_the_commands_exit_status(
+    daemon: Daemon, sandbox_factory: SandboxFactory
+) -> None:
+    sandbox = sandbox_factory()
+    for code, status, printed in [
+        ("import sys; print('out'); sys.exit(3)", 3, ""),
+        ("import sys; sys.exit()", 0, ""),
+        ("raise SystemExit('bad input')", 1, "bad input\n"),
+    ]:
+        done = run_cli(daemon, "execute", "-c", code, "--sandbox", sandbox.id)
+        assert (done.returncode, done.stderr) == (status, printed), (code, done.stderr)
+    assert done.stdout == ""
+
+
 def test_run_file_in_an_existing_sandbox(
     daemon: Daemon, sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:

@@ -218,8 +218,10 @@ def test_terminal_echoes_resizes_and_exits(shared_sandbox: Sandbox) -> None:
     terminal.resize(100, 30)
     terminal.send("stty size\n")
     wait_until(lambda: seen(b"30 100"), what="size after resize")
+    with pytest.raises(TimeoutError, match="still runs"):
+        terminal.wait(timeout=0.2)  # the shell runs on, and the terminal stays usable
     terminal.send("exit 3\n")
-    assert terminal.wait() == 3
+    assert terminal.wait(timeout=60) == 3
 
 
 def test_sandbox_info_and_lifetime(shared_sandbox: Sandbox) -> None:

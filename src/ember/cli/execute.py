@@ -1,10 +1,11 @@
 """``ember execute`` and ``ember run``: run code in a sandbox, output streamed to this terminal.
 
 ``execute`` runs a cell in the sandbox's persistent REPL (python or bash): the exit
-status is 0 when it ran without error, 1 when it raised, timed out or (bash) failed;
-a Python traceback goes to stderr. ``run FILE.py`` does the same with a file;
-``run FILE.sh`` runs the script as a command (``bash -c``, so ``exit`` ends the
-script, not a shared shell) and exits with the script's own status.
+status is 0 when it ran without error, 1 when it raised, timed out or (bash) failed,
+and ``sys.exit(n)``'s n as ``python -c`` would give it; a Python traceback goes to
+stderr. ``run FILE.py`` does the same with a file; ``run FILE.sh`` runs the script as
+a command (``bash -c``, so ``exit`` ends the script, not a shared shell) and exits
+with the script's own status.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def _report(execution: Execution) -> int:
             stderr.print(f"\\[result without text: {', '.join(result.data)}]")
     if execution.error is not None:
         error = execution.error
+        if error.name == "SystemExit":
+            return _exit_status(error.value)
         text = error.traceback or f"{error.name}: {error.value}"
         write_stderr(text if text.endswith("\n") else text + "\n")
         return 1
@@ -99,3 +102,15 @@ def _report(execution: Execution) -> int:
     if execution.exit_code not in (None, 0):
         return 1
     return 0
+
+
+def _exit_status(value: str) -> int:
+    """``sys.exit(value)`` in the cell ends the command as it would end ``python -c``: no
+    traceback; None is 0, an integer is the status, anything else is printed and is 1."""
+    if value in ("", "None"):
+        return 0
+    try:
+        return int(value) & 0xFF
+    except ValueError:
+        write_stderr(value + "\n")
+        return 1

@@ -52,8 +52,13 @@ class AsyncBackground:
     def __init__(self, work: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         self._task = asyncio.get_running_loop().create_task(work(), name=name)
 
-    async def join(self) -> None:
-        await self._task
+    async def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the work to end (False: ``timeout_s`` passed first, and it goes on)."""
+        done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+        if not done:
+            return False
+        self._task.result()
+        return True
 
 
 class Background:
@@ -70,10 +75,14 @@ class Background:
         except BaseException as exc:  # handed to join(), which re-raises it in the owner's thread
             self._error = exc
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the work to end (False: ``timeout_s`` passed first, and it goes on)."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            return False
         if self._error is not None:
             raise self._error
+        return True
 
 
 # ---------------------------------------------------------------- blocking calls

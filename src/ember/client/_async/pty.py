@@ -126,9 +126,14 @@ class AsyncTerminal:
                 f"terminal {self.pid} is closed (its process exited, or close() was called)"
             ) from exc
 
-    async def wait(self) -> int:
-        """Wait until the terminal's process exits and return its exit code."""
-        await self._reader.join()
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait until the terminal's process exits and return its exit code.
+
+        After ``timeout`` seconds it raises ``TimeoutError`` instead; the terminal
+        stays open and its process runs on.
+        """
+        if not await self._reader.join(timeout):
+            raise errors.TimeoutError(f"terminal {self.pid}: its process still runs after {timeout} s")
         if self._error is not None:
             raise self._error
         if self.exit_code is None:

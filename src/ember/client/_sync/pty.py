@@ -127,9 +127,14 @@ class Terminal:
                 f"terminal {self.pid} is closed (its process exited, or close() was called)"
             ) from exc
 
-    def wait(self) -> int:
-        """Wait until the terminal's process exits and return its exit code."""
-        self._reader.join()
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until the terminal's process exits and return its exit code.
+
+        After ``timeout`` seconds it raises ``TimeoutError`` instead; the terminal
+        stays open and its process runs on.
+        """
+        if not self._reader.join(timeout):
+            raise errors.TimeoutError(f"terminal {self.pid}: its process still runs after {timeout} s")
         if self._error is not None:
             raise self._error
         if self.exit_code is None:
