@@ -64,10 +64,17 @@ async def _reattach(
         await sandbox.destroy("the warm pool is refilled when the daemon starts")
         return None
     try:
-        await sandbox.vm.adopt()
-    except errors.EmberError:
+        writing = await sandbox.vm.adopt([Path(layer) for layer in record.disk_chain])
+    except errors.EmberError as exc:
+        log.warning("sandbox %s cannot be reattached: %s", record.id, exc)
         await sandbox.destroy("the VM was no longer running when the daemon restarted", dead=True)
         return None
+    if str(writing) != record.disk_chain[0]:
+        # Killed between recording a snapshot's next layer and moving the VM onto it:
+        # the layer never written goes with the next collection.
+        log.warning("sandbox %s still writes %s: its record is set back to it", record.id, writing)
+        record.disk_chain = record.disk_chain[record.disk_chain.index(str(writing)) :]
+        store.save(record)
     try:
         await sandbox.adopt()
     except errors.EmberError as exc:

@@ -96,8 +96,14 @@ class VirtualMachine(abc.ABC):
         the driver); the VM then waits, paused, for ``resume``."""
 
     @abc.abstractmethod
-    async def adopt(self) -> None:
-        """Take over this spec's VM, started by a previous daemon; VmmError if it is gone."""
+    async def adopt(self, chain: list[Path]) -> Path:
+        """Take over this spec's VM, started by a previous daemon; VmmError if it is gone.
+
+        ``chain`` is its disk chain as recorded, top first. A daemon killed in a
+        snapshot's pause leaves the VM paused, and maybe still writing the layer
+        below the top it recorded (the next layer is recorded before the VM moves
+        onto it): the VM is resumed, and the layer it really writes is returned.
+        """
 
     @abc.abstractmethod
     async def save(self, state: Path, next_disk: Path) -> None:

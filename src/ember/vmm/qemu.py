@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -62,6 +63,8 @@ from ember.vmm.memory import MEMFD_PREFIX
 
 if TYPE_CHECKING:
     from ember.vmm.qemu_driver import QemuDriver
+
+log = logging.getLogger("ember.vmm")
 
 KERNEL_ARGS = (
     "console=ttyS0",
@@ -446,7 +449,7 @@ class QemuVM(VirtualMachine):
             with contextlib.suppress(VmmError):
                 await self.qmp("netdev_del", {"id": netdev})
 
-    async def adopt(self) -> None:
+    async def adopt(self, chain: list[Path]) -> Path:
         """Take over the QEMU a previous daemon started for this spec (found by its pid file).
 
         Raises VmmError when no such QEMU is running; the caller then cleans up.
@@ -463,6 +466,30 @@ class QemuVM(VirtualMachine):
             self._cgroup = self._driver.cgroups.of(self.spec.run_dir.name)
         self.state = VmState.BOOTING
         await self._take_control()
+        self._disk = await self._written_layer(chain)
+        state = (await self.qmp("query-status"))["status"]  # type: ignore[index]
+        if state != "running":
+            log.warning("VM of %s found %s (in a snapshot's pause): resumed", self.spec.run_dir.name, state)
+            await self.qmp("cont")
+        return self._disk
+
+    async def _written_layer(self, chain: list[Path]) -> Path:
+        """Which layer of ``chain`` the VM writes, told by the layer below it (a layer QEMU
+        was handed as a descriptor has no name of its own there)."""
+        blocks = await self.qmp("query-block")
+        drive = next((b for b in blocks if b.get("device") == "rw"), None)  # type: ignore[union-attr]
+        if drive is None or "inserted" not in drive:
+            raise VmmError(f"the VM of {self.spec.run_dir.name} has no writable disk")
+        image = drive["inserted"]["image"]
+        below = image.get("full-backing-filename") or image.get("backing-filename")
+        if below is None:
+            return chain[-1]  # the first layer of a booted sandbox has nothing below it
+        if Path(below) not in chain[1:]:
+            raise VmmError(
+                f"the VM of {self.spec.run_dir.name} writes a layer over {below}, "
+                "which its record does not name"
+            )
+        return chain[chain.index(Path(below)) - 1]
 
     async def _take_control(self) -> None:
         assert self._pid is not None
