@@ -117,17 +117,27 @@ async def sandbox_factory(
         return sandbox
 
     yield make
+    # Every sandbox is ended even when ending one fails; the failures are reported together.
+    problems = []
     for sandbox in made:
         _attach_console(request, sandbox)
-        pid = sandbox.vm.pid
-        if sandbox.id in {s.id for s in manager.list(include_ended=True)}:
-            await manager.destroy(sandbox.id)
-        else:
-            await sandbox.destroy()
-        assert not sandbox.vm.spec.run_dir.exists(), "run directory left behind"
-        assert not Path(sandbox.record.disk_chain[0]).exists(), "the sandbox's disk layer left behind"
-        if pid is not None:
-            assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"QEMU {pid} still running"
+        try:
+            await _end_and_check(manager, sandbox)
+        except Exception as exc:
+            problems.append(f"{sandbox.id}: {exc!r}")
+    assert not problems, "sandboxes did not end cleanly:\n" + "\n".join(problems)
+
+
+async def _end_and_check(manager: SandboxManager, sandbox: Sandbox) -> None:
+    pid = sandbox.vm.pid
+    if sandbox.id in {s.id for s in manager.list(include_ended=True)}:
+        await manager.destroy(sandbox.id)
+    else:
+        await sandbox.destroy()
+    assert not sandbox.vm.spec.run_dir.exists(), "run directory left behind"
+    assert not Path(sandbox.record.disk_chain[0]).exists(), "the sandbox's disk layer left behind"
+    if pid is not None:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"QEMU {pid} still running"
 
 
 def _is_zombie(pid: int) -> bool:
@@ -141,13 +151,6 @@ def _attach_console(request: pytest.FixtureRequest, sandbox: Sandbox) -> None:
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         request.node.add_report_section("call", f"console of {sandbox.id}", sandbox.vm.console_tail(16384))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import EmberError, PayloadTooLargeError
 from ember.server.deps import Service, ember_version
-from ember.server.e2b import SandboxPlane, plane_options
+from ember.server.e2b import SandboxPlane, Watchers, plane_options
 from ember.server.routes import code, commands, files, keys, ports, pty, sandboxes, snapshots
 
 log = logging.getLogger("ember.server")
@@ -82,6 +82,7 @@ class _BodyLimit:
 
 def create_app(service_: Service) -> FastAPI:
     """The ASGI app over an engine that this app starts and stops with its lifespan."""
+    e2b_watchers = Watchers()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +92,7 @@ def create_app(service_: Service) -> FastAPI:
         try:
             yield
         finally:
+            await e2b_watchers.close()
             await app.state.port_client.aclose()
             await service_.manager.close()
 
@@ -127,7 +129,9 @@ def create_app(service_: Service) -> FastAPI:
     for module in (sandboxes, snapshots, code, commands, files, pty, keys, ports):
         app.include_router(module.router)
     # E2B's SDKs' requests (control plane, in-sandbox calls) go to their own apps, inside the body limit.
-    app.add_middleware(SandboxPlane, **plane_options(service_, service_.manager.settings.e2b_domain))
+    app.add_middleware(
+        SandboxPlane, **plane_options(service_, service_.manager.settings.e2b_domain, e2b_watchers)
+    )
     app.add_middleware(_BodyLimit, get_service=lambda: service_)
     app.add_middleware(ports.PortHosts, domain=service_.manager.settings.domain)
     return app

@@ -16,16 +16,18 @@ from ember.server.deps import Service
 from ember.server.e2b import connect, filesystem, interpreter, process, watchers
 from ember.server.e2b.control import create_control_app
 from ember.server.e2b.plane import ENVD_PORT, INTERPRETER_PORT, AccessTokens, SandboxPlane
+from ember.server.e2b.watchers import Watchers
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def plane_options(service: Service, domain: str | None) -> dict[str, Any]:
-    """The keyword arguments of ``SandboxPlane`` (``app.add_middleware(SandboxPlane, **options)``)."""
+def plane_options(service: Service, domain: str | None, watches: Watchers) -> dict[str, Any]:
+    """The keyword arguments of ``SandboxPlane`` (``app.add_middleware(SandboxPlane, **options)``);
+    ``watches`` are E2B's polled directory watchers, which the caller's app closes."""
     tokens = AccessTokens(service.manager.settings.data_dir / "e2b-token-secret")
     served = [*process.routes, *filesystem.routes, *watchers.routes, *filesystem.http_routes]
     envd = Starlette(routes=[*served, Route("/{path:path}", connect.unimplemented, methods=_METHODS)])
-    envd.state.watchers = watchers.Watchers()
+    envd.state.watchers = watches
     return {
         "service": service,
         "tokens": tokens,
@@ -35,4 +37,4 @@ def plane_options(service: Service, domain: str | None) -> dict[str, Any]:
     }
 
 
-__all__ = ["SandboxPlane", "plane_options"]
+__all__ = ["SandboxPlane", "Watchers", "plane_options"]

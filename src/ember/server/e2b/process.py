@@ -7,16 +7,13 @@ output, so that, as in E2B, a client that goes away leaves it running and
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ember import errors
 from ember.engine.sandbox import Sandbox
 from ember.protocol import messages as m
 from ember.server.e2b import connect
@@ -89,43 +86,24 @@ async def start(request: Request) -> Response:
     env = config.get("envs") or None
     user = username(request)
     cwd = working_directory(config.get("cwd"), user)
+    # As envd does, a process started with a deadline (Connect-Timeout-Ms) is killed when it
+    # passes, by the guest agent: a client that disconnects early does not keep it alive.
+    deadline_s = connect.timeout_s(request)
     pty = message.get("pty")
     if pty is not None:
         size = pty.get("size") or {}
+        cols, rows = int(size.get("cols", 80)), int(size.get("rows", 24))
         pid = await box.pty.create(
-            argv, cols=int(size.get("cols", 80)), rows=int(size.get("rows", 24)), env=env, cwd=cwd, user=user
+            argv, cols=cols, rows=rows, env=env, cwd=cwd, user=user, timeout_s=deadline_s
         )
     else:
+        stdin, tag = bool(message.get("stdin", False)), message.get("tag")
         pid = await box.commands.start(
-            argv, env=env, cwd=cwd, user=user, stdin=bool(message.get("stdin", False)), tag=message.get("tag")
+            argv, env=env, cwd=cwd, user=user, stdin=stdin, tag=tag, timeout_s=deadline_s
         )
-    deadline_s = connect.timeout_s(request)
-    if deadline_s is not None:
-        _kill_at_deadline(box, pid, deadline_s)
     return connect.server_stream(
         lambda emit: _follow(box, pid, pty is not None, emit, replay=True), request, keepalive=_KEEPALIVE
     )
-
-
-_DEADLINES: set[asyncio.Task[None]] = set()
-
-
-def _kill_at_deadline(box: Sandbox, pid: int, deadline_s: float) -> None:
-    """As envd does, a process started with a deadline (``Connect-Timeout-Ms``) is killed when it passes.
-
-    The watch is independent of the stream: a client that disconnects early (or
-    whose own timer fires first) does not keep the process alive past it.
-    """
-
-    async def watch() -> None:
-        await asyncio.sleep(deadline_s)
-        with contextlib.suppress(errors.EmberError):  # the sandbox may be gone by now
-            if any(p.pid == pid and p.running for p in await box.commands.list()):
-                await box.commands.kill(pid)
-
-    task = asyncio.create_task(watch(), name=f"e2b-deadline-{box.id}-{pid}")
-    _DEADLINES.add(task)
-    task.add_done_callback(_DEADLINES.discard)
 
 
 async def reconnect(request: Request) -> Response:

@@ -95,6 +95,14 @@ class Watchers:
         watcher.events.clear()
         return events
 
+    async def close(self) -> None:
+        """End every watcher (the app's lifespan does, before the engine closes)."""
+        tasks = [w.task for w in self._watchers.values()]
+        self._watchers.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def remove(self, box: Sandbox, watcher_id: object) -> None:
         watcher = self._get(box, watcher_id)
         del self._watchers[watcher_id]  # type: ignore[arg-type]
