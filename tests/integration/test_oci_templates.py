@@ -22,6 +22,7 @@ import pytest
 from conftest import SandboxFactory
 from ember import errors
 from ember.engine import SandboxManager
+from ember.engine.templates import import_oci
 from ember.images import BuildProgress
 from oci_images import LayerEntries, Layout, busybox_image, debian_image, write_layout
 from registry_lab import Registry, docker_archive, push, token_registry
@@ -73,7 +74,7 @@ async def templates(manager: SandboxManager, images: Images) -> AsyncIterator[di
         ("oci-busybox", str(images.busybox_archive), {}),
     ):
         started = time.perf_counter()
-        await manager.import_template(name, reference, vcpus=1, memory_mb=512, **kwargs)  # type: ignore[arg-type]
+        await import_oci(manager, name, reference, vcpus=1, memory_mb=512, **kwargs)  # type: ignore[arg-type]
         timings[name] = time.perf_counter() - started
     print(f"\nfirst imports: {timings}")
     yield timings
@@ -129,7 +130,7 @@ async def test_second_import_of_the_same_image_is_cached(
     stages = Stages()
     started = time.perf_counter()
     # The layout holds the same image (the same config digest) as the archive imported before.
-    await manager.import_template("oci-busybox-again", str(images.busybox.path), vcpus=1, progress=stages)
+    await import_oci(manager, "oci-busybox-again", str(images.busybox.path), vcpus=1, progress=stages)
     cached_s = time.perf_counter() - started
     print(f"\ncached import of the busybox image: {cached_s:.1f} s (first: {templates['oci-busybox']:.1f} s)")
     await manager.delete_template("oci-busybox-again")
@@ -158,7 +159,7 @@ def _escaping_layout(path: Path) -> Path:
 async def _refused(manager: SandboxManager, name: str, reference: str, **kwargs: object) -> errors.EmberError:
     layers_before = set(manager.layers.directory.iterdir())
     with pytest.raises(errors.EmberError) as caught:
-        await manager.import_template(name, reference, vcpus=1, **kwargs)  # type: ignore[arg-type]
+        await import_oci(manager, name, reference, vcpus=1, **kwargs)  # type: ignore[arg-type]
     assert manager.store.snapshot_named(name) is None, "a template was left behind"
     assert set(manager.layers.directory.iterdir()) == layers_before, "a disk layer was left behind"
     assert not manager.list(include_ended=False), "a sandbox was left running"

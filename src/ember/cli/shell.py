@@ -24,6 +24,7 @@ import typer
 from ember.cli._output import stderr
 from ember.client import AsyncSandbox, AsyncTerminal
 from ember.errors import ProcessNotFoundError
+from ember.tasks import cancel_and_wait
 
 
 def shell(
@@ -82,9 +83,7 @@ async def _attach(terminal: AsyncTerminal) -> int:
             # Stop the inputs first, then the task that forwards them, then the connection.
             loop.remove_reader(stdin_fd)
             loop.remove_signal_handler(signal.SIGWINCH)
-            forwarder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await forwarder
+            await cancel_and_wait(forwarder)
             await terminal.close()
 
 

@@ -31,7 +31,7 @@ from ember.engine.recovery import recover
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
-from ember.images import BuildProgress, GuestImages, ImagesMissing, find_guest_images
+from ember.images import GuestImages, ImagesMissing, find_guest_images
 from ember.images.oci import ImportedImage
 from ember.network.networks import Networks
 from ember.network.policy import NetworkPolicy
@@ -345,30 +345,6 @@ class SandboxManager:
         self, sandbox_id: str, name: str, owner: str | None = None, image: dict[str, Any] | None = None
     ) -> SnapshotRecord:
         return await templates.save(self, sandbox_id, name, owner, image)
-
-    async def import_template(
-        self,
-        name: str,
-        reference: str,
-        *,
-        vcpus: int = 2,
-        memory_mb: int = 512,
-        disk_mb: int = 4096,
-        credentials: tuple[str, str] | None = None,
-        progress: BuildProgress | None = None,
-        owner: str | None = None,
-    ) -> SnapshotRecord:
-        return await templates.import_oci(
-            self,
-            name,
-            reference,
-            vcpus=vcpus,
-            memory_mb=memory_mb,
-            disk_mb=disk_mb,
-            credentials=credentials,
-            progress=progress,
-            owner=owner,
-        )
 
     async def delete_template(self, name: str) -> None:
         await templates.delete(self, name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import statistics
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ember import errors
 from ember.engine.sandbox import Sandbox, SandboxState
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.engine")
 
@@ -91,11 +91,8 @@ class WarmPool:
 
     async def close(self) -> None:
         """Stop refilling; the pooled sandboxes are the manager's to end, with all the others."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for ready in self._ready.values():
             ready.clear()
 

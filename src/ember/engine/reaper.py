@@ -9,7 +9,6 @@ broken) is ended with the reason it died of; one past its lifetime ends with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 from ember import errors
 from ember.engine import pauses
 from ember.engine.sandbox import Sandbox, SandboxState
+from ember.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ember.engine.manager import SandboxManager
@@ -37,11 +37,8 @@ class Reaper:
         self._task = asyncio.create_task(self._forever(), name="sandbox-reaper")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _forever(self) -> None:
         while True:

@@ -36,6 +36,7 @@ from ember.network.networks import Lease, Networks
 from ember.network.policy import NetworkPolicy
 from ember.network.policy import parse as parse_policy
 from ember.protocol.messages import AgentInfo, Configure
+from ember.tasks import cancel_and_wait
 from ember.vmm.base import VirtualMachine, VmSpec, VmState
 
 log = logging.getLogger("ember.engine")
@@ -361,11 +362,8 @@ class Sandbox:
             self._recording(self._set_state, SandboxState.DEAD if dead else SandboxState.STOPPED, reason)
         await self._agent.close()
         await self.vm.stop()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await cancel_and_wait(self._watch)
+        self._watch = None
         if self.lease is not None or self.record.net_slot is not None:
             lease = self.lease
             self.lease = None

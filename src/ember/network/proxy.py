@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from ember.network.policy import DomainRules
 from ember.network.resolver import Upstream
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.network")
 
@@ -127,10 +128,7 @@ class NameProxy:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        for task in list(self._connections):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._connections)
         for server in self._servers:
             await server.wait_closed()
 

@@ -25,6 +25,7 @@ import dns.rdatatype
 
 from ember import errors
 from ember.network.policy import DomainRules
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.network")
 
@@ -98,10 +99,7 @@ class Resolver(asyncio.DatagramProtocol):
     async def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-        for task in list(self._pending):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._pending)
 
 
 def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:

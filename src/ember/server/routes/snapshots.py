@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from ember.engine import templates
 from ember.engine.store import SnapshotRecord
 from ember.images import BuildProgress
 from ember.server.deps import caller, require_admin, service
@@ -80,9 +81,9 @@ async def import_template(
         credentials = (body.registry_username, body.registry_password or "")
 
     async def build(progress: BuildProgress | None) -> SnapshotRecord:
-        return await manager.import_template(
-            body.name, body.from_oci, vcpus=body.vcpus, memory_mb=body.memory_mb, disk_mb=body.disk_mb,
-            credentials=credentials, progress=progress, owner=key.id,
+        return await templates.import_oci(
+            manager, body.name, body.from_oci, vcpus=body.vcpus, memory_mb=body.memory_mb,
+            disk_mb=body.disk_mb, credentials=credentials, progress=progress, owner=key.id,
         )  # fmt: skip
 
     if not stream:
