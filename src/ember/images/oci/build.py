@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from ember.images._workspace import Workspace
 from ember.images.cache import ArtifactCache, ArtifactKey, remove_tree
+from ember.images.errors import ImageRejected
 from ember.images.guest_agent import agent_digest, install_agent, write_file
 from ember.images.oci.layers import ImageTree, unpack_layer
 from ember.images.oci.manifest import ImageConfig
@@ -31,15 +31,16 @@ from ember.images.oci.registry import Credentials, open_registry
 from ember.images.oci.runtime import (
     BIN_DIR,
     GUEST_ROOT,
+    PYTHON_COMMAND,
     RUNTIME_DIR,
-    build_runtime,
+    compile_modules,
+    ensure_runtime,
     link_tree,
-    loader_command,
-    runtime_key,
 )
 from ember.images.oci.sources import Image, is_local, open_local
 from ember.images.progress import BuildProgress
 from ember.images.rootfs import pack_ext4
+from ember.protocol.codes import ErrorCode
 from ember.settings import Settings
 
 IMAGE_ROOTFS_LABEL = "ember-image"
@@ -51,7 +52,7 @@ AGENT_DIR = GUEST_ROOT / "agent"
 GUEST_CONFIG = GUEST_ROOT / "image.json"
 MOUNT_POINTS = ("dev", "proc", "sys", "mnt", "run", "tmp")
 # Bump when the steps below change the image.
-IMAGE_BUILDER_VERSION = "1"
+IMAGE_BUILDER_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def import_image(
     build step fails; either way nothing is published.
     """
     progress = progress or BuildProgress()
-    runtime = ArtifactCache(settings.images_dir).ensure(runtime_key(), build_runtime, progress)
+    runtime = ensure_runtime(settings, progress)
     progress.stage(f"reading {reference}")
     with open_image(reference, credentials=credentials, insecure=settings.insecure_registries) as image:
         key = ArtifactKey(
@@ -103,14 +104,11 @@ def import_image(
         )
         cache = ArtifactCache(settings.oci_dir)
         cached = cache.lookup(key) is not None
-        build = partial(
-            _build,
-            image=image,
-            runtime=runtime / RUNTIME_DIR,
-            max_bytes=settings.image_max_mib << 20,
-            remote=not is_local(reference),
-        )
+        max_bytes = settings.image_max_mib << 20
+        remote = not is_local(reference)
+        build = partial(_build, image=image, runtime=runtime, max_bytes=max_bytes, remote=remote)
         out = cache.ensure(key, build, progress)
+        _check_size(out, max_bytes, reference)
         return ImportedImage(
             reference=reference,
             digest=image.config_digest,
@@ -137,7 +135,12 @@ def _build(workspace: Workspace, image: Image, runtime: Path, max_bytes: int, re
     workspace.stage("adding Ember's init, agent and Python")
     _add_ember(workspace, tree, image.config, runtime)
     pack_ext4(workspace, root, IMAGE_ROOTFS_LABEL, workspace.out / IMAGE_ROOTFS_FILE)
-    record = {"reference": image.reference, "digest": image.config_digest, "config": image.config.to_json()}
+    record = {
+        "reference": image.reference,
+        "digest": image.config_digest,
+        "config": image.config.to_json(),
+        "unpacked_bytes": tree.used_bytes,
+    }
     (workspace.out / IMAGE_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -152,19 +155,13 @@ def _add_ember(workspace: Workspace, tree: ImageTree, config: ImageConfig, runti
     os.makedirs(workdir, mode=0o755, exist_ok=True)
     ember = root / GUEST_ROOT.relative_to("/")
     remove_tree(ember)  # never the image's: everything of Ember's is under it
-    link_tree(runtime, ember, workspace)
+    link_tree(runtime / RUNTIME_DIR, ember, workspace)
     install_agent(root, AGENT_DIR.relative_to("/"), GUEST_ROOT.relative_to("/") / "ember-init")
     write_file(root, INIT.relative_to("/"), init_script().encode(), 0o755)
     guest_config = {"env": config.env, "workdir": config.workdir, "user": config.user}
     write_file(root, GUEST_CONFIG.relative_to("/"), json.dumps(guest_config).encode())
-    # The agent compiled here (the runtime's stdlib already is): the image is read-only in
-    # the guest, where the agent would be compiled again at every boot.
-    workspace.run(
-        [
-            sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-            "-s", root, "-p", "/", root / AGENT_DIR.relative_to("/"),
-        ]
-    )  # fmt: skip
+    # The agent compiled by the Python it runs on (the runtime's stdlib already is).
+    compile_modules(workspace, runtime, root / AGENT_DIR.relative_to("/"), root, PurePosixPath("/"))
 
 
 def init_script() -> str:
@@ -174,11 +171,22 @@ def init_script() -> str:
         "# Ember's init for an image imported from OCI (ember.images.oci): ember-init, with\n"
         "# the agent's own Python and tools; the image's own files are left alone.\n"
         f"export PATH={BIN_DIR}\n"
-        f'export EMBER_PYTHON="{loader_command()}"\n'
+        f'export EMBER_PYTHON="{PYTHON_COMMAND}"\n'
         f"export EMBER_AGENT_PATH={AGENT_DIR} EMBER_APP_DIR= EMBER_AGENT_IMAGE={GUEST_CONFIG}\n"
         f"export EMBER_AGENT_SHELL={BIN_DIR}/sh\n"
         f". {GUEST_ROOT}/ember-init\n"
     )
+
+
+def _check_size(built: Path, max_bytes: int, reference: str) -> None:
+    """Refuse an image bigger than today's limit even when it was built under a larger one."""
+    unpacked_bytes = json.loads((built / IMAGE_FILE).read_text())["unpacked_bytes"]
+    if unpacked_bytes > max_bytes:
+        raise ImageRejected(
+            f"{reference}: the image unpacks to {unpacked_bytes >> 20} MiB, more than the "
+            f"{max_bytes >> 20} MiB this host imports (EMBER_IMAGE_MAX_MIB)",
+            ErrorCode.IMAGE_TOO_LARGE,
+        )
 
 
 def _parts(path: str) -> list[str]:
