@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -117,6 +118,20 @@ def import_image(
             rootfs_id=key.name,
             cached=cached,
         )
+
+
+def remove_unused_images(settings: Settings, rootfs_in_use: Iterable[str]) -> list[str]:
+    """Delete every imported root filesystem none of `rootfs_in_use` (the rootfs paths of records:
+    templates, snapshots, sandboxes) is in, and what imports that died left; returns the names gone.
+
+    Images are told apart by their directory's name (``image-<digest>``), never by a whole path,
+    so a record that spells the data directory differently still keeps its image.
+    """
+    cache = ArtifactCache(settings.oci_dir)
+    cache.remove_stale()
+    used = {PurePosixPath(path).parent.name for path in rootfs_in_use}
+    unused = [path for path in cache.published() if path.name not in used]
+    return [path.name for path in unused if cache.remove_published(path)]
 
 
 def _build(workspace: Workspace, image: Image, runtime: Path, max_bytes: int, remote: bool) -> None:
