@@ -222,8 +222,9 @@ def debian_image(path: Path) -> Layout:
     return write_layout(path, [base.tar(), upper.tar()], config, tag="debian")
 
 
-def busybox_image(path: Path) -> Layout:
-    """Only a static busybox and its applets: no Python, no bash, no libraries."""
+def busybox_image(path: Path, kind: str = "busybox") -> Layout:
+    """Only a static busybox and its applets: no Python, no bash, no libraries. `kind` (its
+    IMAGE_KIND) makes an image of another digest."""
     base = LayerEntries()
     base.directory("bin")
     base.host_file(Path(shutil.which("busybox") or "/bin/busybox").resolve(), "bin/busybox")
@@ -235,5 +236,5 @@ def busybox_image(path: Path) -> Layout:
     base.file("etc/motd", b"gone in the next layer\n")
     upper = LayerEntries()
     upper.file("etc/.wh.motd", b"")
-    config = {"Env": ["PATH=/bin", "IMAGE_KIND=busybox"], "WorkingDir": "/work", "Cmd": ["sh"]}
+    config = {"Env": ["PATH=/bin", f"IMAGE_KIND={kind}"], "WorkingDir": "/work", "Cmd": ["sh"]}
     return write_layout(path, [base.tar(), upper.tar()], config, tag="busybox")
