@@ -6,8 +6,8 @@ sandbox its own run directory (sockets, console, memory file; on tmpfs) and its
 own top disk layer (``disks``). It keeps every sandbox's record in the store.
 The rest is in modules of their own, which the manager's methods of the same
 names call: taking and restoring snapshots (``snapshots``), ``forks``,
-``pauses``, ``templates``, the ``reaper`` (lifetimes), and on ``start`` the
-``recovery`` of what a previous daemon left.
+``pauses``, ``templates`` (and the ``imports`` of OCI images they boot from), the
+``reaper`` (lifetimes), and on ``start`` the ``recovery`` of what a previous daemon left.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """An OCI image made into a guest root filesystem: unpacked, Ember added under /.ember, packed.
 
 The image's own files are left as they are: Ember adds only ``/.ember`` (its
-init, agent, Python and busybox: ``runtime``), the mount points its init needs
+init, agent, Debian's Python and busybox: ``runtime``), the mount points its init needs
 (``/dev``, ``/proc``, ``/sys``, ``/mnt``, ``/run``, ``/tmp``) where the image
 has none, and the image's working directory if it is missing (as ``docker run``
 makes it). The agent reads the image's environment, working directory and user
 from ``/.ember/image.json``.
 
 Root filesystems are cached by the image's config digest (which names its
-layers by their digests) and Ember's agent: a second import of the same image
-reads its manifest and config, finds the image built, and is done.
+layers by their digests), Ember's agent and runtime: a second import of the same
+image reads its manifest and config, finds the image built, checks its size
+against today's limit, and is done. The engine deletes those no record uses
+(``remove_unused_images``).
 """
 
 from __future__ import annotations
