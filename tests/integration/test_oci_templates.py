@@ -165,7 +165,7 @@ async def test_an_image_goes_with_the_last_template_or_sandbox_that_uses_it(
     layer = LayerEntries()
     layer.file("etc/collected.txt", b"an image of its own\n")
     write_layout(tmp_path / "own", [layer.tar()], {})
-    await manager.import_template("oci-collected", str(tmp_path / "own"), vcpus=1)
+    await import_oci(manager, "oci-collected", str(tmp_path / "own"), vcpus=1)
     image_dir = Path(manager.snapshots.template("oci-collected").rootfs).parent
     sandbox = await sandbox_factory(template="oci-collected")
     await manager.delete_template("oci-collected")
