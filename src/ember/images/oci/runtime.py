@@ -51,15 +51,17 @@ PYTHON_COMMAND = f"{LOADER} --inhibit-cache --library-path {PYTHON_HOME}/lib {PY
 #: The busybox applets init runs, and ``sh`` for commands in an image without a shell.
 APPLETS = ("sh", "mount", "mkdir", "ln", "pivot_root")
 # Bump when the steps below change what ends up in the runtime.
-RUNTIME_BUILDER_VERSION = "3"
-# Parts of the standard library the agent never imports: test suites, GUIs, packaging and build
-# support, the modules of the extension modules left out below, and what only ``site`` reads
-# (the agent runs with -S; Debian's sitecustomize.py links to /etc). Left out at any depth:
+RUNTIME_BUILDER_VERSION = "4"
+# Parts of the standard library the agent never imports: test suites and frameworks, GUIs,
+# documentation, packaging and build support, servers, the modules of the extension modules left
+# out below, and what only ``site`` reads (the agent runs with -S; Debian's sitecustomize.py
+# links to /etc). Left out at any depth:
 _SKIPPED_ANYWHERE = frozenset({"test", "tests", "idle_test"})
 # and at the top of the standard library:
 _SKIPPED_TOP = re.compile(
-    r"(idlelib|tkinter|turtle\.py|turtledemo|ensurepip|venv|lib2to3|pydoc_data|distutils|curses|"
-    r"sqlite3|site-packages|dist-packages|config-.*|EXTERNALLY-MANAGED|sitecustomize\.py)"
+    r"(unittest|doctest\.py|idlelib|tkinter|turtle\.py|turtledemo|pydoc\.py|pydoc_data|ensurepip|venv|"
+    r"lib2to3|distutils|wsgiref|xmlrpc|curses|sqlite3|site-packages|dist-packages|config-.*|"
+    r"EXTERNALLY-MANAGED|sitecustomize\.py)"
 )
 # Extension modules never imported by the agent, several with large libraries behind them
 # (_ssl and _hashlib: OpenSSL, 5 MB; hashlib has its own digests built in).
