@@ -3,6 +3,7 @@ with token auth, each hearing the build's stages as they stream."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_sdk_builds_a_template_from_a_registry_hearing_each_stage(daemon: Daemon
     (tmp_path / "registry").mkdir()
     connection = {"base_url": daemon.url, "api_key": daemon.api_key}
     stages: list[str] = []
+    before = _images(daemon)
     with token_registry(tmp_path / "registry") as registry:
         reference = push(layout.path, layout.tag, registry, "test/busybox")
         with pytest.raises(errors.RegistryUnauthorizedError):
@@ -59,6 +61,7 @@ def test_sdk_builds_a_template_from_a_registry_hearing_each_stage(daemon: Daemon
         info = build_template("sdk-pulled", [], vcpus=1, from_oci=reference, on_step=stages.append,
                               registry_auth=(registry.user, registry.password), **connection)  # fmt: skip
     try:
+        [image] = _images(daemon) - before
         expected = [
             f"reading {reference}",
             "pulling and unpacking layer 1/2",
@@ -73,9 +76,15 @@ def test_sdk_builds_a_template_from_a_registry_hearing_each_stage(daemon: Daemon
         assert info.image.digest.startswith("sha256:") and info.image.env["IMAGE_KIND"] == "pulled"
         shape = {"vcpus": info.vcpus, "memory_mb": info.memory_mb}
         with Sandbox(template="sdk-pulled", **shape, **connection) as sandbox:
+            Sandbox.delete_template("sdk-pulled", **connection)
+            assert image.exists(), "the image went while a sandbox ran from it"
             assert sandbox.commands.run("echo $IMAGE_KIND $(pwd)").stdout == "pulled /work\n"
     finally:
-        Sandbox.delete_template("sdk-pulled", **connection)
+        with contextlib.suppress(errors.TemplateNotFoundError):
+            Sandbox.delete_template("sdk-pulled", **connection)
     assert "sdk-refused" not in {t.name for t in Sandbox.list_templates(**connection)}
-    # Nothing else uses the image: its root filesystem went with the template.
-    assert not list((daemon.data_dir / "oci-images").glob("image-*"))
+    assert not image.exists(), "the image outlived its template and its last sandbox"
+
+
+def _images(daemon: Daemon) -> set[Path]:
+    return set((daemon.data_dir / "oci-images").glob("image-*"))
