@@ -24,6 +24,8 @@ from pathlib import Path
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+#: The time of every entry that does not come from a host file: the same layer each time.
+MTIME = 1_700_000_000
 
 
 @dataclass
@@ -32,14 +34,16 @@ class LayerEntries:
 
     members: list[tuple[tarfile.TarInfo, bytes | None]] = field(default_factory=list)
 
-    def file(self, name: str, content: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+    def file(
+        self, name: str, content: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0, mtime: int = MTIME
+    ) -> None:
         info = tarfile.TarInfo(name)
-        info.size, info.mode, info.uid, info.gid, info.mtime = len(content), mode, uid, gid, 1_700_000_000
+        info.size, info.mode, info.uid, info.gid, info.mtime = len(content), mode, uid, gid, mtime
         self.members.append((info, content))
 
     def directory(self, name: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
         info = tarfile.TarInfo(name)
-        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, mode, uid, gid, 1_700_000_000
+        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, mode, uid, gid, MTIME
         self.members.append((info, None))
 
     def symlink(self, name: str, target: str) -> None:
@@ -53,9 +57,11 @@ class LayerEntries:
         self.members.append((info, None))
 
     def host_file(self, path: Path, name: str | None = None) -> None:
-        """A file of this host, at the same path in the image unless `name` says otherwise."""
-        data = path.read_bytes()
-        self.file(name or str(path).lstrip("/"), data, mode=path.stat().st_mode & 0o7777)
+        """A file of this host, at the same path in the image unless `name` says otherwise, with its
+        mtime: a module's .pyc names its source's, and a stale one is compiled again at every import."""
+        info = path.stat()
+        mode, mtime = info.st_mode & 0o7777, int(info.st_mtime)
+        self.file(name or str(path).lstrip("/"), path.read_bytes(), mode, mtime=mtime)
 
     def tar(self) -> bytes:
         buffer = io.BytesIO()
@@ -216,8 +222,9 @@ def debian_image(path: Path) -> Layout:
     return write_layout(path, [base.tar(), upper.tar()], config, tag="debian")
 
 
-def busybox_image(path: Path) -> Layout:
-    """Only a static busybox and its applets: no Python, no bash, no libraries."""
+def busybox_image(path: Path, kind: str = "busybox") -> Layout:
+    """Only a static busybox and its applets: no Python, no bash, no libraries. `kind` (its
+    IMAGE_KIND) makes an image of another digest."""
     base = LayerEntries()
     base.directory("bin")
     base.host_file(Path(shutil.which("busybox") or "/bin/busybox").resolve(), "bin/busybox")
@@ -229,5 +236,5 @@ def busybox_image(path: Path) -> Layout:
     base.file("etc/motd", b"gone in the next layer\n")
     upper = LayerEntries()
     upper.file("etc/.wh.motd", b"")
-    config = {"Env": ["PATH=/bin", "IMAGE_KIND=busybox"], "WorkingDir": "/work", "Cmd": ["sh"]}
+    config = {"Env": ["PATH=/bin", f"IMAGE_KIND={kind}"], "WorkingDir": "/work", "Cmd": ["sh"]}
     return write_layout(path, [base.tar(), upper.tar()], config, tag="busybox")

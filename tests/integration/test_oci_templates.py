@@ -11,7 +11,9 @@ nothing outside the build's own directory.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -24,6 +26,9 @@ from ember import errors
 from ember.engine import SandboxManager
 from ember.engine.templates import import_oci
 from ember.images import BuildProgress
+from ember.images.debian_tree import PACKAGES_FILE
+from ember.images.guest import ensure_debian_tree
+from ember.settings import Settings
 from oci_images import LayerEntries, Layout, busybox_image, debian_image, write_layout
 from registry_lab import Registry, docker_archive, push, token_registry
 
@@ -124,6 +129,22 @@ async def test_busybox_image_without_python_runs_commands_files_and_a_terminal(
         await sandbox.code.run("print(1)")
 
 
+async def test_the_agent_runs_on_debians_python_with_a_trimmed_stdlib(
+    templates: dict[str, float], sandbox_factory: SandboxFactory, manager: SandboxManager
+) -> None:
+    """The agent's interpreter is the one of Ember's own guests (the Debian tree's), not the host's."""
+    tree = ensure_debian_tree(manager.settings, BuildProgress())
+    packages = dict(line.split("\t")[:2] for line in (tree.parent / PACKAGES_FILE).read_text().splitlines())
+    [debian_python] = [version for name, version in packages.items() if re.fullmatch(r"python3\.\d+", name)]
+    sandbox = await sandbox_factory(template="oci-busybox")
+    assert sandbox.agent_info is not None and debian_python.startswith(sandbox.agent_info.python + "-")
+    listing = await sandbox.commands.run("ls /.ember/python/lib /.ember/python/lib/python3*/ | sort -u")
+    present = set(listing.stdout.split())
+    assert {"ld.so", "libc.so.6", "os.py", "asyncio", "lib-dynload"} <= present, listing.stdout
+    dropped = {"test", "lib2to3", "ensurepip", "idlelib", "pydoc_data", "libssl.so.3"}
+    assert not present & dropped, listing.stdout
+
+
 async def test_second_import_of_the_same_image_is_cached(
     templates: dict[str, float], manager: SandboxManager, images: Images
 ) -> None:
@@ -136,6 +157,40 @@ async def test_second_import_of_the_same_image_is_cached(
     await manager.delete_template("oci-busybox-again")
     assert not [name for name in stages.names if name.startswith(("unpacking", "writing"))], stages.names
     assert "booting the image" in stages.names
+
+
+async def test_an_image_goes_with_the_last_template_or_sandbox_that_uses_it(
+    manager: SandboxManager, sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    layer = LayerEntries()
+    layer.file("etc/collected.txt", b"an image of its own\n")
+    write_layout(tmp_path / "own", [layer.tar()], {})
+    await import_oci(manager, "oci-collected", str(tmp_path / "own"), vcpus=1)
+    image_dir = Path(manager.snapshots.template("oci-collected").rootfs).parent
+    sandbox = await sandbox_factory(template="oci-collected")
+    await manager.delete_template("oci-collected")
+    assert (image_dir / "rootfs.ext4").exists(), "the image went while a sandbox ran from it"
+    assert (await sandbox.commands.run("cat /etc/collected.txt")).stdout == "an image of its own\n"
+    await manager.destroy(sandbox.id)
+    assert not image_dir.exists(), "the image outlived its last template and sandbox"
+
+
+async def test_the_start_removes_images_nothing_uses_and_dead_imports(test_settings: Settings) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="ember-own-"))
+    run_dir = Path(tempfile.mkdtemp(prefix="ember-own-", dir="/dev/shm"))
+    settings = replace(test_settings, data_dir=data_dir, run_dir=run_dir, pool=())
+    (data_dir / "images").symlink_to(test_settings.images_dir.resolve())
+    left = [settings.oci_dir / "image-0123456789abcdef", settings.oci_dir / ".tmp-image-fedcba9876543210"]
+    for directory in left:
+        (directory / "out").mkdir(parents=True)
+    engine = SandboxManager(settings)
+    try:
+        await engine.start()
+        assert not any(directory.exists() for directory in left)
+    finally:
+        await engine.close()
+        shutil.rmtree(data_dir)
+        shutil.rmtree(run_dir)
 
 
 # ---------------------------------------------------------------- bad input
@@ -202,3 +257,19 @@ async def test_bad_images_fail_with_their_codes_and_leave_nothing(
     finally:
         manager.settings = settings
     assert error.code == "image_too_large" and "layer 1/1" in error.message
+
+
+async def test_a_cached_image_is_refused_under_a_lower_size_limit(
+    templates: dict[str, float], manager: SandboxManager, images: Images
+) -> None:
+    """The busybox image (2 MiB unpacked) is cached, from a build under the default limit."""
+    settings = manager.settings
+    manager.settings = replace(settings, image_max_mib=1)
+    try:
+        error = await _refused(manager, "too-big-cached", str(images.busybox.path))
+    finally:
+        manager.settings = settings
+    assert error.code == "image_too_large" and str(images.busybox.path) in error.message
+    assert "EMBER_IMAGE_MAX_MIB" in error.message
+    template = manager.snapshots.template("oci-busybox")
+    assert Path(template.rootfs).exists(), "the image another template uses went"

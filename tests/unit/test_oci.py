@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import gzip
 import io
 import json
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from ember.images.errors import ImageRejected
+from ember.images.oci import remove_unused_images
 from ember.images.oci.layers import ImageTree, safe_parts, unpack_layer
 from ember.images.oci.manifest import choose_manifest, parse_config, parse_descriptor, parse_manifest
 from ember.images.oci.registry import (
@@ -25,6 +27,7 @@ from ember.images.oci.registry import (
 )
 from ember.images.oci.sources import open_local
 from ember.protocol.codes import ErrorCode
+from ember.settings import Settings
 from oci_images import LayerEntries, digest_of, write_layout
 
 DIGEST = "sha256:" + "0" * 64
@@ -298,3 +301,27 @@ def test_stored_credentials_come_from_docker_login(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"auths": {"reg.test:5000": {"auth": auth}}}))
     assert stored_credentials("reg.test:5000", tmp_path) == ("user", "pa:ss")
     assert stored_credentials("other.test", tmp_path) is None
+
+
+# ---------------------------------------------------------------- imported images, collected
+
+
+def test_images_no_record_names_go_and_the_others_stay(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    for name in ("image-kept", "image-unused", "image-building"):
+        (settings.oci_dir / name).mkdir(parents=True)
+        (settings.oci_dir / name / "rootfs.ext4").write_bytes(b"ext4")
+    (settings.oci_dir / ".tmp-image-dead/out").mkdir(parents=True)  # an import that died
+    (settings.oci_dir / ".locks").mkdir()
+    building = os.open(settings.oci_dir / ".locks/image-building.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(building, fcntl.LOCK_EX)  # being built again right now
+    try:
+        in_use = [
+            "/the/data/dir/spelt/otherwise/oci-images/image-kept/rootfs.ext4",  # matched by name
+            str(tmp_path / "images/rootfs-0123/rootfs.ext4"),  # Ember's own image: never here
+        ]
+        removed = remove_unused_images(settings, in_use)
+    finally:
+        os.close(building)
+    assert removed == ["image-unused"]
+    assert sorted(p.name for p in settings.oci_dir.iterdir()) == [".locks", "image-building", "image-kept"]

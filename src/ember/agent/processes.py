@@ -433,8 +433,9 @@ class ProcessTable:
 
 def _account(user: str | None) -> pwd.struct_passwd:
     """The account a process runs as: ``name``, ``uid``, ``name:group`` or ``uid:gid``, as an
-    image's ``User`` says it (its default when the request names none; else root)."""
-    spec = user or IMAGE.user or "root"
+    image's ``User`` says it (its default when the request names none; else uid 0, which needs
+    no /etc/passwd: an image made ``FROM scratch`` has none)."""
+    spec = user or IMAGE.user or "0"
     name, _, group = spec.partition(":")
     try:
         account = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)

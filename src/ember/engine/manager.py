@@ -6,8 +6,8 @@ sandbox its own run directory (sockets, console, memory file; on tmpfs) and its
 own top disk layer (``disks``). It keeps every sandbox's record in the store.
 The rest is in modules of their own, which the manager's methods of the same
 names call: taking and restoring snapshots (``snapshots``), ``forks``,
-``pauses``, ``templates``, the ``reaper`` (lifetimes), and on ``start`` the
-``recovery`` of what a previous daemon left.
+``pauses``, ``templates`` (and the ``imports`` of OCI images they boot from), the
+``reaper`` (lifetimes), and on ``start`` the ``recovery`` of what a previous daemon left.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 from ember import errors
 from ember.engine import forks, limits, pauses, templates
 from ember.engine.disks import Layers, check_disk, root_reserve_mib
+from ember.engine.imports import ImportedImages
 from ember.engine.pool import WarmPool
 from ember.engine.quotas import Quota, Quotas, Reservation, Usage
 from ember.engine.reaper import Reaper
@@ -56,6 +57,7 @@ class SandboxManager:
         self.store = Store(self.settings.data_dir / "ember.db")
         self.layers = Layers(self.settings)
         self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
+        self.imported = ImportedImages(self.settings)
         self.networks = Networks(self.settings, self.driver.spawn_helper)
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         #: Limits per owner; whoever keeps the API keys sets ``quotas.limits`` (default: none).
@@ -357,9 +359,12 @@ class SandboxManager:
         await self.collect()
 
     async def collect(self) -> None:
-        """Delete the files of retired snapshots and layers that nothing uses any more."""
+        """Delete the files of retired snapshots, layers and imported images that nothing uses any more."""
         async with self.layers.lock:
-            self.snapshots.collect(self.store.list(live_only=True))
+            live = self.store.list(live_only=True)
+            self.snapshots.collect(live)
+            kept = self.store.snapshots(include_deleted=True)
+            self.imported.collect([*(r.rootfs for r in live), *(s.rootfs for s in kept)])
 
     def get(self, sandbox_id: str, owner: str | None = None) -> Sandbox:
         """A live sandbox; ended or unknown ones (or another owner's) are not found."""

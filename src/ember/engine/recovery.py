@@ -9,8 +9,8 @@ no record calls running), and what they held goes with them: run directories,
 cgroups, uid claims, network namespaces. Snapshots that a kill cut short never
 became visible (a snapshot's record is written once its files are complete), so
 their directories, and the one-use snapshots of forks and template builds that
-never finished, are removed too; disk layers nothing references go with the next
-collection.
+never finished, are removed too; disk layers and imported images nothing references
+go with the next collection.
 """
 
 from __future__ import annotations

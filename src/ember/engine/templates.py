@@ -16,9 +16,9 @@ from ember import errors
 from ember.engine import limits
 from ember.engine.sandbox import SandboxConfig
 from ember.engine.store import SnapshotRecord
-from ember.images import BuildFailed, BuildProgress
+from ember.images import BuildProgress, ImagesError
 from ember.images.errors import ImageRejected
-from ember.images.oci import import_image
+from ember.images.oci import ImportedImage, import_image
 
 if TYPE_CHECKING:
     from ember.engine.manager import SandboxManager
@@ -98,18 +98,29 @@ async def import_oci(
     progress = progress or BuildProgress()
     config = limits.validate(SandboxConfig(vcpus=vcpus, memory_mib=memory_mb, disk_mib=disk_mb, owner=owner))
     try:
-        image = await asyncio.to_thread(
-            import_image, manager.settings, reference, progress, credentials=credentials
-        )
-    except ImageRejected as exc:
-        raise errors.error_for(exc.code.value, str(exc)) from exc
-    except BuildFailed as exc:
-        raise errors.TemplateBuildFailedError(f"importing {reference} failed: {exc}") from exc
-    progress.stage("booting the image")
-    sandbox = await manager.launch(config, None, image=image)
+        with manager.imported.importing():
+            image = await _import(manager, reference, progress, credentials)
+            progress.stage("booting the image")
+            sandbox = await manager.launch(config, None, image=image)
+    except BaseException:
+        await manager.collect()  # an image built for nothing goes at once
+        raise
     try:
         progress.stage("snapshotting it, REPL warm")
         described = {"reference": reference, "digest": image.digest, "config": image.config.to_json()}
         return await save(manager, sandbox.id, name, owner, image=described)
     finally:
         await manager.destroy(sandbox.id, "template build finished")
+
+
+async def _import(
+    manager: SandboxManager, reference: str, progress: BuildProgress, credentials: tuple[str, str] | None
+) -> ImportedImage:
+    try:
+        return await asyncio.to_thread(
+            import_image, manager.settings, reference, progress, credentials=credentials
+        )
+    except ImageRejected as exc:
+        raise errors.error_for(exc.code.value, str(exc)) from exc
+    except ImagesError as exc:  # a build step failed, or no Debian mirror for the agent's Python
+        raise errors.TemplateBuildFailedError(f"importing {reference} failed: {exc}") from exc

@@ -13,7 +13,8 @@ A build holds the artifact's lock (``fcntl.flock``) from start to publish, so tw
 processes never build the same artifact at once: the second waits and then finds
 it published. The lock is released by the kernel when its holders die, so a
 ``.tmp-*`` directory whose lock can be taken belongs to a dead build and is
-removed. Published artifacts are never deleted here (snapshots may name them).
+removed. Published artifacts are never deleted here (snapshots may name them);
+the engine deletes imported images once nothing uses them (``remove_published``).
 Publishing survives the builder dying at any point; it does not fsync, so it
 does not promise anything across a host power loss.
 """
@@ -110,6 +111,23 @@ class ArtifactCache:
             os.rename(out, final)
             remove_tree(temp)
         return final
+
+    def published(self) -> list[Path]:
+        """Every published artifact's directory."""
+        if not self.root.is_dir():
+            return []
+        return [entry for entry in self.root.iterdir() if not entry.name.startswith(".") and entry.is_dir()]
+
+    def remove_published(self, path: Path) -> bool:
+        """Delete a published artifact unless a build of it holds its lock; True if it went."""
+        lock_fd = self._try_lock(path.name)
+        if lock_fd is None:
+            return False
+        try:
+            remove_tree(path)
+        finally:
+            os.close(lock_fd)
+        return True
 
     def remove_stale(self, keep: str | None = None) -> None:
         """Remove the temp directories of builds that died; live builds are left alone."""

@@ -50,11 +50,17 @@ def ensure_guest_images(
     rootfs = rootfs_key(tree)
     rootfs_dir = None if force else cache.lookup(rootfs)
     if rootfs_dir is None:
-        tree_dir = cache.ensure(tree, partial(build_debian_tree, mirror=mirror), progress, force=force)
-        rootfs_dir = cache.ensure(
-            rootfs, partial(build_rootfs, tree=tree_dir / TREE_DIR), progress, force=force
-        )
+        tree_dir = ensure_debian_tree(settings, progress, force=force)
+        rootfs_dir = cache.ensure(rootfs, partial(build_rootfs, tree=tree_dir), progress, force=force)
     return _images(kernel, kernel_dir, rootfs, rootfs_dir)
+
+
+def ensure_debian_tree(settings: Settings, progress: BuildProgress, *, force: bool = False) -> Path:
+    """The Debian tree Ember's guests are made of (``debian_tree``), built if missing (minutes)."""
+    mirror = debian_mirror(settings, DEBIAN_SUITE)
+    build = partial(build_debian_tree, mirror=mirror)
+    built = ArtifactCache(settings.images_dir).ensure(debian_tree_key(mirror), build, progress, force=force)
+    return built / TREE_DIR
 
 
 def find_guest_images(settings: Settings) -> GuestImages:

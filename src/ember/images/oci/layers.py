@@ -88,6 +88,46 @@ def safe_parts(name: str, what: str) -> list[str]:
     return [part for part in normal.split("/") if part]
 
 
+def resolve_inside(root: str, parts: list[str]) -> str:
+    """The host path of `parts` under `root` with every symlink among them followed as a
+    guest with that root would (an absolute target starts again at the root).
+
+    Components that do not exist yet are kept as named. The result is `root` or
+    below it, whatever the links say.
+    """
+    resolved: list[str] = []
+    pending = list(parts)
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            resolved.append(part)
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > _MAX_LINKS:
+                raise ImageRejected(
+                    f"too many levels of symbolic links under /{'/'.join(parts)}",
+                    ErrorCode.IMAGE_INVALID,
+                )
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            pending = target.split("/") + pending
+        else:
+            resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
 class ImageTree:
     """The image's root directory on the host, written only through paths resolved inside it."""
 
@@ -99,42 +139,8 @@ class ImageTree:
     # ------------------------------------------------------------ paths
 
     def resolve(self, parts: list[str]) -> str:
-        """The host path of `parts` with every symlink among them followed inside the root.
-
-        Components that do not exist yet are kept as named. The result is the root or
-        below it, whatever the links say.
-        """
-        resolved: list[str] = []
-        pending = list(parts)
-        links = 0
-        while pending:
-            part = pending.pop(0)
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = os.path.join(self.root, *resolved, part)
-            try:
-                info = os.lstat(candidate)
-            except FileNotFoundError:
-                resolved.append(part)
-                continue
-            if stat.S_ISLNK(info.st_mode):
-                links += 1
-                if links > _MAX_LINKS:
-                    raise ImageRejected(
-                        f"too many levels of symbolic links under /{'/'.join(parts)}",
-                        ErrorCode.IMAGE_INVALID,
-                    )
-                target = os.readlink(candidate)
-                if target.startswith("/"):
-                    resolved = []
-                pending = target.split("/") + pending
-            else:
-                resolved.append(part)
-        return os.path.join(self.root, *resolved)
+        """The host path of `parts` with every symlink among them followed inside the root."""
+        return resolve_inside(self.root, parts)
 
     def entry_path(self, parts: list[str], what: str) -> str:
         """Where an entry goes: its parent resolved inside the root (and made), its own name not followed."""
