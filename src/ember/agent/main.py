@@ -30,8 +30,10 @@ from ember.protocol.wire import WireModel
 log = logging.getLogger("ember.agent")
 
 DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024
-# How long a Configure waits for the default interpreter to start (~1 s under TCG).
-_REPL_START_S = 30.0
+# How long a Configure waits for the default interpreter to start (~1 s under TCG; much
+# longer on a loaded host). Shorter than the host's wait for that answer (30 s), so that a
+# slow start costs the first cell a wait rather than the sandbox its boot.
+_REPL_START_S = 20.0
 
 
 class Agent:
