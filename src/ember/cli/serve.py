@@ -17,8 +17,24 @@ _ANY_ADDRESS = {"0.0.0.0", "::", "127.0.0.1", "localhost"}
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7070,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="ENDPOINTS",
+            help="Join the cluster of these etcd endpoints (comma-separated).",
+        ),
+    ] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option("--gateway", help="With --cluster: run no VMs, answer the cluster's API and proxy."),
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="This member's name in the cluster.")] = None,
+    advertise: Annotated[
+        str | None, typer.Option("--advertise", metavar="URL", help="Where the other members reach this one.")
+    ] = None,
 ) -> None:
-    """Run the Ember daemon (HTTP API + engine) until interrupted.
+    """Run the Ember daemon (HTTP API + engine) until interrupted; with --cluster, as a member of a cluster.
 
     Without EMBER_API_KEY, the admin key saved for this address in the credentials
     file is used (a new one is made and saved the first time), so that the SDK and
@@ -36,4 +52,19 @@ def serve(
             save_key(url, key)
             stderr.print(f"new admin API key for {url} saved in {credentials_path()}")
         os.environ["EMBER_API_KEY"] = key
-    run_server(host, port, Settings.from_env())
+    if cluster is None:
+        if gateway:
+            raise typer.BadParameter("--gateway needs --cluster ENDPOINTS")
+        run_server(host, port, Settings.from_env())
+        return
+    from ember.cluster import ClusterSettings, serve_gateway, serve_host
+
+    if name:
+        os.environ["EMBER_CLUSTER_NAME"] = name
+    if advertise is None and host in _ANY_ADDRESS - {"127.0.0.1", "localhost"}:
+        raise typer.BadParameter(
+            f"--host {host} listens everywhere: say where the others reach it (--advertise URL)"
+        )
+    url = advertise or f"http://{host}:{port}"
+    settings = ClusterSettings.from_env(cluster, url, role="gateway" if gateway else "host")
+    (serve_gateway if gateway else serve_host)(host, port, Settings.from_env(), settings)

@@ -40,6 +40,11 @@ def available_memory_mib() -> int:
     return 0
 
 
+def free_memory_mib() -> int:
+    """Memory a new sandbox can still have on this host (what ``validate`` allows)."""
+    return available_memory_mib() - _HOST_RESERVE_MIB
+
+
 def validate(config: SandboxConfig) -> SandboxConfig:
     """Return the config if the host can run it; raise a 4xx-class error otherwise."""
     if not _is_int(config.vcpus) or not MIN_VCPUS <= config.vcpus <= MAX_VCPUS:
@@ -51,7 +56,7 @@ def validate(config: SandboxConfig) -> SandboxConfig:
         raise InvalidRequestError(f"memory_mb must be an integer from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}")
     if not _is_int(config.disk_mib) or not MIN_DISK_MIB <= config.disk_mib <= MAX_DISK_MIB:
         raise InvalidRequestError(f"disk_mb must be an integer from {MIN_DISK_MIB} to {MAX_DISK_MIB}")
-    free = available_memory_mib() - _HOST_RESERVE_MIB
+    free = free_memory_mib()
     if config.memory_mib > free:
         raise ResourceExhaustedError(
             f"memory_mb={config.memory_mib} but this host has only {max(free, 0)} MiB available; "
