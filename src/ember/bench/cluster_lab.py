@@ -17,6 +17,7 @@ and the directories; ``leftovers`` lists whatever of the lab still exists.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import json
@@ -284,6 +285,23 @@ class ClusterLab:
         )
         answer.raise_for_status()
         return answer.json()  # type: ignore[no-any-return]
+
+    def entry(self, sandbox_id: str) -> dict[str, object] | None:
+        """A sandbox's catalog entry as etcd holds it (its ``host``, ``state``, ``end_reason``)."""
+        key = base64.b64encode(f"/ember/sandboxes/{sandbox_id}".encode()).decode()
+        for member in self.members:
+            if member.process is None:
+                continue
+            try:
+                body = {"key": key, "serializable": True}
+                answer = httpx.post(
+                    f"{member.client_url}/v3/kv/range", json=body, timeout=5.0, trust_env=False
+                )
+            except httpx.HTTPError:
+                continue
+            kvs = answer.json().get("kvs") or []
+            return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+        raise RuntimeError("no etcd member of the lab answers")
 
     def _all_joined(self) -> bool:
         for process, log in [

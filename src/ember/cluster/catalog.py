@@ -14,6 +14,8 @@ host is still away. Nothing is ever deleted for a host's absence.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -45,6 +47,8 @@ from ember.cluster.records import (
 
 log = logging.getLogger("ember.cluster")
 
+REPORT_S = 1.0
+
 
 def unavailable(exc: EtcdError, doing: str) -> errors.ClusterUnavailableError:
     return errors.ClusterUnavailableError(
@@ -59,6 +63,28 @@ class Catalog:
         self._mirror = mirror
         self._membership = membership
         self.grace_s = grace_s
+        self._reporter: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Watch for hosts that left: every member does, the reporter acts (``report_lost``)."""
+        self._reporter = asyncio.create_task(self._report_forever(), name="cluster-lost-reporter")
+
+    async def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+            self._reporter = None
+
+    async def _report_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_S)
+            try:
+                await self.report_lost()
+            except EtcdError as exc:
+                log.debug("reporting lost sandboxes: %s", exc)
+            except Exception:
+                log.exception("reporting lost sandboxes failed")
 
     # ------------------------------------------------------------ reading
 

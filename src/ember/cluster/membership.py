@@ -27,6 +27,7 @@ from ember.cluster.settings import ClusterSettings
 log = logging.getLogger("ember.cluster")
 
 REPORT_S = 2.0
+RETRY_S = 0.25
 
 
 class Membership:
@@ -137,9 +138,12 @@ class Membership:
     async def _run(self) -> None:
         renew_s = self.settings.lease_s / 3
         next_report = time.monotonic() + REPORT_S
+        delay = renew_s
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), renew_s)
+                await asyncio.wait_for(self._wake.wait(), delay)
+            # A renewal that failed is tried again soon, not a third of a lease later.
+            delay = min(RETRY_S, renew_s) if self.last_error else renew_s
             try:
                 if self.lease == 0:
                     await self.join()
@@ -164,5 +168,6 @@ class Membership:
                 if self.last_error is None:
                     log.warning("cluster membership: etcd did not take our renewal: %s", exc)
                 self.last_error = str(exc)
+                delay = min(RETRY_S, renew_s)
             except Exception:
                 log.exception("cluster membership pass failed")

@@ -70,7 +70,10 @@ class Node:
         self.settings = settings
         self.engine_settings = engine_settings
         self.manager = manager
-        self.etcd = Etcd(settings.endpoints, settings.etcd_tls)
+        # Each call's deadline fits a renewal in a third of a lease, failed-over included.
+        self.etcd = Etcd(
+            settings.endpoints, settings.etcd_tls, timeout_s=min(2.0, max(0.5, settings.lease_s / 3))
+        )
         self.mirror = Mirror(self.etcd, ROOT)
         self.membership = Membership(settings, self.etcd, self.mirror, self.report)
         self.catalog = Catalog(self.etcd, self.mirror, self.membership, settings.grace_s)
@@ -136,6 +139,7 @@ class Node:
         await anyio.to_thread.run_sync(_bootstrap_keys, self.keys)
         await self.membership.join()
         self.membership.start()
+        self.catalog.start()
         if self.sync is not None:
             await self.sync.sync()
             self.sync.start()
@@ -144,6 +148,7 @@ class Node:
         """Out of placement, and this host's sandboxes marked ended: the engine ends them next."""
         if self.sync is not None:
             await self.sync.close()
+        await self.catalog.close()
         await self.membership.leave()
         if self.manager is None:
             return

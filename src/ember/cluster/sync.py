@@ -106,7 +106,6 @@ class HostSync(Registry):
             self._wake.clear()
             try:
                 await self.sync()
-                await self._catalog.report_lost()
             except asyncio.CancelledError:
                 raise
             except EtcdError as exc:
