@@ -137,28 +137,31 @@ class Membership:
 
     async def _run(self) -> None:
         renew_s = self.settings.lease_s / 3
+        next_renewal = time.monotonic() + renew_s
         next_report = time.monotonic() + REPORT_S
-        delay = renew_s
         while True:
+            delay = max(0.0, min(next_renewal, next_report) - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            # A renewal that failed is tried again soon, not a third of a lease later.
-            delay = min(RETRY_S, renew_s) if self.last_error else renew_s
             try:
                 if self.lease == 0:
                     await self.join()
-                elif self._wake.is_set() or time.monotonic() >= next_report:
+                    next_renewal, next_report = time.monotonic() + renew_s, time.monotonic() + REPORT_S
+                    continue
+                # The lease is renewed on its own schedule: writing the record does not renew it.
+                if time.monotonic() >= next_renewal:
+                    if await self._etcd.keepalive(self.lease) <= 0:
+                        log.warning("our lease %x expired; joining again", self.lease)
+                        self.lease = 0
+                        self.joined.clear()
+                        continue
+                    self.last_write = time.monotonic()
+                    self.last_error = None
+                    next_renewal = time.monotonic() + renew_s
+                if self._wake.is_set() or time.monotonic() >= next_report:
                     self._wake.clear()
                     await self._write()
                     next_report = time.monotonic() + REPORT_S
-                elif await self._etcd.keepalive(self.lease) > 0:
-                    self.last_write = time.monotonic()
-                    self.last_error = None
-                else:
-                    log.warning("our lease %x expired; joining again", self.lease)
-                    self.lease = 0
-                    self.joined.clear()
-                    await self.join()
             except asyncio.CancelledError:
                 raise
             except EtcdError as exc:
@@ -168,6 +171,8 @@ class Membership:
                 if self.last_error is None:
                     log.warning("cluster membership: etcd did not take our renewal: %s", exc)
                 self.last_error = str(exc)
-                delay = min(RETRY_S, renew_s)
+                # A renewal that failed is tried again soon, not a third of a lease later.
+                next_renewal = min(next_renewal, time.monotonic() + RETRY_S)
+                next_report = max(next_report, time.monotonic() + RETRY_S)
             except Exception:
                 log.exception("cluster membership pass failed")
