@@ -60,8 +60,9 @@ def run(iterations: int, progress: Callable[[str], None]) -> Report:
     return report
 
 
-def _hop(lab: ClusterLab, url: str, host: str, create: Row, call: Row) -> None:
-    """One create placed on ``host`` through ``url``, five run_code round trips (after a first), a delete."""
+def _hop(lab: ClusterLab, url: str, host: str, create: Row, call: Row, read: Row) -> None:
+    """One create placed on ``host`` through ``url``, five run_code round trips (after a first) and five
+    reads of the sandbox (the hop alone, nearly: no guest involved), a delete."""
     headers = {"authorization": f"Bearer {lab.api_key}", "ember-host": host}
     with httpx.Client(base_url=url, headers=headers, timeout=120, trust_env=False) as client:
         started = time.perf_counter()
@@ -75,6 +76,10 @@ def _hop(lab: ClusterLab, url: str, host: str, create: Row, call: Row) -> None:
             started = time.perf_counter()
             client.post(code, json={"code": "1"}).raise_for_status()
             call.samples.append(time.perf_counter() - started)
+        for _ in range(5):
+            started = time.perf_counter()
+            client.get(f"/v1/sandboxes/{answer.json()['id']}").raise_for_status()
+            read.samples.append(time.perf_counter() - started)
         client.delete(f"/v1/sandboxes/{answer.json()['id']}").raise_for_status()
 
 

@@ -163,7 +163,7 @@ class ClusterLab:
         _ip("link", "add", self.bridge, "type", "bridge")
         self._links.append(self.bridge)
         _ip("link", "set", self.bridge, "up")
-        self.prefix = f"10.215.{_claim_subnet(self.bridge, int(self.hexid, 16) % 256)}"
+        self.prefix = f"10.215.{claim_subnet(self.bridge, '10.215', int(self.hexid, 16) % 256)}"
         _ip("address", "add", f"{self.prefix}.1/24", "dev", self.bridge, "noprefixroute")
         self._namespace(self.etcd_netns, [f"{self.prefix}.{20 + i}" for i in range(1, len(self.members) + 1)])
         for index, member in enumerate(self.members, start=1):
@@ -420,21 +420,23 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _claim_subnet(device: str, start: int) -> int:
-    """A 10.215.<n>.0/24 nothing on the host routes, claimed by adding its route to ``device``."""
+def claim_subnet(device: str, network: str, start: int) -> int:
+    """A ``<network>.<n>.0/24`` (network: two octets) that nothing on the host routes, claimed by
+    adding its route to ``device``. The kernel refuses a second route to the same prefix, so two labs
+    starting at once never share one."""
     for _ in range(256):
         routed = [
             ipaddress.ip_network(route["dst"], strict=False)
             for route in json.loads(_ip("-json", "route", "show", "table", "all").stdout)
             if route["dst"] != "default"
         ]
-        candidates = (ipaddress.ip_network(f"10.215.{(start + i) % 256}.0/24") for i in range(256))
+        candidates = (ipaddress.ip_network(f"{network}.{(start + i) % 256}.0/24") for i in range(256))
         free = next((net for net in candidates if not any(net.overlaps(other) for other in routed)), None)
         if free is None:
             break
         if _ip("route", "add", str(free), "dev", device, check=False).returncode == 0:
             return int(str(free.network_address).split(".")[2])
-    raise RuntimeError("no free 10.215.<n>.0/24 subnet on this host for the cluster lab")
+    raise RuntimeError(f"no free {network}.<n>.0/24 subnet on this host for a test network")
 
 
 def _descendants(pid: int) -> list[int]:

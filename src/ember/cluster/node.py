@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -44,7 +43,7 @@ from ember.cluster.settings import ClusterSettings
 from ember.cluster.sync import HostSync
 from ember.cluster.transfer import Exports, Imports, export_routes
 from ember.engine import SandboxManager
-from ember.engine.limits import free_memory_mib
+from ember.engine.limits import free_memory_mib, total_memory_mib
 from ember.engine.store import Store
 from ember.server.deps import bearer_token, ember_version
 from ember.server.e2b.control import DEFAULT_TEMPLATES
@@ -132,7 +131,7 @@ class Node:
                 "start the etcd cluster first (see the README's 'Many hosts')"
             ) from exc
         if self.exports is not None and self.imports is not None:
-            self.exports.token = self.imports._token = token
+            self.exports.token = self.imports.token = token
         self.mirror.start()
         await self.mirror.loaded(START_WAIT_S)
         self.keys.load()
@@ -189,7 +188,7 @@ class Node:
             started_at=self._started_at,
             version=ember_version(),
             vcpus=os.cpu_count() or 1,
-            memory_mib=_total_memory_mib(),
+            memory_mib=total_memory_mib(),
             load1=os.getloadavg()[0],
         )
         if self.manager is not None:
@@ -374,15 +373,3 @@ def _bootstrap_keys(keys: ClusterKeyStore) -> None:
     from ember.server.daemon import bootstrap_keys
 
     bootstrap_keys(keys)
-
-
-def _total_memory_mib() -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    return 0
-
-
-def default_name() -> str:
-    return socket.gethostname()

@@ -10,20 +10,19 @@ reason come back; a refused handshake comes back as the host's HTTP answer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import websockets
-from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect as ws_connect
 
 from ember import errors
 from ember.cluster.etcd import TlsFiles
+from ember.server.routes.ports import relay
 
 FORWARDED_BY = "x-ember-forwarded-by"
 CONNECT_TIMEOUT_S = 5.0
@@ -135,49 +134,11 @@ class Forwarder:
                 "code": "host_unavailable",
                 "message": f"host {host_name} did not take the WebSocket: {exc}",
             }
-            import json
-
-            await client.send_denial_response(Response(json.dumps(body), 503, media_type="application/json"))
+            await client.send_denial_response(JSONResponse(body, 503))
             return
         async with upstream:
             await client.accept(subprotocol=upstream.subprotocol)
-            await _relay(client, upstream)
-
-
-async def _relay(client: WebSocket, upstream: Any) -> None:
-    """Messages both ways until one side closes; the other is closed with its code and reason."""
-
-    async def up() -> None:
-        while True:
-            message = await client.receive()
-            if message["type"] == "websocket.disconnect":
-                await upstream.close(message.get("code", 1000), message.get("reason") or "")
-                return
-            data = message.get("bytes")
-            await upstream.send(data if data is not None else message.get("text", ""))
-
-    async def down() -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for data in upstream:
-                if isinstance(data, bytes):
-                    await client.send_bytes(data)
-                else:
-                    await client.send_text(data)
-        code = upstream.close_code or 1000
-        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await client.close(code if code != 1005 else 1000, upstream.close_reason or None)
-
-    tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(
-                asyncio.CancelledError, WebSocketDisconnect, websockets.ConnectionClosed
-            ):
-                await task
+            await relay(client, upstream)
 
 
 def _url(address: str, scope: Scope) -> str:

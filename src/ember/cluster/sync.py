@@ -155,26 +155,24 @@ class HostSync(Registry):
             for s in self._manager.store.snapshots()
             if s.kind in SHARED_KINDS and (s.kind != "template" or s.name)
         }
-        listed = dict((e.id, (kv, e)) for kv, e in self._catalog.snapshots())
+        listed = {entry.id: (kv, entry) for kv, entry in self._catalog.snapshots()}
         for snapshot_id, snapshot in local.items():
             if snapshot_id not in listed:
                 await self._catalog.create(SNAPSHOTS + snapshot_id, self._entry(snapshot))
         for snapshot_id, (kv, entry) in listed.items():
             held = snapshot_id in local
-            if entry.deleted and held:
+            deleted = entry.deleted
+            if deleted and held:
                 await self._delete_local(local[snapshot_id])
                 held = False
-            holders = [h for h in entry.holders if h != self.me] + ([self.me] if held else [])
-            if self.me in entry.holders and not held and not entry.deleted:
+            elif self.me in entry.holders and not held and not deleted:
                 log.info("snapshot %s was deleted here: every copy goes", snapshot_id)
-                entry = dataclasses.replace(entry, deleted=True)
-            if not holders and entry.deleted:
+                deleted = True
+            holders = sorted({h for h in entry.holders if h != self.me} | ({self.me} if held else set()))
+            if deleted and not holders:
                 await self._catalog.remove(kv)
-            elif (
-                sorted(holders) != sorted(entry.holders)
-                or entry.deleted != SnapshotEntry.from_json(kv.value).deleted
-            ):
-                await self._catalog.update(kv, dataclasses.replace(entry, holders=holders))
+            elif (holders, deleted) != (sorted(entry.holders), entry.deleted):
+                await self._catalog.update(kv, dataclasses.replace(entry, holders=holders, deleted=deleted))
 
     def _entry(self, snapshot: SnapshotRecord) -> SnapshotEntry:
         return SnapshotEntry(

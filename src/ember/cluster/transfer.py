@@ -180,7 +180,7 @@ class Imports:
     def __init__(self, manager: SandboxManager, client: httpx.AsyncClient, token: str) -> None:
         self._manager = manager
         self._client = client
-        self._token = token
+        self.token = token
         self._running: dict[str, asyncio.Task[SnapshotRecord]] = {}
         shutil.rmtree(staging_dir(manager.settings), ignore_errors=True)
 
@@ -200,7 +200,7 @@ class Imports:
 
     async def _fetch(self, snapshot_id: str, holder: HostRecord) -> SnapshotRecord:
         started = time.monotonic()
-        headers = {"authorization": f"Bearer {self._token}"}
+        headers = {"authorization": f"Bearer {self.token}"}
         base = f"{holder.address}/v1/cluster/snapshots/{snapshot_id}"
         try:
             answer = await self._client.get(base, headers=headers, timeout=120.0)
@@ -237,7 +237,7 @@ class Imports:
         receiver = Receiver(path, int(item["size_bytes"]), int(item["mode"]))
         received = 0
         try:
-            headers = {"authorization": f"Bearer {self._token}"}
+            headers = {"authorization": f"Bearer {self.token}"}
             async with self._client.stream(
                 "GET", url, headers=headers, timeout=httpx.Timeout(30.0)
             ) as answer:

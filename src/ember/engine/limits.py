@@ -33,9 +33,17 @@ def _is_int(value: object) -> bool:
 
 
 def available_memory_mib() -> int:
+    return _meminfo_mib("MemAvailable")
+
+
+def total_memory_mib() -> int:
+    return _meminfo_mib("MemTotal")
+
+
+def _meminfo_mib(name: str) -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) // 1024
     return 0
 
