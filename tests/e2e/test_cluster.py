@@ -1,5 +1,7 @@
 """A real cluster: three etcd members, three Ember hosts (each in its own network namespace, with its own
 data and run directories) and a gateway, driven through the SDK, the CLI and E2B's SDK at one endpoint.
+TLS between all of them (a CA of the lab's own): etcd's members and clients check certificates both
+ways, hosts serve HTTPS and check each other's.
 
 The tests run in order on one lab (``ember.bench.cluster_lab``), each leaving the cluster as the next
 expects: sandboxes placed, reached through every host, a snapshot copied, then failures one after the
@@ -40,7 +42,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[ClusterLab]:
     running = ClusterLab(settings.images_dir, lease_s=4, grace_s=5.0)
     try:
         running.start()
-        yield running
+        assert running.ca is not None and all(h.url.startswith("https://") for h in running.hosts)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SSL_CERT_FILE", str(running.ca.cert))  # the SDK trusts the hosts' certificates
+            yield running
     finally:
         if request.session.testsfailed:
             print(running.log_tails(), file=sys.stderr)

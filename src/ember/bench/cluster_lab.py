@@ -1,12 +1,17 @@
 """A real cluster on this one machine: etcd members and Ember hosts, each host in a network namespace.
 
 What the cluster tests and ``ember bench --cluster`` run. A bridge joins network
-namespaces made for the lab: one holds the etcd members (one address each), and
-each host runs ``ember serve --cluster`` in a namespace of its own, with its own
-data and run directories (sharing only the built guest images). A gateway
+namespaces made for the lab: each etcd member runs in one of its own, and each
+host runs ``ember serve --cluster`` in one of its own, with its own data and run
+directories (sharing only the built guest images). A gateway
 (``ember serve --cluster --gateway``) listens on loopback: the one endpoint the SDK,
 the CLI and E2B's SDK are pointed at. Template ``base`` is built on the first host
 only; the others copy it from there when they join.
+
+TLS everywhere but on the gateway's loopback port: a CA of the lab's own
+(``ember.bench.pki``) signs every etcd member's and host's certificate; members
+require client certificates of each other and of the hosts, hosts serve HTTPS and
+check each other's certificates when they forward a call or copy a snapshot.
 
 ``kill_host`` is a host's death: its daemon and every process under it (jailer,
 QEMUs, network services) SIGKILLed at once. ``close`` stops everything, lets a
@@ -25,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,6 +40,7 @@ from pathlib import Path
 
 import httpx
 
+from ember.bench.pki import LabCA
 from ember.vmm.qemu_driver import qemu_processes
 
 START_TIMEOUT_S = 120.0
@@ -44,17 +51,23 @@ HOST_PORT = 7070
 
 @dataclass
 class Member:
-    """One etcd member: its address in the etcd namespace and its process while it runs."""
+    """One etcd member: its namespace and address, and its process while it runs."""
 
     name: str
+    netns: str
     address: str
     data_dir: Path
     log_path: Path
+    scheme: str = "https"
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.address}:{ETCD_CLIENT_PORT}"
+        return f"{self.scheme}://{self.address}:{ETCD_CLIENT_PORT}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"{self.scheme}://{self.address}:{ETCD_PEER_PORT}"
 
 
 @dataclass
@@ -67,12 +80,13 @@ class Host:
     data_dir: Path
     run_dir: Path
     log_path: Path
+    scheme: str = "https"
     process: subprocess.Popen[bytes] | None = None
     killed: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{HOST_PORT}"
+        return f"{self.scheme}://{self.address}:{HOST_PORT}"
 
 
 class ClusterLab:
@@ -86,6 +100,7 @@ class ClusterLab:
         lease_s: int = 3,
         grace_s: float = 5.0,
         pool: str = "",
+        tls: bool = True,
     ) -> None:
         self.hexid = secrets.token_hex(3)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"ember-cluster-{self.hexid}-"))
@@ -93,11 +108,20 @@ class ClusterLab:
         self.api_key = "cluster-" + secrets.token_hex(12)
         self.bridge = f"ecb{self.hexid}"
         self.prefix = ""
-        self.etcd_netns = f"ece{self.hexid}"
         self._links: list[str] = []
         self._namespaces: list[str] = []
+        scheme = "https" if tls else "http"
+        #: The lab's own CA; None: plain HTTP everywhere.
+        self.ca = LabCA(self.scratch / "pki") if tls else None
         self.members = [
-            Member(f"e{i}", "", self.scratch / f"etcd-{i}", self.scratch / f"etcd-{i}.log")
+            Member(
+                f"e{i}",
+                f"ece{self.hexid}{i}",
+                "",
+                self.scratch / f"etcd-{i}",
+                self.scratch / f"etcd-{i}.log",
+                scheme,
+            )
             for i in range(1, members + 1)
         ]
         self.hosts = [
@@ -108,6 +132,7 @@ class ClusterLab:
                 self.scratch / f"h{i}" / "data",
                 Path(tempfile.mkdtemp(prefix=f"ember-cluster-h{i}-", dir="/dev/shm")),
                 self.scratch / f"h{i}" / "daemon.log",
+                scheme,
             )
             for i in range(1, hosts + 1)
         ]
@@ -165,9 +190,9 @@ class ClusterLab:
         _ip("link", "set", self.bridge, "up")
         self.prefix = f"10.215.{claim_subnet(self.bridge, '10.215', int(self.hexid, 16) % 256)}"
         _ip("address", "add", f"{self.prefix}.1/24", "dev", self.bridge, "noprefixroute")
-        self._namespace(self.etcd_netns, [f"{self.prefix}.{20 + i}" for i in range(1, len(self.members) + 1)])
         for index, member in enumerate(self.members, start=1):
             member.address = f"{self.prefix}.{20 + index}"
+            self._namespace(member.netns, [member.address])
         for index, host in enumerate(self.hosts, start=1):
             host.address = f"{self.prefix}.{10 + index}"
             self._namespace(host.netns, [host.address])
@@ -185,16 +210,22 @@ class ClusterLab:
             _ip("-n", name, "link", "set", device, "up")
 
     def start_member(self, member: Member) -> None:
-        cluster = ",".join(f"{m.name}=http://{m.address}:{ETCD_PEER_PORT}" for m in self.members)
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         command = [
-            *_in_netns(self.etcd_netns), "etcd", "--name", member.name,
+            *_in_netns(member.netns), "etcd", "--name", member.name,
             "--data-dir", str(member.data_dir),
             "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
-            "--listen-peer-urls", f"http://{member.address}:{ETCD_PEER_PORT}",
-            "--initial-advertise-peer-urls", f"http://{member.address}:{ETCD_PEER_PORT}",
+            "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
             "--initial-cluster", cluster, "--initial-cluster-token", f"lab-{self.hexid}",
             "--initial-cluster-state", "new",
         ]  # fmt: skip
+        if self.ca is not None:  # members and their clients prove themselves with the lab CA's certificates
+            cert, key = self._certificate(member.name, member.address)
+            command += [
+                "--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", str(self.ca.cert),
+                "--client-cert-auth", "--peer-cert-file", str(cert), "--peer-key-file", str(key),
+                "--peer-trusted-ca-file", str(self.ca.cert), "--peer-client-cert-auth",
+            ]  # fmt: skip
         with member.log_path.open("ab") as log:
             member.process = subprocess.Popen(
                 command,
@@ -225,12 +256,42 @@ class ClusterLab:
             raise RuntimeError(f"ember image build failed:\n{built.stdout[-2000:]}{built.stderr[-3000:]}")
 
     def _host_env(self, host: Host) -> dict[str, str]:
-        return {
+        env = {
             **self.env,
+            **self._tls_env(host.name, host.address),
             "EMBER_DATA_DIR": str(host.data_dir),
             "EMBER_RUN_DIR": str(host.run_dir),
             "XDG_CONFIG_HOME": str(host.data_dir.parent / "config"),
         }
+        if self.ca is not None:  # its API over HTTPS, with the certificate it shows etcd
+            env["EMBER_TLS_CERT"], env["EMBER_TLS_KEY"] = env["EMBER_ETCD_CERT"], env["EMBER_ETCD_KEY"]
+        return env
+
+    def _tls_env(self, name: str, address: str) -> dict[str, str]:
+        """A member's certificate for etcd, and the CA it checks etcd and the hosts against."""
+        if self.ca is None:
+            return {}
+        cert, key = self._certificate(name, address)
+        ca = str(self.ca.cert)
+        return {
+            "EMBER_ETCD_CA": ca,
+            "EMBER_ETCD_CERT": str(cert),
+            "EMBER_ETCD_KEY": str(key),
+            "EMBER_CLUSTER_CA": ca,
+        }
+
+    def _certificate(self, name: str, address: str) -> tuple[Path, Path]:
+        assert self.ca is not None
+        cert, key = self.ca.directory / f"{name}.pem", self.ca.directory / f"{name}-key.pem"
+        return (cert, key) if cert.exists() else self.ca.issue(name, [address])
+
+    def client(self) -> httpx.Client:
+        """An HTTP client that trusts the lab's hosts and etcd members and shows them a certificate."""
+        if self.ca is None:
+            return httpx.Client(trust_env=False, timeout=10.0)
+        context = ssl.create_default_context(cafile=self.ca.cert)
+        context.load_cert_chain(*self._certificate("lab-client", "127.0.0.1"))
+        return httpx.Client(verify=context, trust_env=False, timeout=10.0)
 
     def start_host(self, host: Host, cluster: bool = True) -> None:
         if not host.data_dir.exists():
@@ -265,7 +326,12 @@ class ClusterLab:
         command += ["--cluster", self.endpoints, "--gateway", "--name", "gw"]
         data_dir = self.scratch / "gateway"
         data_dir.mkdir()
-        env = {**self.env, "EMBER_DATA_DIR": str(data_dir), "XDG_CONFIG_HOME": str(data_dir / "config")}
+        env = {
+            **self.env,
+            **self._tls_env("gw", "127.0.0.1"),
+            "EMBER_DATA_DIR": str(data_dir),
+            "XDG_CONFIG_HOME": str(data_dir / "config"),
+        }
         with self.gateway_log.open("ab") as log:
             self.gateway = subprocess.Popen(
                 command,
@@ -289,18 +355,17 @@ class ClusterLab:
     def entry(self, sandbox_id: str) -> dict[str, object] | None:
         """A sandbox's catalog entry as etcd holds it (its ``host``, ``state``, ``end_reason``)."""
         key = base64.b64encode(f"/ember/sandboxes/{sandbox_id}".encode()).decode()
-        for member in self.members:
-            if member.process is None:
-                continue
-            try:
-                body = {"key": key, "serializable": True}
-                answer = httpx.post(
-                    f"{member.client_url}/v3/kv/range", json=body, timeout=5.0, trust_env=False
-                )
-            except httpx.HTTPError:
-                continue
-            kvs = answer.json().get("kvs") or []
-            return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+        with self.client() as client:
+            for member in self.members:
+                if member.process is None:
+                    continue
+                try:
+                    body = {"key": key, "serializable": True}
+                    answer = client.post(f"{member.client_url}/v3/kv/range", json=body)
+                except httpx.HTTPError:
+                    continue
+                kvs = answer.json().get("kvs") or []
+                return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
         raise RuntimeError("no etcd member of the lab answers")
 
     def _all_joined(self) -> bool:
@@ -369,12 +434,13 @@ class ClusterLab:
         self.start_host(host, cluster=False)
         assert host.process is not None
         deadline = time.monotonic() + START_TIMEOUT_S
-        while host.process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{host.url}/health", timeout=1.0, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        with self.client() as client:
+            while host.process.poll() is None and time.monotonic() < deadline:
+                try:
+                    if client.get(f"{host.url}/health", timeout=1.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
         _stop(host.process)
         host.process = None
         host.killed = False
@@ -389,7 +455,7 @@ class ClusterLab:
         ]
         for host in self.hosts:
             found += [f"QEMU {pid} of {host.name}" for pid, _ in qemu_processes(host.run_dir)]
-        markers = [str(self.scratch).encode(), self.etcd_netns.encode()]
+        markers = [str(self.scratch).encode(), *(m.netns.encode() for m in self.members)]
         for entry in Path("/proc").iterdir():
             with contextlib.suppress(OSError):
                 cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""

@@ -146,27 +146,38 @@ class Catalog:
     # ------------------------------------------------------------ writing
 
     async def register(self, entry: SandboxEntry) -> None:
-        """Write ``entry`` for this host: the id must be free or this host's already."""
+        """Write ``entry`` for this host: the id must be free or this host's already.
+
+        etcd without a leader for a moment (a member died, the others elect another) is
+        waited out for up to a lease; no quorum for longer refuses the sandbox.
+        """
+        deadline = time.monotonic() + self._membership.settings.lease_s
+        while True:
+            try:
+                return await self._register(entry)
+            except EtcdUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise unavailable(exc, "record the sandbox") from exc
+                await asyncio.sleep(0.2)
+
+    async def _register(self, entry: SandboxEntry) -> None:
         key, member = SANDBOXES + entry.id, HOSTS + self._membership.name
-        try:
-            for _ in range(3):
-                current = await self._etcd.get(key)
-                if current is not None:
-                    owner = SandboxEntry.from_json(current.value).host
-                    if owner != entry.host:
-                        raise errors.AlreadyExistsError(f"sandbox id {entry.id} is taken on host {owner}")
-                guard = absent(key) if current is None else unchanged(current)
-                revision = await self._etcd.txn([guard, present(member)], [put_op(key, entry.to_json())])
-                if revision:
-                    self._mirror.apply(KeyValue(key, entry.to_json(), revision, revision, 1))
-                    return
-                if await self._etcd.get(member) is None:
-                    raise errors.ClusterUnavailableError(
-                        f"host {self._membership.name} is not a member of the cluster now (its lease "
-                        "ended); it joins again by itself, try again in a few seconds"
-                    )
-        except EtcdUnavailable as exc:
-            raise unavailable(exc, "record the sandbox") from exc
+        for _ in range(3):
+            current = await self._etcd.get(key)
+            if current is not None:
+                owner = SandboxEntry.from_json(current.value).host
+                if owner != entry.host:
+                    raise errors.AlreadyExistsError(f"sandbox id {entry.id} is taken on host {owner}")
+            guard = absent(key) if current is None else unchanged(current)
+            revision = await self._etcd.txn([guard, present(member)], [put_op(key, entry.to_json())])
+            if revision:
+                self._mirror.apply(KeyValue(key, entry.to_json(), revision, revision, 1))
+                return
+            if await self._etcd.get(member) is None:
+                raise errors.ClusterUnavailableError(
+                    f"host {self._membership.name} is not a member of the cluster now (its lease "
+                    "ended); it joins again by itself, try again in a few seconds"
+                )
         raise errors.ClusterUnavailableError(f"sandbox {entry.id} could not be recorded (it kept changing)")
 
     async def update(self, kv: KeyValue, entry: SandboxEntry | SnapshotEntry | TemplateEntry) -> bool:

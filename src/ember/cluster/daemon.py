@@ -24,16 +24,20 @@ from ember.server.routes import keys
 from ember.settings import Settings
 
 
-def serve_host(host: str, port: int, settings: Settings, cluster: ClusterSettings) -> None:
+def serve_host(
+    host: str, port: int, settings: Settings, cluster: ClusterSettings, tls: tuple[str, str] | None = None
+) -> None:
     manager = engine(settings)
     node = Node(cluster, settings, manager.store, manager)
-    run(node.mount(create_app(Service(manager=manager, keys=node.keys))), host, port)
+    run(node.mount(create_app(Service(manager=manager, keys=node.keys))), host, port, tls)
 
 
-def serve_gateway(host: str, port: int, settings: Settings, cluster: ClusterSettings) -> None:
+def serve_gateway(
+    host: str, port: int, settings: Settings, cluster: ClusterSettings, tls: tuple[str, str] | None = None
+) -> None:
     setup_logging()
     node = Node(cluster, settings, Store(settings.data_dir / "gateway.db"))
-    run(node.mount(gateway_app(node)), host, port)
+    run(node.mount(gateway_app(node)), host, port, tls)
 
 
 def gateway_app(node: Node) -> FastAPI:
