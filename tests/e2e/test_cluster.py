@@ -24,7 +24,7 @@ import pytest
 
 from ember import errors
 from ember.bench.cluster_lab import ClusterLab, Host
-from ember.client import Sandbox
+from ember.client import Keys, Sandbox
 from ember.images import ensure_guest_images
 from ember.settings import Settings
 from leaks import jail_leftovers, qemu_pids_under, sandbox_networks_of
@@ -144,6 +144,21 @@ def test_e2b_sdk_against_the_cluster_endpoint(lab: ClusterLab, monkeypatch: pyte
         assert lab.entry(sandbox.sandbox_id)["host"] in {"h1", "h2", "h3"}  # type: ignore[index]
 
 
+def test_an_api_key_works_and_is_revoked_on_every_host(lab: ClusterLab) -> None:
+    made = cli(lab, "keys", "create", "cluster-user")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    for url in [lab.url, *(host.url for host in lab.hosts)]:
+        assert isinstance(Sandbox.list(base_url=url, api_key=key), list)
+    key_id = next(
+        k.id for k in Keys(base_url=lab.hosts[1].url, api_key=lab.api_key).list() if k.name == "cluster-user"
+    )
+    Keys(base_url=lab.hosts[1].url, api_key=lab.api_key).revoke(key_id)
+    for url in [lab.url, *(host.url for host in lab.hosts)]:
+        with pytest.raises(errors.AuthenticationError):
+            Sandbox.list(base_url=url, api_key=key)
+
+
 def test_snapshot_restores_on_another_host_as_a_checked_copy(lab: ClusterLab, placed: list[Sandbox]) -> None:
     source = on(lab, placed, lab.hosts[DOOMED])[0]
     source.run_code("kept = 'state from h3'")
@@ -213,6 +228,28 @@ def test_a_killed_host_has_its_sandboxes_reported_lost(lab: ClusterLab, placed: 
         assert again.run_code("kept").results[0].text == "'state from h3'"
 
 
+def test_a_host_back_after_its_sandboxes_were_reported_lost_ends_them(
+    lab: ClusterLab, placed: list[Sandbox]
+) -> None:
+    host = lab.hosts[1]
+    victims = on(lab, placed, host)
+    assert victims
+    lab.kill_daemon(host)  # its VMs run on, as after any daemon crash, but it is away too long
+    lab.wait_until(lambda: all(lab.entry(v.id)["state"] == "lost" for v in victims), 60, "reported lost")  # type: ignore[index]
+    assert qemu_pids_under(host.run_dir), "the daemon's death took its VMs along"
+    lab.start_host(host)
+    lab.wait_until(
+        lambda: not qemu_pids_under(host.run_dir), 60, "the returning host ends what was reported lost"
+    )
+    lab.wait_serving(host)
+    listed = {i.id: i for i in Sandbox.list(all=True, base_url=host.url, api_key=lab.api_key)}
+    for victim in victims:
+        assert listed[victim.id].state != "running"
+        assert "reported lost by the cluster" in (listed[victim.id].end_reason or ""), listed[victim.id]
+        assert lab.entry(victim.id)["state"] == "lost"  # type: ignore[index]
+    lab.wait_until(lambda: _up(lab, host.name), 30, "the host is back in placement")
+
+
 def test_the_cluster_goes_on_without_one_etcd_member(lab: ClusterLab, placed: list[Sandbox]) -> None:
     lab.kill_member(lab.members[0])
     with Sandbox(timeout=600, base_url=lab.url, api_key=lab.api_key) as sandbox:
@@ -246,6 +283,10 @@ def test_quorum_lost_keeps_sandboxes_and_refuses_creates(lab: ClusterLab, placed
     with Sandbox(timeout=600, base_url=lab.url, api_key=lab.api_key) as sandbox:
         assert sandbox.run_code("1").results[0].text == "1"
     assert all(lab.entry(s.id)["state"] == "running" for s in survivors)  # type: ignore[index]
+
+
+def _up(lab: ClusterLab, name: str) -> bool:
+    return any(h["name"] == name and h["state"] == "up" for h in lab.status()["hosts"])  # type: ignore[index, union-attr]
 
 
 def _writable(lab: ClusterLab) -> bool:

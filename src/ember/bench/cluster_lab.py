@@ -404,6 +404,26 @@ class ClusterLab:
         host.process = None
         host.killed = True
 
+    def wait_serving(self, host: Host) -> None:
+        """Wait until the host's daemon answers /health (or has exited)."""
+        assert host.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with self.client() as client:
+            while host.process.poll() is None and time.monotonic() < deadline:
+                try:
+                    if client.get(f"{host.url}/health", timeout=1.0).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+
+    def kill_daemon(self, host: Host) -> None:
+        """Only the host's daemon dies (a crash): its sandboxes' VMs run on, as after any daemon crash."""
+        assert host.process is not None
+        os.killpg(host.process.pid, signal.SIGKILL)
+        host.process.wait()
+        host.process = None
+        host.killed = True
+
     # ------------------------------------------------------------ stopping
 
     def close(self) -> None:
@@ -433,14 +453,7 @@ class ClusterLab:
         """A killed host's engine started once, alone, to end and clean up what its death left."""
         self.start_host(host, cluster=False)
         assert host.process is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with self.client() as client:
-            while host.process.poll() is None and time.monotonic() < deadline:
-                try:
-                    if client.get(f"{host.url}/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+        self.wait_serving(host)
         _stop(host.process)
         host.process = None
         host.killed = False

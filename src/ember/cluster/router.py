@@ -209,7 +209,8 @@ class ClusterRouter:
         if target.surface == "ember" and target.name == "sandboxes":
             state = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("state", ["running"])[0]
             silent |= {name for name in node.membership.down_since if name not in {h.name for h in hosts}}
-            entries = [entry for _, entry in node.catalog.entries()]
+            listed = {item.get("id") for item in result["sandboxes"]}
+            entries = [entry for _, entry in node.catalog.entries() if entry.id not in listed]
             result["sandboxes"] += catalogued(entries, owner, silent, ended=state == "all")
         await JSONResponse(result)(scope, _no_body, send)
 
