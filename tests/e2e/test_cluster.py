@@ -226,6 +226,16 @@ def test_a_killed_host_has_its_sandboxes_reported_lost(lab: ClusterLab, placed: 
     # The snapshot taken on h3 was copied to h1: it restores without h3.
     with Sandbox(snapshot=pytest.snapshot_id, timeout=600, base_url=lab.url, api_key=lab.api_key) as again:  # type: ignore[attr-defined]
         assert again.run_code("kept").results[0].text == "'state from h3'"
+    # Deleted through the gateway: the copy goes too, and no host lists it any more.
+    Sandbox.delete_snapshot(pytest.snapshot_id, base_url=lab.url, api_key=lab.api_key)  # type: ignore[attr-defined]
+    lab.wait_until(
+        lambda: (
+            pytest.snapshot_id
+            not in {s.id for s in Sandbox.list_snapshots(base_url=lab.url, api_key=lab.api_key)}
+        ),  # type: ignore[attr-defined]
+        30,
+        "every copy of the snapshot deleted",
+    )
 
 
 def test_a_host_back_after_its_sandboxes_were_reported_lost_ends_them(
@@ -265,6 +275,8 @@ def test_quorum_lost_keeps_sandboxes_and_refuses_creates(lab: ClusterLab, placed
     with pytest.raises(errors.ClusterUnavailableError, match="quorum"):
         Sandbox(timeout=600, base_url=lab.url, api_key=lab.api_key)
     refused = cli(lab, "create")
+    assert refused.returncode == 1 and "[cluster_unavailable]" in refused.stderr
+    refused = cli(lab, "keys", "create", "during-the-outage")
     assert refused.returncode == 1 and "[cluster_unavailable]" in refused.stderr
     time.sleep(lab.lease_s + lab.grace_s + 2)  # longer than a lease and the grace period: nothing may go
     for sandbox in survivors:
