@@ -39,15 +39,15 @@ def run(iterations: int, progress: Callable[[str], None]) -> Report:
                 idle_counts=(), clients=CONCURRENT)  # fmt: skip
     report = Report(acceleration="", plan=plan)
     with ClusterLab(Settings.from_env().images_dir, lease_s=LEASE_S, grace_s=GRACE_S) as lab:
-        report.acceleration = httpx.get(f"{lab.hosts[0].url}/health", trust_env=False).json()["acceleration"]
+        with lab.client() as client:
+            report.acceleration = client.get(f"{lab.hosts[0].url}/health").json()["acceleration"]
         host = lab.hosts[0]
         progress(f"create and run_code, through the gateway and on {host.name} itself, in turns")
-        direct, proxied = (
-            (Row("create on the host"), Row("run_code on the host")),
-            (
-                Row("create through the gateway", baseline="create on the host"),
-                Row("run_code through the gateway", baseline="run_code on the host"),
-            ),
+        direct = (Row("create on the host"), Row("run_code on the host"), Row("GET sandbox on the host"))
+        proxied = (
+            Row("create through the gateway", baseline="create on the host"),
+            Row("run_code through the gateway", baseline="run_code on the host"),
+            Row("GET sandbox through the gateway", baseline="GET sandbox on the host"),
         )
         for _ in range(iterations):  # in turns, so that a drift of the machine's load hits both alike
             _hop(lab, host.url, host.name, *direct)
@@ -63,8 +63,9 @@ def run(iterations: int, progress: Callable[[str], None]) -> Report:
 def _hop(lab: ClusterLab, url: str, host: str, create: Row, call: Row, read: Row) -> None:
     """One create placed on ``host`` through ``url``, five run_code round trips (after a first) and five
     reads of the sandbox (the hop alone, nearly: no guest involved), a delete."""
-    headers = {"authorization": f"Bearer {lab.api_key}", "ember-host": host}
-    with httpx.Client(base_url=url, headers=headers, timeout=120, trust_env=False) as client:
+    with lab.client() as client:
+        client.base_url, client.timeout = httpx.URL(url), httpx.Timeout(120)
+        client.headers.update({"authorization": f"Bearer {lab.api_key}", "ember-host": host})
         started = time.perf_counter()
         answer = client.post("/v1/sandboxes", json={"timeout": 600})
         create.samples.append(time.perf_counter() - started)

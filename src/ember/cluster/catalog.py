@@ -91,6 +91,10 @@ class Catalog:
     def kv(self, key: str) -> KeyValue | None:
         return self._mirror.items.get(key)
 
+    async def exists(self, key: str) -> bool:
+        """Whether etcd has ``key`` now (asked of etcd itself, not of the mirror)."""
+        return await self._etcd.get(key) is not None
+
     def entry(self, sandbox_id: str) -> SandboxEntry | None:
         kv = self._mirror.items.get(SANDBOXES + sandbox_id)
         return SandboxEntry.from_json(kv.value) if kv is not None else None

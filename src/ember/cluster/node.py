@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -218,8 +219,9 @@ class Node:
         headers = dict(scope.get("headers", []))
         raw = headers.get(b"x-api-key") if surface != "ember" else headers.get(b"authorization")
         secret = raw.decode("latin-1") if raw else None
-        if surface == "ember":
-            secret = bearer_token(secret)
+        if surface == "ember":  # a bearer token, or (WebSockets) ?api_key=
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            secret = bearer_token(secret) or next(iter(query.get("api_key", [])), None)
         try:
             return self.keys.verify(secret).id
         except errors.EmberError:

@@ -208,9 +208,12 @@ class HostSync(Registry):
                     await self._catalog.update(kv, entry)
         for kv, entry in self._catalog.templates():
             shared = self._catalog.snapshot(entry.snapshot_id)
-            if shared is None or shared.deleted:
+            if (shared is not None and shared.deleted) or (
+                shared is None and not await self._catalog.exists(SNAPSHOTS + entry.snapshot_id)
+            ):
                 await self._catalog.remove(kv)  # its snapshot went: the name means nothing now
                 continue
             mine = local.get(entry.name)
-            if (mine is None or mine.id != entry.snapshot_id) and self.want_template is not None:
+            newer = mine is None or (mine.id != entry.snapshot_id and entry.created_at > mine.created_at)
+            if newer and self.want_template is not None:
                 self.want_template(entry)
