@@ -144,7 +144,7 @@ def test_e2b_sdk_against_the_cluster_endpoint(lab: ClusterLab, monkeypatch: pyte
         assert lab.entry(sandbox.sandbox_id)["host"] in {"h1", "h2", "h3"}  # type: ignore[index]
 
 
-def test_an_api_key_works_and_is_revoked_on_every_host(lab: ClusterLab) -> None:
+def test_an_api_key_and_its_quota_work_and_are_revoked_on_every_host(lab: ClusterLab) -> None:
     made = cli(lab, "keys", "create", "cluster-user")
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
@@ -153,6 +153,15 @@ def test_an_api_key_works_and_is_revoked_on_every_host(lab: ClusterLab) -> None:
     key_id = next(
         k.id for k in Keys(base_url=lab.hosts[1].url, api_key=lab.api_key).list() if k.name == "cluster-user"
     )
+    # Its quota, set through the gateway (a host answers it), is the same on every host.
+    assert (
+        Keys(base_url=lab.url, api_key=lab.api_key).set_quota(key_id, {"sandboxes": 3}).limits["sandboxes"]
+        == 3
+    )
+    for host in lab.hosts:
+        lab.wait_until(
+            lambda: Keys(base_url=host.url, api_key=key).quota().limits["sandboxes"] == 3, 5, host.name
+        )
     Keys(base_url=lab.hosts[1].url, api_key=lab.api_key).revoke(key_id)
     for url in [lab.url, *(host.url for host in lab.hosts)]:
         with pytest.raises(errors.AuthenticationError):

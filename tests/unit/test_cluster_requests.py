@@ -37,6 +37,9 @@ def target(method: str, path: str, **headers: str) -> Target | None:
         ("GET", "/health", None),
         ("GET", "/v1/keys", None),
         ("GET", "/v1/cluster", None),
+        ("GET", "/v1/quota", Target("host", "ember")),
+        ("PUT", "/v1/keys/k1/quota", Target("host", "ember")),
+        ("PUT", "/v1/quota/default", Target("host", "ember")),
     ],
 )
 def test_paths_name_their_target(method: str, path: str, expected: Target | None) -> None:

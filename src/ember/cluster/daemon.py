@@ -9,6 +9,8 @@ the keys, in ``gateway.db`` in the data directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -19,6 +21,7 @@ from ember.errors import EmberError
 from ember.server.app import create_app
 from ember.server.daemon import engine, run, setup_logging
 from ember.server.deps import Service, ember_version
+from ember.server.keys import KeyStore
 from ember.server.models import Health
 from ember.server.routes import keys
 from ember.settings import Settings
@@ -40,11 +43,18 @@ def serve_gateway(
     run(node.mount(gateway_app(node)), host, port, tls)
 
 
+@dataclass(frozen=True)
+class _KeysOnly:
+    """What a gateway's service has of a daemon's: the key store (no engine)."""
+
+    keys: KeyStore
+
+
 def gateway_app(node: Node) -> FastAPI:
     """The little a gateway answers itself; the router in front of it forwards the rest."""
     app = FastAPI(title="Ember gateway", version=ember_version())
-    # The key routes read the key store from the service; a gateway has no engine.
-    app.state.service = Service(manager=None, keys=node.keys)  # type: ignore[arg-type]
+    # The key routes read only the key store of the service (the router sends quotas to a host).
+    app.state.service = _KeysOnly(node.keys)
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:

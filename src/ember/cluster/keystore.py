@@ -4,8 +4,10 @@ etcd holds each key's row (``/ember/keys/<sha256 of the secret>``: the hash, nev
 the secret, with every column of the local ``api_keys`` table, whatever columns it
 has); each host keeps the local table as a copy, written from the mirror's watch.
 So checking a key stays a local lookup, and goes on working while etcd has no
-quorum, when only creating and revoking keys is refused (``cluster_unavailable``).
-A key is written to etcd before it is handed out or counts as revoked.
+quorum, when only creating and revoking keys and changing quotas is refused
+(``cluster_unavailable``). A key is written to etcd before it is handed out or
+counts as revoked; the default quota is kept there too. (The quotas' usage is
+counted by each host for its own sandboxes.)
 
 The key routes are synchronous (run in worker threads); the etcd writes run on
 the event loop, where the etcd client lives, and the thread waits for them.
@@ -25,7 +27,8 @@ from ember import errors
 from ember.cluster.catalog import unavailable
 from ember.cluster.etcd import Etcd, EtcdUnavailable, KeyValue, absent, put_op
 from ember.cluster.mirror import Mirror
-from ember.cluster.records import KEYS
+from ember.cluster.records import KEYS, QUOTA_DEFAULT
+from ember.engine.quotas import Quota
 from ember.engine.store import Store
 from ember.server.keys import ApiKey, KeyStore
 
@@ -61,6 +64,24 @@ class ClusterKeyStore(KeyStore):
             return found, secret
         return record, secret
 
+    def set_own_quota(self, key_id: str, own: dict[str, object]) -> None:
+        before = (
+            self._row(key_id)
+            if self._store.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,))
+            else None
+        )
+        super().set_own_quota(key_id, own)  # checks it, and writes the local copy
+        try:
+            self._wait(self._put, self._row(key_id), False)
+        except BaseException:
+            if before is not None:
+                self._write(before)
+            raise
+
+    def set_default_quota(self, quota: Quota) -> None:
+        self._wait(self._put_value, QUOTA_DEFAULT, json.dumps(quota.to_dict()).encode())
+        super().set_default_quota(quota)
+
     def revoke(self, key_id: str) -> None:
         rows = self._store.execute("SELECT id FROM api_keys WHERE id = ?", (key_id,))
         if not rows:
@@ -73,13 +94,19 @@ class ClusterKeyStore(KeyStore):
 
     async def _put(self, row: dict[str, Any], new: bool) -> bool:
         key, value = KEYS + row["hash"], json.dumps(row).encode()
+        if not new:
+            return await self._put_value(key, value)
         try:
-            if new:
-                return bool(await self._etcd.txn([absent(key)], [put_op(key, value)]))
-            await self._etcd.put(key, value)
-            return True
+            return bool(await self._etcd.txn([absent(key)], [put_op(key, value)]))
         except EtcdUnavailable as exc:
             raise unavailable(exc, "store API keys") from exc
+
+    async def _put_value(self, key: str, value: bytes) -> bool:
+        try:
+            await self._etcd.put(key, value)
+        except EtcdUnavailable as exc:
+            raise unavailable(exc, "store API keys") from exc
+        return True
 
     @staticmethod
     def _wait(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -97,8 +124,14 @@ class ClusterKeyStore(KeyStore):
                 self._store.execute("DELETE FROM api_keys WHERE hash = ?", (hash_,))
         for row in rows:
             self._write(row)
+        default = self._mirror.items.get(QUOTA_DEFAULT)
+        if default is not None:
+            self._on_change(QUOTA_DEFAULT, default)
 
     def _on_change(self, key: str, kv: KeyValue | None) -> None:
+        if key == QUOTA_DEFAULT and kv is not None:
+            super().set_default_quota(Quota.from_dict(json.loads(kv.value)))
+            return
         if not key.startswith(KEYS):
             return
         if kv is None:

@@ -7,6 +7,7 @@
     /ember/snapshots/<id>       SnapshotEntry: the hosts holding a copy of a snapshot
     /ember/templates/<name>     TemplateEntry: the snapshot a template name stands for now
     /ember/keys/<sha256>        an API key's row (hashed; see ``ember.cluster.keystore``)
+    /ember/quota-default        the quota of keys that set none of their own
     /ember/secret               the token hosts show each other (snapshot copies)
 
 Records are JSON; unknown fields from a newer Ember are ignored, missing ones defaulted.
@@ -24,6 +25,7 @@ SANDBOXES = ROOT + "sandboxes/"
 SNAPSHOTS = ROOT + "snapshots/"
 TEMPLATES = ROOT + "templates/"
 KEYS = ROOT + "keys/"
+QUOTA_DEFAULT = ROOT + "quota-default"
 SECRET = ROOT + "secret"
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["sandbox", "snapshot", "template", "create", "list"]
+Kind = Literal["sandbox", "snapshot", "template", "create", "list", "host"]
 Surface = Literal["ember", "e2b", "e2b-envd"]
 
 _EMBER_SANDBOX = re.compile(r"/v1/sandboxes/([^/]+)(/.*)?")
@@ -21,6 +21,8 @@ _E2B_SANDBOX = re.compile(r"/(?:v2/)?sandboxes/([^/]+)(/.*)?")
 _EMBER_SNAPSHOT = re.compile(r"/v1/snapshots/([^/]+)")
 _EMBER_TEMPLATE = re.compile(r"/v1/templates/([^/]+)")
 _E2B_TEMPLATE = re.compile(r"/templates/([^/]+)")  # E2B deletes a snapshot as its template
+#: Answered by any host: quotas, whose usage a host counts (a gateway has no engine to ask).
+_ANY_HOST = re.compile(r"/v1/(quota(/default)?|keys/[^/]+/quota)")
 _CREATES = {"/v1/sandboxes": "ember", "/sandboxes": "e2b", "/v2/sandboxes": "e2b"}
 #: Listings answered by every host, merged: path -> (surface, what the answer lists).
 LISTINGS: dict[str, tuple[Surface, str]] = {
@@ -72,6 +74,8 @@ def classify(method: str, path: str, headers: dict[bytes, bytes], hosts: Hosts) 
     if method == "GET" and path in LISTINGS:
         surface, what = LISTINGS[path]
         return Target("list", surface, what)
+    if _ANY_HOST.fullmatch(path):
+        return Target("host", "ember")
     for pattern, kind, surface in (
         (_EMBER_SANDBOX, "sandbox", "ember"),
         (_EMBER_SNAPSHOT, "snapshot", "ember"),

@@ -11,6 +11,7 @@ In front of a host's app (or a gateway's, which has no engine):
   or the next one when that host is full or gone; the host copies the snapshot it
   restores first if it lacks it, and writes the sandbox into the catalog itself;
 - a listing is asked of every host and merged (``ember.cluster.listing``);
+- a quota's answer (it counts usage) comes from this host, or from a host on a gateway;
 - anything else (health, keys, the cluster's status) is this daemon's.
 
 Requests another member forwarded (``X-Ember-Forwarded-By``) are answered here,
@@ -77,6 +78,8 @@ class ClusterRouter:
                 await self._create(target, scope, receive, send)
             elif target.kind == "list":
                 await self._list(target, scope, send)
+            elif target.kind == "host":
+                await self._any_host(scope, receive, send)
             else:
                 await self._route(target, scope, receive, send)
         except errors.EmberError as exc:
@@ -130,6 +133,16 @@ class ClusterRouter:
             await JSONResponse(lost_info(entry))(scope, _no_body, send)
             return ""
         raise errors.SandboxDeadError(f"sandbox {entry.id} is dead: {entry.end_reason}")
+
+    async def _any_host(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """This host answers; a gateway asks a host (the first by name)."""
+        if self.node.manager is not None:
+            await self.app(scope, receive, send)
+            return
+        hosts = sorted(self.node.membership.hosts(), key=lambda h: h.name)
+        if not hosts:
+            raise errors.HostUnavailableError("no host is in the cluster now to answer this")
+        await self.node.forwarder.http(hosts[0].address, hosts[0].name, scope, receive, send)
 
     # ------------------------------------------------------------ creates
 
