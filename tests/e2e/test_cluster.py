@@ -158,10 +158,11 @@ def test_an_api_key_and_its_quota_work_and_are_revoked_on_every_host(lab: Cluste
         Keys(base_url=lab.url, api_key=lab.api_key).set_quota(key_id, {"sandboxes": 3}).limits["sandboxes"]
         == 3
     )
-    for host in lab.hosts:
-        lab.wait_until(
-            lambda: Keys(base_url=host.url, api_key=key).quota().limits["sandboxes"] == 3, 5, host.name
-        )
+
+    def limited(url: str) -> bool:
+        return Keys(base_url=url, api_key=key).quota().limits["sandboxes"] == 3
+
+    lab.wait_until(lambda: all(limited(host.url) for host in lab.hosts), 5, "the quota on every host")
     Keys(base_url=lab.hosts[1].url, api_key=lab.api_key).revoke(key_id)
     for url in [lab.url, *(host.url for host in lab.hosts)]:
         with pytest.raises(errors.AuthenticationError):
