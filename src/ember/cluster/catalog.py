@@ -15,7 +15,6 @@ host is still away. Nothing is ever deleted for a host's absence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -44,6 +43,7 @@ from ember.cluster.records import (
     SnapshotEntry,
     TemplateEntry,
 )
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.cluster")
 
@@ -70,11 +70,8 @@ class Catalog:
         self._reporter = asyncio.create_task(self._report_forever(), name="cluster-lost-reporter")
 
     async def close(self) -> None:
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
-            self._reporter = None
+        await cancel_and_wait(self._reporter)
+        self._reporter = None
 
     async def _report_forever(self) -> None:
         while True:

@@ -23,6 +23,7 @@ from ember.cluster.etcd import Etcd, EtcdError, KeyValue
 from ember.cluster.mirror import Mirror
 from ember.cluster.records import HOSTS, HostRecord
 from ember.cluster.settings import ClusterSettings
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.cluster")
 
@@ -125,11 +126,8 @@ class Membership:
 
     async def leave(self) -> None:
         """Stop renewing and revoke the lease: our record goes at once, not at the lease's end."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.lease:
             with contextlib.suppress(EtcdError):
                 await self._etcd.revoke(self.lease)

@@ -10,12 +10,12 @@ etcd once (``Catalog.lookup``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from ember.cluster.etcd import Etcd, EtcdError, KeyValue
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.cluster")
 
@@ -40,11 +40,8 @@ class Mirror:
         self._task = asyncio.create_task(self._run(), name="cluster-mirror")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def loaded(self, timeout_s: float) -> None:
         """Wait for the first complete copy."""

@@ -49,6 +49,7 @@ from ember.engine.store import Store
 from ember.server.deps import bearer_token, ember_version
 from ember.server.e2b.control import DEFAULT_TEMPLATES
 from ember.settings import Settings
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.cluster")
 # Every etcd renewal and forwarded request would be a line of the daemon's log.
@@ -163,9 +164,7 @@ class Node:
                     await self.catalog.update(kv, entry)
 
     async def close(self) -> None:
-        for task in self._copies.values():
-            task.cancel()
-        await asyncio.gather(*self._copies.values(), return_exceptions=True)
+        await cancel_and_wait(*self._copies.values())
         if self.imports is not None:
             await self.imports.close()
         await self.mirror.close()

@@ -34,6 +34,7 @@ from ember.engine import SandboxManager
 from ember.engine.registry import Registry
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.server.models import SandboxInfo
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.cluster")
 
@@ -93,11 +94,8 @@ class HostSync(Registry):
         self._task = asyncio.create_task(self._run(), name="cluster-sync")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

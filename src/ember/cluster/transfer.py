@@ -39,6 +39,7 @@ from ember.engine import SandboxManager
 from ember.engine.store import SnapshotRecord
 from ember.engine.transfer import adopt, files_of, portable, staging_dir
 from ember.sparse import data_ranges
+from ember.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.cluster")
 
@@ -194,9 +195,7 @@ class Imports:
         return await asyncio.shield(task)
 
     async def close(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await cancel_and_wait(*self._running.values())
 
     async def _fetch(self, snapshot_id: str, holder: HostRecord) -> SnapshotRecord:
         started = time.monotonic()
