@@ -22,6 +22,7 @@ def serve(
         str | None,
         typer.Option(
             "--cluster",
+            envvar="EMBER_CLUSTER",
             metavar="ENDPOINTS",
             help="Join the cluster of these etcd endpoints (comma-separated).",
         ),
