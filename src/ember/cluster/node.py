@@ -91,6 +91,8 @@ class Node:
             manager.registry = self.sync
         self._pending: dict[str, int] = defaultdict(int)
         self._copies: dict[str, asyncio.Task[None]] = {}
+        #: Templates this host cannot run (their guest images are not here): never fetched again.
+        self._uncopyable: set[str] = set()
         self._started_at = time.time()
 
     @property
@@ -355,13 +357,16 @@ class Node:
 
     def _want_template(self, entry: TemplateEntry) -> None:
         """Copy a template built elsewhere ahead of time, in the background (one copy per snapshot)."""
-        if entry.snapshot_id in self._copies:
+        if entry.snapshot_id in self._copies or entry.snapshot_id in self._uncopyable:
             return
 
         async def copy() -> None:
             try:
                 await self.ensure_local(entry.snapshot_id)
                 log.info("template %s (%s) is here now", entry.name, entry.snapshot_id)
+            except errors.SnapshotIncompatibleError as exc:
+                self._uncopyable.add(entry.snapshot_id)  # it stays on the hosts that can run it
+                log.warning("template %s is not copied here: %s", entry.name, exc)
             except errors.EmberError as exc:
                 log.warning("could not copy template %s from %s yet: %s", entry.name, entry.origin, exc)
             finally:

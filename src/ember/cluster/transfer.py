@@ -37,7 +37,7 @@ from ember import errors
 from ember.cluster.records import HostRecord
 from ember.engine import SandboxManager
 from ember.engine.store import SnapshotRecord
-from ember.engine.transfer import adopt, files_of, portable, staging_dir
+from ember.engine.transfer import adopt, files_of, local_images, portable, staging_dir
 from ember.sparse import data_ranges
 from ember.tasks import cancel_and_wait
 
@@ -212,6 +212,7 @@ class Imports:
                 f"host {holder.name} would not send snapshot {snapshot_id}: {answer.text[:300]}"
             )
         manifest = answer.json()
+        local_images(manifest["snapshot"], self._manager.settings)  # before any byte is copied
         staged = staging_dir(self._manager.settings) / f"{snapshot_id}-{secrets.token_hex(4)}"
         layers = self._manager.layers.directory
         copied = 0

@@ -69,16 +69,30 @@ def staging_dir(settings: Settings) -> Path:
     return settings.data_dir / "incoming"
 
 
+def local_images(described: dict[str, Any], settings: Settings) -> dict[str, str]:
+    """The kernel and root filesystem of this host that a described snapshot needs; refused when
+    this host lacks one (built from other sources, or an image imported on the other host only:
+    imported OCI images are not copied between hosts)."""
+    found = {}
+    for field in ("kernel", "rootfs"):
+        path = Path(described[field])
+        found[field] = str(path if path.is_absolute() else settings.images_dir / path)
+        if not Path(found[field]).exists():
+            raise errors.SnapshotIncompatibleError(
+                f"snapshot {described['id']} needs the guest {field} {path}, which this host lacks "
+                "(guest images built from other sources, or an OCI image imported on another host only)"
+            )
+    return found
+
+
 async def adopt(snapshots: Snapshots, described: dict[str, Any], staged: Path) -> SnapshotRecord:
     """Make the snapshot staged in ``staged`` (``snapshot/`` and ``layer/``) one of this host's."""
-    settings = snapshots.settings
     known = {f.name for f in dataclasses.fields(SnapshotRecord)}
     record = SnapshotRecord(**{k: v for k, v in described.items() if k in known})
     layers = snapshots.layers.directory
     chain = [layers / name for name in record.disk_chain]
-    for field in ("kernel", "rootfs"):
-        path = Path(getattr(record, field))
-        setattr(record, field, str(path if path.is_absolute() else settings.images_dir / path))
+    for field, path in local_images(described, snapshots.settings).items():
+        setattr(record, field, path)
     record.directory = str(snapshots.directory / record.id)
     record.disk_chain = [str(p) for p in chain]
     # Copied overlays still name their backing files on the host they came from.
