@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
-import json
 import secrets
 import ssl
 import subprocess
@@ -28,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ember.bench.cluster_lab import claim_subnet
 
 SERVER = Path(__file__).with_name("netlab_server.py")
 START_TIMEOUT = 15.0  # seconds; a loaded 2-core machine starts Python slowly
@@ -74,7 +75,7 @@ def test_internet() -> Iterator[TestInternet]:
         # Deleted before the namespace: a namespace's devices go asynchronously, the root end would linger.
         stack.callback(_ip, "link", "delete", veth)
         _ip("link", "set", veth, "up")
-        prefix = f"10.213.{_claim_subnet(veth, int(hexid, 16) % 256)}"
+        prefix = f"10.213.{claim_subnet(veth, '10.213', int(hexid, 16) % 256)}"
         _ip("address", "add", f"{prefix}.1/24", "dev", veth, "noprefixroute")
         for octet in (2, 3, 4):
             _ip("-n", netns, "address", "add", f"{prefix}.{octet}/24", "dev", NETNS_DEVICE)
@@ -134,26 +135,6 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
-
-
-def _claim_subnet(veth: str, start: int) -> int:
-    """A 10.213.<n>.0/24 that nothing on the host routes, claimed by adding its route to ``veth``.
-
-    The kernel refuses a second route to the same prefix, so two labs starting at once never share one.
-    """
-    for _ in range(256):
-        routed = [
-            ipaddress.ip_network(route["dst"], strict=False)
-            for route in json.loads(_ip("-json", "route", "show", "table", "all").stdout)
-            if route["dst"] != "default"
-        ]
-        candidates = (ipaddress.ip_network(f"10.213.{(start + i) % 256}.0/24") for i in range(256))
-        free = next((net for net in candidates if not any(net.overlaps(other) for other in routed)), None)
-        if free is None:
-            break
-        if _ip("route", "add", str(free), "dev", veth, check=False).returncode == 0:
-            return int(str(free.network_address).split(".")[2])
-    raise RuntimeError("no free 10.213.<n>.0/24 subnet on this host for the test internet")
 
 
 def _write_certificate(workdir: Path, hosts: dict[str, str]) -> tuple[Path, Path]:

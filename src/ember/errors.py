@@ -49,7 +49,9 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
         ├── NetworkError                network_error
         ├── PortUnreachableError        port_unreachable  502
         ├── RegistryError               registry_error    502
-        └── VmmError                    vmm_error
+        ├── VmmError                    vmm_error
+        ├── ClusterUnavailableError     cluster_unavailable 503
+        └── HostUnavailableError        host_unavailable  503
 """
 
 from __future__ import annotations
@@ -327,6 +329,20 @@ class IsolationUnavailableError(ServerError):
 
 class VmmError(ServerError):
     code = ErrorCode.VMM_ERROR.value
+
+
+class ClusterUnavailableError(ServerError):
+    """etcd has no quorum (or cannot be reached): running sandboxes go on, creates are refused."""
+
+    code = ErrorCode.CLUSTER_UNAVAILABLE.value
+    status = 503
+
+
+class HostUnavailableError(ServerError):
+    """The host that runs a sandbox or holds a snapshot does not answer (its lease expired)."""
+
+    code = ErrorCode.HOST_UNAVAILABLE.value
+    status = 503
 
 
 def _leaves(cls: type[EmberError]) -> list[type[EmberError]]:

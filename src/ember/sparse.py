@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 _COPY_CHUNK = 1 << 20
@@ -30,19 +31,25 @@ def copy_data(src: int, dst: int, skip_zeros: bool = False) -> None:
     ``skip_zeros`` also leaves out data that is all zeros (read and compared, a MiB
     at a time): a memfd's pages that were only ever read count as data.
     """
-    size = os.fstat(src).st_size
-    os.ftruncate(dst, size)
+    os.ftruncate(dst, os.fstat(src).st_size)
     copy = _copy_nonzero if skip_zeros else _copy_range
+    for data_start, data_end in data_ranges(src):
+        copy(src, dst, data_start, data_end)
+
+
+def data_ranges(fd: int) -> Iterator[tuple[int, int]]:
+    """The ``(start, end)`` byte ranges of file ``fd`` that hold data, in order (holes left out)."""
+    size = os.fstat(fd).st_size
     offset = 0
     while offset < size:
         try:
-            data_start = os.lseek(src, offset, os.SEEK_DATA)
+            data_start = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole is left
                 return
             raise
-        data_end = os.lseek(src, data_start, os.SEEK_HOLE)
-        copy(src, dst, data_start, data_end)
+        data_end = os.lseek(fd, data_start, os.SEEK_HOLE)
+        yield data_start, data_end
         offset = data_end
 
 

@@ -35,6 +35,7 @@ COMMANDS = {
     "bench": ("ember.cli.bench", "bench"),
     "mcp": ("ember.cli.mcp", "mcp"),
     "e2b-env": ("ember.cli.e2b", "e2b_env"),
+    "cluster": ("ember.cli.cluster", "cluster_app"),
     "image": ("ember.cli.images", "image_app"),
     "keys": ("ember.cli.keys", "keys_app"),
     "snapshot": ("ember.cli.snapshots", "snapshot_app"),

@@ -35,8 +35,22 @@ def bench(
     soak: Annotated[
         int, typer.Option("--soak", help="Instead: N full cycles against a daemon of its own; what drifts.")
     ] = 0,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="Instead: a 3-host cluster of its own (etcd, namespaces): proxy, placement."
+        ),
+    ] = False,
 ) -> None:
     """Measure Ember's speed and density (p50/p95/p99), each latency next to its floor."""
+    if cluster:
+        from ember.bench import cluster as cluster_bench
+
+        report = cluster_bench.run(3 if quick else 20, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
+        _print(_table(report, "Ember cluster benchmark"))
+        if json_file is not None:
+            json_file.write_text(json.dumps(report.as_dict(), indent=2))
+        return
     if crash:
         _crash_matrix()
         return
@@ -53,8 +67,8 @@ def bench(
         json_file.write_text(json.dumps(report.as_dict(), indent=2))
 
 
-def _table(report: Report) -> Table:
-    table = Table(title=f"Ember benchmark ({report.acceleration.upper()})", header_style="bold")
+def _table(report: Report, title: str = "Ember benchmark") -> Table:
+    table = Table(title=f"{title} ({report.acceleration.upper()})", header_style="bold")
     for column in ("operation", "n", "p50", "p95", "p99", "baseline p50", "ratio"):
         operation = column == "operation"
         table.add_column(column, justify="left" if operation else "right", no_wrap=operation)

@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ember.client._async.cluster import AsyncCluster
     from ember.client._async.commands import AsyncCommandHandle
     from ember.client._async.keys import AsyncKeys
     from ember.client._async.pty import AsyncTerminal
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         SnapshotInfo,
     )
     from ember.client._policy import network_policy
+    from ember.client._sync.cluster import Cluster
     from ember.client._sync.commands import CommandHandle
     from ember.client._sync.keys import Keys
     from ember.client._sync.pty import Terminal
@@ -43,10 +45,12 @@ if TYPE_CHECKING:
 
 #: Public name -> (module, name there).
 _WHERE = {
+    "AsyncCluster": ("ember.client._async.cluster", "AsyncCluster"),
     "AsyncCommandHandle": ("ember.client._async.commands", "AsyncCommandHandle"),
     "AsyncKeys": ("ember.client._async.keys", "AsyncKeys"),
     "AsyncSandbox": ("ember.client._async.sandbox", "AsyncSandbox"),
     "AsyncTerminal": ("ember.client._async.pty", "AsyncTerminal"),
+    "Cluster": ("ember.client._sync.cluster", "Cluster"),
     "CommandHandle": ("ember.client._sync.commands", "CommandHandle"),
     "CommandResult": ("ember.client._models", "CommandResult"),
     "ContextInfo": ("ember.protocol.messages", "ContextInfo"),
@@ -84,10 +88,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AsyncCluster",
     "AsyncCommandHandle",
     "AsyncKeys",
     "AsyncSandbox",
     "AsyncTerminal",
+    "Cluster",
     "CommandHandle",
     "CommandResult",
     "ContextInfo",

@@ -21,10 +21,15 @@ DEFAULT_URL = "http://127.0.0.1:7070"
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
-@functools.cache
 def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context per process: loading the CA bundle costs tens of
-    milliseconds, which every ``Sandbox(...)`` would otherwise pay again."""
+    """One verifying TLS context per process and CA setting: loading the CA bundle costs tens of
+    milliseconds, which every ``Sandbox(...)`` would otherwise pay again. It trusts
+    ``SSL_CERT_FILE`` (or ``SSL_CERT_DIR``) when set: a daemon with a certificate of your own CA."""
+    return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 

@@ -33,11 +33,24 @@ def _is_int(value: object) -> bool:
 
 
 def available_memory_mib() -> int:
+    return _meminfo_mib("MemAvailable")
+
+
+def total_memory_mib() -> int:
+    return _meminfo_mib("MemTotal")
+
+
+def _meminfo_mib(name: str) -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) // 1024
     return 0
+
+
+def free_memory_mib() -> int:
+    """Memory a new sandbox can still have on this host (what ``validate`` allows)."""
+    return available_memory_mib() - _HOST_RESERVE_MIB
 
 
 def validate(config: SandboxConfig) -> SandboxConfig:
@@ -51,7 +64,7 @@ def validate(config: SandboxConfig) -> SandboxConfig:
         raise InvalidRequestError(f"memory_mb must be an integer from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}")
     if not _is_int(config.disk_mib) or not MIN_DISK_MIB <= config.disk_mib <= MAX_DISK_MIB:
         raise InvalidRequestError(f"disk_mb must be an integer from {MIN_DISK_MIB} to {MAX_DISK_MIB}")
-    free = available_memory_mib() - _HOST_RESERVE_MIB
+    free = free_memory_mib()
     if config.memory_mib > free:
         raise ResourceExhaustedError(
             f"memory_mb={config.memory_mib} but this host has only {max(free, 0)} MiB available; "

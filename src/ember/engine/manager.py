@@ -29,6 +29,7 @@ from ember.engine.pool import WarmPool
 from ember.engine.quotas import Quota, Quotas, Reservation, Usage
 from ember.engine.reaper import Reaper
 from ember.engine.recovery import recover
+from ember.engine.registry import Registry
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
@@ -62,6 +63,8 @@ class SandboxManager:
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         #: Limits per owner; whoever keeps the API keys sets ``quotas.limits`` (default: none).
         self.quotas = Quotas(lambda owner: Quota(), self.usage)
+        #: Told of every sandbox handed out and snapshot saved (the cluster's catalog, in a cluster).
+        self.registry = Registry()
         self._images: GuestImages | None = None
         self._sandboxes: dict[str, Sandbox] = {}
         #: Sandboxes being torn down, by id: a resume under the same id waits for it,
@@ -197,8 +200,18 @@ class SandboxManager:
                         log.info(
                             "sandbox %s from the warm pool in %.1f ms", pooled.id, pooled.boot_seconds * 1000
                         )
-                        return pooled
-            return await self.launch(config, source, sandbox_id=sandbox_id, reservation=reservation)
+                        return await self._admitted(pooled)
+            launched = await self.launch(config, source, sandbox_id=sandbox_id, reservation=reservation)
+        return await self._admitted(launched)
+
+    async def _admitted(self, sandbox: Sandbox) -> Sandbox:
+        """Hand ``sandbox`` out once the registry has it; one it refuses ends, with its reason."""
+        try:
+            await self.registry.admit(sandbox.record)
+        except BaseException as exc:
+            await self.end(sandbox, f"not admitted: {exc}", dead=True)
+            raise
+        return sandbox
 
     async def launch(
         self,
@@ -321,13 +334,17 @@ class SandboxManager:
         limits.check_metadata(metadata or {})
         sandbox = self.get(sandbox_id, owner)
         self.check_snapshot_quota(owner)
-        return await sandbox.snapshot(self.snapshots, metadata=metadata)
+        snapshot = await sandbox.snapshot(self.snapshots, metadata=metadata)
+        await self.registry.saved()
+        return snapshot
 
     async def fork(self, sandbox_id: str, count: int, owner: str | None = None) -> list[Sandbox]:
         return await forks.fork(self, sandbox_id, count, owner)
 
     async def pause(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord:
-        return await pauses.pause(self, sandbox_id, owner)
+        snapshot = await pauses.pause(self, sandbox_id, owner)
+        await self.registry.saved()
+        return snapshot
 
     def paused(self, owner: str | None = None) -> list[SnapshotRecord]:
         return pauses.paused(self, owner)
@@ -346,10 +363,13 @@ class SandboxManager:
     async def save_template(
         self, sandbox_id: str, name: str, owner: str | None = None, image: dict[str, Any] | None = None
     ) -> SnapshotRecord:
-        return await templates.save(self, sandbox_id, name, owner, image)
+        template = await templates.save(self, sandbox_id, name, owner, image)
+        await self.registry.saved()
+        return template
 
     async def delete_template(self, name: str) -> None:
         await templates.delete(self, name)
+        await self.registry.saved()
 
     def list_snapshots(self, owner: str | None = None) -> list[SnapshotRecord]:
         return self.snapshots.list(owner)
@@ -357,6 +377,7 @@ class SandboxManager:
     async def delete_snapshot(self, snapshot_id: str, owner: str | None = None) -> None:
         self.snapshots.delete(self.snapshots.get(snapshot_id, owner))
         await self.collect()
+        await self.registry.saved()
 
     async def collect(self) -> None:
         """Delete the files of retired snapshots, layers and imported images that nothing uses any more."""
@@ -417,6 +438,7 @@ class SandboxManager:
             ending.set()
             if self._ending.get(sandbox.id) is ending:
                 del self._ending[sandbox.id]
+            self.registry.ended(sandbox.record)
         await self.collect()
 
     async def set_network(

@@ -64,3 +64,6 @@ class ErrorCode(str, enum.Enum):
     REGISTRY_ERROR = "registry_error"
     # run_code in an image that has no python3 (the agent runs on its own interpreter).
     PYTHON_UNAVAILABLE = "python_unavailable"
+    # Many hosts (ember.cluster).
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    HOST_UNAVAILABLE = "host_unavailable"

@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -55,14 +56,43 @@ def raise_open_files_limit() -> int:
     return hard
 
 
-def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, settings: Settings | None = None) -> None:
-    """Run the daemon until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    log.info("open files limit: %d", raise_open_files_limit())
-    manager = SandboxManager(settings or Settings.from_env())
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    settings: Settings | None = None,
+    tls: tuple[str, str] | None = None,
+) -> None:
+    """Run the daemon until interrupted (``tls``: its certificate and key files, for HTTPS)."""
+    manager = engine(settings or Settings.from_env())
     keys = KeyStore(manager.store)
     bootstrap_keys(keys)
+    run(create_app(Service(manager=manager, keys=keys)), host, port, tls)
+
+
+def engine(settings: Settings) -> SandboxManager:
+    """The daemon's engine, with logging set up and the host's limits lifted (not started yet)."""
+    setup_logging()
+    log.info("open files limit: %d", raise_open_files_limit())
+    manager = SandboxManager(settings)
     log.info("acceleration: %s (%s)", manager.acceleration.kind, manager.acceleration.reason)
     log.info("sandbox protections: %s", manager.driver.protections())
-    app = create_app(Service(manager=manager, keys=keys))
-    uvicorn.run(app, host=host, port=port, log_level="info", ws="websockets", timeout_graceful_shutdown=10)
+    return manager
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def run(app: Any, host: str, port: int, tls: tuple[str, str] | None = None) -> None:
+    """Serve ``app`` on uvicorn until SIGINT/SIGTERM; HTTPS with ``tls`` (certificate, key)."""
+    certificate, key = tls or (None, None)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        ws="websockets",
+        timeout_graceful_shutdown=10,
+        ssl_certfile=certificate,
+        ssl_keyfile=key,
+    )

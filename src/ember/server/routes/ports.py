@@ -181,26 +181,34 @@ async def forward_websocket(websocket: WebSocket, address: str, port: int, path:
         return
     async with guest:
         await websocket.accept(subprotocol=guest.subprotocol)
-        await _pump(websocket, guest)
+        await relay(websocket, guest)
 
 
-async def _pump(client: WebSocket, guest: Any) -> None:
-    async def upstream() -> None:
+async def relay(client: WebSocket, upstream: Any) -> None:
+    """Messages both ways between ``client`` and a ``websockets`` connection until one side closes;
+    the other is then closed with the same code and reason."""
+
+    async def up() -> None:
         while True:
             message = await client.receive()
             if message["type"] == "websocket.disconnect":
+                await upstream.close(message.get("code", 1000), message.get("reason") or "")
                 return
             data = message.get("bytes")
-            await guest.send(data if data is not None else message.get("text", ""))
+            await upstream.send(data if data is not None else message.get("text", ""))
 
-    async def downstream() -> None:
-        async for data in guest:
-            if isinstance(data, bytes):
-                await client.send_bytes(data)
-            else:
-                await client.send_text(data)
+    async def down() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for data in upstream:
+                if isinstance(data, bytes):
+                    await client.send_bytes(data)
+                else:
+                    await client.send_text(data)
+        code = upstream.close_code if upstream.close_code not in (None, 1005, 1006) else 1000
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await client.close(code, upstream.close_reason or None)
 
-    tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+    tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
