@@ -240,11 +240,13 @@ class Session:
             log.error("request %s failed:\n%s", request.op, traceback.format_exc())
             reply = error_message(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         try:
-            context._send(encode_message(context.stream_id, reply))
+            frame = encode_message(context.stream_id, reply)
         except ProtocolError as exc:
             # A result too big for one frame (a huge rich result): say so instead.
-            context._send(
-                encode_message(context.stream_id, error_message(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))
-            )
+            frame = encode_message(context.stream_id, error_message(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))
+        except WireError as exc:
+            # A result holding text UTF-8 cannot carry (a rich result's unpaired surrogate).
+            frame = encode_message(context.stream_id, error_message(exc.code, f"the result has {exc}"))
+        context._send(frame)
         if self._requests.get(context.stream_id) is context:
             del self._requests[context.stream_id]

@@ -2,8 +2,8 @@
 
 The guest agent is the code most exposed to hostile input and the host must not
 trust the guest either, so every message is decoded through ``WireModel.from_wire``:
-unknown fields are ignored, missing required fields and wrong types raise
-``WireError`` naming the field. Supported field types: ``str``, ``int``, ``float``,
+unknown fields are ignored, missing required fields, wrong types and text that
+is not valid Unicode raise ``WireError`` naming the field. Supported field types: ``str``, ``int``, ``float``,
 ``bool``, ``Any``, ``X | None``, ``list[X]``, ``dict[str, X]`` and nested models.
 """
 
@@ -50,6 +50,15 @@ class WireModel:
             elif field.default is _MISSING and field.default_factory is _MISSING:
                 raise WireError(f"{cls.__name__}: missing field {field.name!r}")
         return cls(**kwargs)
+
+
+def is_unicode_text(text: str) -> bool:
+    """False for a string JSON can carry but UTF-8 cannot: one with an unpaired surrogate."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @functools.cache
@@ -117,5 +126,7 @@ def _check(hint: Any, value: Any, where: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise WireError(f"{where}: expected a string")
+        if not value.isascii() and not is_unicode_text(value):
+            raise WireError(f"{where}: not valid Unicode text (it holds an unpaired surrogate)")
         return value
     raise TypeError(f"unsupported wire type {hint!r} for {where}")

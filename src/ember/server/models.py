@@ -1,21 +1,45 @@
 """The HTTP API's request and response bodies (pydantic), and their mapping from engine types.
 
 Request models forbid unknown fields and check types strictly, so a typo in a
-parameter is a 400 rather than a silently ignored option.
+parameter is a 400 rather than a silently ignored option; text that is not valid
+Unicode (JSON can spell an unpaired surrogate, UTF-8 cannot) is a 400 too.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.protocol import messages as m
+from ember.protocol.codes import ErrorCode
+from ember.protocol.wire import is_unicode_text
+
+
+def unicode_text(value: Any) -> Any:
+    """``value`` (JSON) if all its text is valid Unicode, else ValueError: such text could be
+    stored, sent to a guest or echoed back nowhere."""
+    if isinstance(value, str):
+        if not value.isascii() and not is_unicode_text(value):
+            raise ValueError("text holds an unpaired surrogate, which is not valid Unicode")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            unicode_text(key)
+            unicode_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            unicode_text(item)
+    return value
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        return unicode_text(data)
 
 
 Seconds = float | int
@@ -431,8 +455,45 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
+    """Every error response's body: a stable code (clients branch on it) and what to do."""
+
+    code: ErrorCode
     message: str
+
+
+# ---------------------------------------------------------------- NDJSON stream lines (?stream=true)
+
+
+class OutputLine(BaseModel):
+    type: Literal["stdout", "stderr"]
+    text: str
+
+
+class StartLine(BaseModel):
+    type: Literal["start"]
+    pid: int
+
+
+class ErrorLine(BaseModel):
+    """The last line of a stream that failed once it had started."""
+
+    type: Literal["error"]
+    code: ErrorCode
+    message: str
+
+
+class ExecutionLine(BaseModel):
+    """The last line of a run_code stream (its stdout and stderr are empty: they were streamed)."""
+
+    type: Literal["result"]
+    execution: Execution
+
+
+class CommandLine(BaseModel):
+    """The last line of a command stream (its stdout and stderr are empty: they were streamed)."""
+
+    type: Literal["result"]
+    command: CommandResult
 
 
 def wire(model: m.WireModel) -> dict[str, Any]:

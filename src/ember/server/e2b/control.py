@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember import errors
@@ -30,6 +30,7 @@ from ember.network.policy import split_rules
 from ember.server.deps import Service
 from ember.server.e2b.plane import ENVD_VERSION, AccessTokens
 from ember.server.keys import ApiKey
+from ember.server.models import unicode_text
 
 log = logging.getLogger("ember.server.e2b")
 #: E2B's name for every IPv4 destination (``e2b.sandbox.network.ALL_TRAFFIC``).
@@ -46,6 +47,11 @@ _FOREVER = datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC)
 class _Body(BaseModel):
     # E2B adds request fields over time: unknown ones are ignored, known ones checked.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        return unicode_text(data)
 
 
 class NetworkConfig(_Body):

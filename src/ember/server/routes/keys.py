@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from ember.engine.quotas import Quota
+from ember.errors import KeyNotFoundError
 from ember.server.deps import Service, caller, require_admin, service
 from ember.server.keys import ApiKey
 from ember.server.models import CreateKey, KeyInfo, KeyList, NewKey, QuotaInfo, QuotaLimits, QuotaUsage
+from ember.server.openapi import ADMIN, AUTH, BODY, errors_of
 
 router = APIRouter(tags=["keys"])
 
@@ -17,18 +19,18 @@ def _info(key: ApiKey) -> dict[str, object]:
             "revoked_at": key.revoked_at}  # fmt: skip
 
 
-@router.post("/v1/keys", status_code=201, response_model=NewKey)
+@router.post("/v1/keys", status_code=201, response_model=NewKey, responses=errors_of(AUTH, ADMIN, BODY))
 def create_key(body: CreateKey, request: Request, admin: ApiKey = Depends(require_admin)) -> NewKey:
     key, secret = service(request).keys.create(body.name, admin=body.admin)
     return NewKey(key=secret, **_info(key))  # type: ignore[arg-type]
 
 
-@router.get("/v1/keys", response_model=KeyList)
+@router.get("/v1/keys", response_model=KeyList, responses=errors_of(AUTH, ADMIN))
 def list_keys(request: Request, admin: ApiKey = Depends(require_admin)) -> KeyList:
     return KeyList(keys=[KeyInfo(**_info(k)) for k in service(request).keys.list()])  # type: ignore[arg-type]
 
 
-@router.delete("/v1/keys/{key_id}", status_code=204)
+@router.delete("/v1/keys/{key_id}", status_code=204, responses=errors_of(AUTH, ADMIN, KeyNotFoundError))
 def revoke_key(key_id: str, request: Request, admin: ApiKey = Depends(require_admin)) -> Response:
     service(request).keys.revoke(key_id)
     return Response(status_code=204)
