@@ -11,6 +11,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from ember.engine.limits import (
+    MAX_DISK_MIB,
+    MAX_FORKS,
+    MAX_LIFETIME_S,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_DISK_MIB,
+    MIN_MEMORY_MIB,
+    MIN_VCPUS,
+    TEMPLATE_NAME,
+)
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.protocol import messages as m
 from ember.protocol.codes import ErrorCode
@@ -43,15 +54,19 @@ class _Request(BaseModel):
 
 
 Seconds = float | int
+#: A lifetime: more than nothing, at most the longest the daemon keeps a sandbox.
+Lifetime = Annotated[Seconds, Field(gt=0, le=MAX_LIFETIME_S)]
+#: A timeout for one call into the guest.
+CallTimeout = Annotated[Seconds, Field(gt=0)]
 
 
 class CreateSandbox(_Request):
-    vcpus: StrictInt = 2
-    memory_mb: StrictInt = 512
-    disk_mb: StrictInt = 4096
+    vcpus: StrictInt = Field(2, ge=MIN_VCPUS, le=MAX_VCPUS)
+    memory_mb: StrictInt = Field(512, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)
+    disk_mb: StrictInt = Field(4096, ge=MIN_DISK_MIB, le=MAX_DISK_MIB)
     env: dict[str, str] = Field(default_factory=dict)
-    timeout: Seconds | None = 300
-    idle_timeout: Seconds | None = None
+    timeout: Lifetime | None = 300
+    idle_timeout: Lifetime | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     #: A template name, or a snapshot id: the sandbox resumes it (with its vcpus, memory and disk).
     template: str | None = None
@@ -70,7 +85,7 @@ class NetworkInfo(BaseModel):
 
 
 class ExposePort(_Request):
-    port: StrictInt
+    port: StrictInt = Field(ge=1, le=65535)
 
 
 class PortInfo(BaseModel):
@@ -86,7 +101,7 @@ class PortList(BaseModel):
 
 
 class SetTimeout(_Request):
-    timeout: Seconds | None
+    timeout: Lifetime | None
 
 
 class SandboxInfo(BaseModel):
@@ -142,11 +157,11 @@ class CreateSnapshot(_Request):
 
 
 class Fork(_Request):
-    count: StrictInt = 1
+    count: StrictInt = Field(1, ge=1, le=MAX_FORKS)
 
 
 class SaveTemplate(_Request):
-    name: str
+    name: str = Field(pattern=f"^{TEMPLATE_NAME.pattern}$")
 
 
 class ImportTemplate(_Request):
@@ -238,7 +253,7 @@ class RunCode(_Request):
     code: str
     language: Literal["python", "bash"] = "python"
     context_id: str | None = None
-    timeout: Seconds | None = None
+    timeout: CallTimeout | None = None
     env: dict[str, str] | None = None
 
 
@@ -303,7 +318,7 @@ class RunCommand(_Request):
     env: dict[str, str] | None = None
     cwd: str | None = None
     user: str | None = None
-    timeout: Seconds | None = 60
+    timeout: CallTimeout | None = 60
     background: StrictBool = False
     stdin: StrictBool = False
     tag: str | None = None
@@ -376,13 +391,13 @@ class FileList(BaseModel):
 
 
 class MakeDirectory(_Request):
-    path: str
+    path: str = Field(min_length=1)
     parents: StrictBool = True
 
 
 class Rename(_Request):
-    source: str
-    destination: str
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
     overwrite: StrictBool = True
 
 
@@ -390,7 +405,7 @@ class Rename(_Request):
 
 
 class CreateKey(_Request):
-    name: str
+    name: str = Field(min_length=1, max_length=100)
     admin: StrictBool = False
 
 

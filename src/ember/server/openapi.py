@@ -11,6 +11,7 @@ invalid_request`` here, so FastAPI's own 422 entries leave the spec.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -136,10 +137,11 @@ def install(app: FastAPI, *, drop_validation_422: bool = True) -> None:
 
 def _finish(document: dict[str, Any], drop_validation_422: bool) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    if _LINE_MODELS:
+    text = json.dumps(document)
+    named = [model for name, model in _LINE_MODELS.items() if f'"#/components/schemas/{name}"' in text]
+    if named:
         _, extra = models_json_schema(
-            [(model, "serialization") for model in _LINE_MODELS.values()],
-            ref_template="#/components/schemas/{model}",
+            [(model, "serialization") for model in named], ref_template="#/components/schemas/{model}"
         )
         for name, schema in extra.get("$defs", {}).items():
             schemas.setdefault(name, schema)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ember.engine.sandbox import Sandbox
@@ -23,6 +24,8 @@ from ember.server.openapi import (
 )
 
 router = APIRouter(tags=["files"])
+#: A path in the guest: absolute, or relative to /app.
+GuestPath = Annotated[str, Query(min_length=1)]
 _READ = errors_of(AUTH, INPUT, GUEST, FILES)
 _WRITE = errors_of(AUTH, BODY, GUEST, WRITES)
 
@@ -31,7 +34,7 @@ _WRITE = errors_of(AUTH, BODY, GUEST, WRITES)
     "/v1/sandboxes/{sandbox_id}/files", response_model=FileInfo, responses=_WRITE, openapi_extra=BINARY_BODY
 )
 async def upload(
-    path: str, request: Request, mode: int | None = None, box: Sandbox = Depends(sandbox)
+    path: GuestPath, request: Request, mode: int | None = None, box: Sandbox = Depends(sandbox)
 ) -> FileInfo:
     return FileInfo(**wire(await box.files.write(path, request.stream(), mode=mode)))
 
@@ -39,7 +42,7 @@ async def upload(
 @router.get(
     "/v1/sandboxes/{sandbox_id}/files", response_class=StreamingResponse, responses=_READ | binary_response()
 )
-async def download(path: str, box: Sandbox = Depends(sandbox)) -> StreamingResponse:
+async def download(path: GuestPath, box: Sandbox = Depends(sandbox)) -> StreamingResponse:
     info = await box.files.stat(path)
     chunks = box.files.read_stream(path)
     # Pull the first chunk now: a read error is then an error response, not a cut stream.
@@ -55,12 +58,12 @@ async def download(path: str, box: Sandbox = Depends(sandbox)) -> StreamingRespo
 
 
 @router.get("/v1/sandboxes/{sandbox_id}/files/list", response_model=FileList, responses=_READ)
-async def list_files(path: str, depth: int = 1, box: Sandbox = Depends(sandbox)) -> FileList:
+async def list_files(path: GuestPath, depth: int = 1, box: Sandbox = Depends(sandbox)) -> FileList:
     return FileList(entries=[FileInfo(**wire(e)) for e in await box.files.list(path, depth)])
 
 
 @router.get("/v1/sandboxes/{sandbox_id}/files/stat", response_model=FileInfo, responses=_READ)
-async def stat(path: str, box: Sandbox = Depends(sandbox)) -> FileInfo:
+async def stat(path: GuestPath, box: Sandbox = Depends(sandbox)) -> FileInfo:
     return FileInfo(**wire(await box.files.stat(path)))
 
 
@@ -72,7 +75,7 @@ async def mkdir(body: MakeDirectory, box: Sandbox = Depends(sandbox)) -> FileInf
 @router.delete(
     "/v1/sandboxes/{sandbox_id}/files", status_code=204, responses=errors_of(AUTH, INPUT, GUEST, WRITES)
 )
-async def remove(path: str, recursive: bool = False, box: Sandbox = Depends(sandbox)) -> Response:
+async def remove(path: GuestPath, recursive: bool = False, box: Sandbox = Depends(sandbox)) -> Response:
     await box.files.remove(path, recursive=recursive)
     return Response(status_code=204)
 

@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import re
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import websockets
-from fastapi import APIRouter, Depends, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Path, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from websockets.asyncio.client import connect as ws_connect
@@ -30,6 +30,7 @@ from ember.server.models import ExposePort, PortInfo, PortList
 from ember.server.openapi import AUTH, BODY, INPUT, SANDBOX, errors_of
 
 router = APIRouter(tags=["ports"])
+PortNumber = Annotated[int, Path(ge=1, le=65535)]
 
 TOKEN_HEADER = "x-ember-port-token"
 TOKEN_QUERY = "ember_token"
@@ -87,7 +88,7 @@ def list_ports(request: Request, box: Sandbox = Depends(sandbox)) -> PortList:
     status_code=204,
     responses=errors_of(AUTH, INPUT, SANDBOX, errors.PortNotExposedError),
 )
-def unexpose(port: int, box: Sandbox = Depends(sandbox)) -> Response:
+def unexpose(port: PortNumber, box: Sandbox = Depends(sandbox)) -> Response:
     box.unexpose(port)
     return Response(status_code=204)
 
@@ -126,7 +127,7 @@ def _guest_url(address: str, port: int, path: str, query: str, scheme: str = "ht
     return f"{scheme}://{address}:{port}/{path}" + (f"?{'&'.join(pairs)}" if pairs else "")
 
 
-async def proxy(sandbox_id: str, port: int, path: str, request: Request) -> StreamingResponse:
+async def proxy(sandbox_id: str, port: PortNumber, path: str, request: Request) -> StreamingResponse:
     """Whatever the server on that port of the sandbox answers, streamed (any status, any body)."""
     address, used_key = _target(request, sandbox_id, port)
     response = await forward(request, address, port, path, used_key)
