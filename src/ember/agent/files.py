@@ -32,7 +32,9 @@ def resolve(path: str) -> str:
         raise AgentError(ErrorCode.INVALID_REQUEST, "path must be a non-empty string without NUL bytes")
     if len(path.encode()) > 4096:
         raise AgentError(ErrorCode.INVALID_REQUEST, "path is longer than 4096 bytes")
-    return os.path.normpath(os.path.join(WORKDIR, path))
+    # normpath keeps a leading "//" (POSIX leaves it to the system; Linux reads it as "/"):
+    # without this, "//" would slip past the guard against removing "/".
+    return "/" + os.path.normpath(os.path.join(WORKDIR, path)).lstrip("/")
 
 
 def _name_of(table: Callable[[int], object], ident: int) -> str:
