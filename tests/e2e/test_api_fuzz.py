@@ -94,7 +94,7 @@ def fuzz_account(daemon: Daemon) -> Iterator[FuzzAccount]:
         finally:
             left = _clean_up(account, admin)
         statuses = sum(account.answers.values(), Counter())
-        print(f"\nschemathesis {schemathesis.__version__}: {statuses.total()} cases, statuses {dict(statuses)}")
+        print(f"\nschemathesis {schemathesis.__version__}: {statuses.total()} cases, {dict(statuses)}")
         assert not left, f"the fuzzer's sandboxes, snapshots or templates outlived it: {left}"
 
 
