@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from ember.agent._errors import AgentError
+from ember.agent._errors import AgentError, from_os_error
 from ember.protocol.codes import ErrorCode
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
@@ -232,6 +232,10 @@ class Session:
             reply = result_message(result)
         except AgentError as exc:
             reply = error_message(exc.code, exc.message)
+        except OSError as exc:
+            # A system call a handler did not expect to fail: its errno says why (EPERM, ENOENT, ...).
+            error = from_os_error(exc)
+            reply = error_message(error.code, error.message)
         except WireError as exc:
             reply = error_message(exc.code, str(exc))
         except asyncio.CancelledError:

@@ -49,10 +49,10 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 #: Only names the scheme in the spec (``caller`` reads the header itself, the same way).
-_BEARER = HTTPBearer(auto_error=False, description="An Ember API key")
+BEARER = HTTPBearer(auto_error=False, description="An Ember API key")
 
 
-def caller(request: Request, _: object = Security(_BEARER)) -> ApiKey:
+def caller(request: Request, _: object = Security(BEARER)) -> ApiKey:
     """The API key of the request; 401 for none, unknown or revoked."""
     return service(request).keys.verify(bearer_token(request.headers.get("authorization")))
 

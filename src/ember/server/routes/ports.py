@@ -18,14 +18,15 @@ from typing import Annotated, Any
 
 import httpx
 import websockets
-from fastapi import APIRouter, Depends, Path, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Path, Request, Response, Security, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
+from fastapi.security import APIKeyHeader
 from starlette.background import BackgroundTask
 from websockets.asyncio.client import connect as ws_connect
 
 from ember import errors
 from ember.engine.sandbox import Sandbox
-from ember.server.deps import bearer_token, sandbox, service
+from ember.server.deps import BEARER, bearer_token, sandbox, service
 from ember.server.models import ExposePort, PortInfo, PortList
 from ember.server.openapi import AUTH, BODY, INPUT, SANDBOX, errors_of
 
@@ -147,6 +148,11 @@ _PROXY_ERRORS = errors_of(
     errors.PortNotExposedError,
     errors.PortUnreachableError,
 )
+#: The owner's API key, or the port's token (header; or query ember_token, or its cookie): either.
+_PROXY_AUTH = [
+    Security(BEARER),
+    Security(APIKeyHeader(name=TOKEN_HEADER, scheme_name="PortToken", auto_error=False)),
+]
 # One route per method, so that each has its own operation id in the spec.
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
     router.add_api_route(
@@ -156,6 +162,7 @@ for _method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
         name=f"proxy_{_method.lower()}",
         response_class=StreamingResponse,
         responses={"default": {"description": "the guest server's answer"}} | _PROXY_ERRORS,
+        dependencies=_PROXY_AUTH,
     )
 
 
