@@ -168,11 +168,11 @@ class ImportTemplate(_Request):
     """Build template ``name`` from an OCI image: a registry reference, or a layout
     directory or archive on the daemon's host."""
 
-    name: str
+    name: str = Field(pattern=f"^{TEMPLATE_NAME.pattern}$")
     from_oci: str = Field(min_length=1, max_length=4096)
-    vcpus: StrictInt = 2
-    memory_mb: StrictInt = 512
-    disk_mb: StrictInt = 4096
+    vcpus: StrictInt = Field(2, ge=MIN_VCPUS, le=MAX_VCPUS)
+    memory_mb: StrictInt = Field(512, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)
+    disk_mb: StrictInt = Field(4096, ge=MIN_DISK_MIB, le=MAX_DISK_MIB)
     registry_username: str | None = None
     registry_password: str | None = None
 
@@ -470,10 +470,13 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error response's body: a stable code (clients branch on it) and what to do."""
+    """Every error response's body: a stable code (clients branch on it) and what to do;
+    ``details``, for some codes, facts a program can act on (``quota_exceeded``: which quota,
+    its limit, the use)."""
 
     code: ErrorCode
     message: str
+    details: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- NDJSON stream lines (?stream=true)
@@ -495,6 +498,27 @@ class ErrorLine(BaseModel):
     type: Literal["error"]
     code: ErrorCode
     message: str
+
+
+class StageLine(BaseModel):
+    """A template build's next stage (``total``: its units of progress, when known)."""
+
+    type: Literal["stage"]
+    name: str
+    total: int | None
+
+
+class ProgressLine(BaseModel):
+    type: Literal["progress"]
+    done: int
+    total: int | None
+
+
+class TemplateLine(BaseModel):
+    """The last line of a template build: the template."""
+
+    type: Literal["result"]
+    template: SnapshotInfo
 
 
 class ExecutionLine(BaseModel):

@@ -43,6 +43,18 @@ GUEST = (
     errors.ProtocolError,
     errors.TimeoutError,
 )
+#: Importing an OCI image (from a registry, or a layout or archive on the daemon's host).
+IMAGE = (
+    errors.ImageInvalidError,
+    errors.ImageUnsupportedError,
+    errors.ImageDigestMismatchError,
+    errors.ImageUnsafePathError,
+    errors.ImageTooLargeError,
+    errors.ImageNotFoundError,
+    errors.RegistryUnauthorizedError,
+    errors.RegistryError,
+    errors.TemplateBuildFailedError,
+)
 #: What reading a path in the guest can meet.
 FILES = (
     errors.PathNotFoundError,
@@ -53,8 +65,9 @@ FILES = (
 )
 #: What changing the guest's files can meet, besides that.
 WRITES = (*FILES, errors.AlreadyExistsError, errors.DirectoryNotEmptyError, errors.DiskFullError)
-#: Starting a VM (a boot or a restore).
+#: Starting a VM (a boot or a restore), within the key's quota.
 LAUNCH = (
+    errors.QuotaExceededError,
     errors.ResourceExhaustedError,
     errors.SnapshotIncompatibleError,
     errors.BootFailedError,
@@ -63,8 +76,10 @@ LAUNCH = (
     errors.NetworkError,
     errors.VmmError,
 )
-#: Freezing a VM into a snapshot.
+#: Freezing a VM into a snapshot, within the key's quota and the host's disk reserve.
 SNAPSHOT = (
+    errors.QuotaExceededError,
+    errors.ResourceExhaustedError,
     errors.SandboxNotFoundError,
     errors.SandboxNotRunningError,
     errors.SandboxDeadError,

@@ -320,7 +320,11 @@ async def kill_sandbox(sandbox_id: str, face: Face) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204, responses=_errors(AUTH, BODY, SANDBOX))
+@router.post(
+    "/sandboxes/{sandbox_id}/timeout",
+    status_code=204,
+    responses=_errors(AUTH, BODY, SANDBOX, errors.QuotaExceededError),
+)
 def set_timeout(sandbox_id: str, body: TimeoutBody, face: Face) -> Response:
     face.manager.set_timeout(sandbox_id, body.timeout, owner=face.key.id)
     return Response(status_code=204)

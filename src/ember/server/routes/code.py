@@ -24,7 +24,7 @@ from ember.server.openapi import AUTH, BODY, GUEST, INPUT, errors_of, ndjson
 from ember.server.streaming import Emit, ndjson_response
 
 router = APIRouter(tags=["code"])
-_RUN = errors_of(AUTH, BODY, GUEST, errors.ContextNotFoundError) | ndjson(
+_RUN = errors_of(AUTH, BODY, GUEST, errors.ContextNotFoundError, errors.PythonUnavailableError) | ndjson(
     OutputLine, ExecutionLine, ErrorLine
 )
 _CONTEXT = errors_of(AUTH, INPUT, GUEST, errors.ContextNotFoundError)
@@ -67,7 +67,7 @@ async def execute(body: RunCode, stream: bool = False, box: Sandbox = Depends(sa
     "/v1/sandboxes/{sandbox_id}/contexts",
     status_code=201,
     response_model=Context,
-    responses=errors_of(AUTH, BODY, GUEST, errors.NotADirectoryError),
+    responses=errors_of(AUTH, BODY, GUEST, errors.NotADirectoryError, errors.PythonUnavailableError),
 )
 async def create_context(body: CreateContext, box: Sandbox = Depends(sandbox)) -> Context:
     return Context(**wire(await box.code.create_context(body.language, body.cwd)))

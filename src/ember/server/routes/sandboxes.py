@@ -113,7 +113,7 @@ async def set_network(
     "/v1/sandboxes/{sandbox_id}/timeout",
     response_model=SandboxInfo,
     tags=["sandboxes"],
-    responses=errors_of(AUTH, BODY, SANDBOX),
+    responses=errors_of(AUTH, BODY, SANDBOX, errors.QuotaExceededError),
 )
 def set_timeout(
     sandbox_id: str, body: SetTimeout, request: Request, key: ApiKey = Depends(caller)

@@ -14,17 +14,21 @@ from ember.server.deps import caller, require_admin, service
 from ember.server.keys import ApiKey
 from ember.server.models import (
     CreateSnapshot,
+    ErrorLine,
     Fork,
     ImportTemplate,
     PoolInfo,
     PoolList,
+    ProgressLine,
     SandboxInfo,
     SandboxList,
     SaveTemplate,
     SnapshotInfo,
     SnapshotList,
+    StageLine,
+    TemplateLine,
 )
-from ember.server.openapi import ADMIN, AUTH, BODY, LAUNCH, SNAPSHOT, errors_of
+from ember.server.openapi import ADMIN, AUTH, BODY, IMAGE, LAUNCH, SNAPSHOT, errors_of, ndjson
 from ember.server.streaming import Emit, ndjson_response, with_progress
 
 router = APIRouter(tags=["snapshots"])
@@ -92,7 +96,13 @@ async def save_template(
     return SnapshotInfo.of(await service(request).manager.save_template(sandbox_id, body.name, owner=key.id))
 
 
-@router.post("/v1/templates", status_code=201, response_model=SnapshotInfo)
+@router.post(
+    "/v1/templates",
+    status_code=201,
+    response_model=SnapshotInfo,
+    responses=errors_of(AUTH, ADMIN, BODY, IMAGE, LAUNCH, SNAPSHOT)
+    | ndjson(StageLine, ProgressLine, TemplateLine, ErrorLine, status=201),
+)
 async def import_template(
     body: ImportTemplate, request: Request, stream: bool = False, key: ApiKey = Depends(require_admin)
 ) -> Any:
