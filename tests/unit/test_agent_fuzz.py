@@ -142,6 +142,8 @@ class AgentHost:
 class JailedAgent:
     host: AgentHost
     log: Path
+    #: Its working directory (relative paths), on the host too.
+    workdir: Path
 
 
 def _uid_processes() -> list[int]:
@@ -217,7 +219,7 @@ def jailed_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JailedAge
         host = AgentHost(socket_path)
         host.sync()
         host.ping()
-        yield JailedAgent(host, log)
+        yield JailedAgent(host, log, own / "app")
         host.close()
     finally:
         _kill_jailed()
@@ -342,3 +344,19 @@ def test_a_stream_id_in_use_is_a_protocol_error_and_the_next_session_serves(
     assert answer is not None and answer["code"] == ErrorCode.PROTOCOL_ERROR, answer
     host.sync()
     host.ping()
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_not_a_hang(jailed_agent: JailedAgent) -> None:
+    directory = jailed_agent.workdir / "names"
+    directory.mkdir()
+    with open(os.path.join(os.fsencode(directory), b"caf\xe9"), "wb"):  # Latin-1, not UTF-8
+        pass
+    answer = jailed_agent.host.request({"op": "file_list", "path": "names"})
+    assert answer["type"] == "result", answer
+    assert [entry["name"] for entry in answer["result"]["entries"]] == ["caf\ufffd"]
+
+
+def test_removing_slash_slash_is_refused_as_removing_the_root(jailed_agent: JailedAgent) -> None:
+    answer = jailed_agent.host.request({"op": "file_remove", "path": "//", "recursive": True})
+    assert answer["type"] == "error" and answer["code"] == ErrorCode.PERMISSION_DENIED, answer
+    assert "refusing to remove /" in answer["message"]
