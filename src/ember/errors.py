@@ -14,9 +14,13 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     │       └── ImageUnsafePathError    image_unsafe_path
     ├── AuthenticationError             unauthorized      401
     ├── PermissionDeniedError           permission_denied 403
+    ├── MethodNotAllowedError           method_not_allowed 405
     ├── NotFoundError                                     404
+    │   ├── RouteNotFoundError          not_found
     │   ├── SandboxNotFoundError        sandbox_not_found
     │   ├── TemplateNotFoundError       template_not_found
+    │   ├── SnapshotNotFoundError       snapshot_not_found
+    │   ├── KeyNotFoundError            key_not_found
     │   ├── PathNotFoundError           file_not_found
     │   ├── ImageNotFoundError          image_not_found
     │   ├── ProcessNotFoundError        process_not_found
@@ -28,6 +32,8 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     │   ├── IsADirectoryError           is_a_directory
     │   ├── DirectoryNotEmptyError      directory_not_empty
     │   ├── SandboxNotRunningError      sandbox_not_running
+    │   ├── SnapshotIncompatibleError   snapshot_incompatible
+    │   ├── TemplateBuildFailedError    template_build_failed
     │   └── NetworkDisabledError        network_disabled
     ├── SandboxDeadError                sandbox_dead      410
     ├── TimeoutError                    exec_timeout      408
@@ -139,8 +145,19 @@ class PermissionDeniedError(EmberError):
     status = 403
 
 
+class MethodNotAllowedError(EmberError):
+    code = ErrorCode.METHOD_NOT_ALLOWED.value
+    status = 405
+
+
 class NotFoundError(EmberError):
     status = 404
+
+
+class RouteNotFoundError(NotFoundError):
+    """No route at that path: a misspelt URL, or an empty or slashed path parameter."""
+
+    code = ErrorCode.NOT_FOUND.value
 
 
 class SandboxNotFoundError(NotFoundError):
@@ -153,6 +170,10 @@ class TemplateNotFoundError(NotFoundError):
 
 class SnapshotNotFoundError(NotFoundError):
     code = ErrorCode.SNAPSHOT_NOT_FOUND.value
+
+
+class KeyNotFoundError(NotFoundError):
+    code = ErrorCode.KEY_NOT_FOUND.value
 
 
 class PathNotFoundError(NotFoundError):

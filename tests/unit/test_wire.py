@@ -6,6 +6,7 @@ import pytest
 
 from ember.protocol import messages as m
 from ember.protocol.codes import ErrorCode
+from ember.protocol.framing import encode_message
 from ember.protocol.wire import WireError
 
 
@@ -26,6 +27,11 @@ def test_requests_round_trip_through_their_wire_form():
         ({"op": "file_read", "path": "/x", "offset": True}, "expected an integer"),
         ({"op": "proc_resize", "pid": 1, "size": {"cols": "80"}}, "size: cols"),
         ({"path": "/x"}, "without an 'op'"),
+        ({"op": "file_read", "path": "/x", "offset": 2**64}, "does not fit in 64 bits"),
+        ({"op": "exec", "cmd": "ls", "timeout_s": float("nan")}, "expected a finite number"),
+        ({"op": "exec", "cmd": "ls", "timeout_s": float("inf")}, "expected a finite number"),
+        ({"op": "file_stat", "path": "/a\udc80"}, "path: not valid Unicode text"),
+        ({"op": "exec", "cmd": "ls", "env": {"\ud800": "1"}}, "env key: not valid Unicode text"),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_field(message, fragment):
@@ -50,3 +56,8 @@ def test_nested_results_decode_into_their_models():
     )
     assert execution.results[0].data == {"text/plain": "2"}
     assert execution.error is None
+
+
+def test_a_message_with_text_utf8_cannot_carry_is_refused_before_it_is_sent():
+    with pytest.raises(WireError, match="not valid Unicode"):
+        encode_message(1, m.FileStat(path="/a\ud800").to_message())

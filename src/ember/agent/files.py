@@ -18,7 +18,7 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ember.agent._errors import AgentError, from_os_error
-from ember.agent.paths import WORKDIR
+from ember.agent.paths import WORKDIR, as_text
 from ember.protocol.codes import ErrorCode
 from ember.protocol.framing import DATA_CHUNK_BYTES
 from ember.protocol.messages import FileInfo
@@ -32,7 +32,9 @@ def resolve(path: str) -> str:
         raise AgentError(ErrorCode.INVALID_REQUEST, "path must be a non-empty string without NUL bytes")
     if len(path.encode()) > 4096:
         raise AgentError(ErrorCode.INVALID_REQUEST, "path is longer than 4096 bytes")
-    return os.path.normpath(os.path.join(WORKDIR, path))
+    # normpath keeps a leading "//" (POSIX leaves it to the system; Linux reads it as "/"):
+    # without this, "//" would slip past the guard against removing "/".
+    return "/" + os.path.normpath(os.path.join(WORKDIR, path)).lstrip("/")
 
 
 def _name_of(table: Callable[[int], object], ident: int) -> str:
@@ -59,15 +61,15 @@ def info(path: str, st: os.stat_result | None = None) -> FileInfo:
     else:
         kind = "other"
     return FileInfo(
-        path=path,
-        name=os.path.basename(path) or "/",
+        path=as_text(path),
+        name=as_text(os.path.basename(path)) or "/",
         type=kind,
         size=st.st_size,
         mode=stat.S_IMODE(st.st_mode),
         mtime=st.st_mtime,
         owner=_name_of(pwd.getpwuid, st.st_uid),
         group=_name_of(grp.getgrgid, st.st_gid),
-        symlink_target=target,
+        symlink_target=as_text(target) if target is not None else None,
     )
 
 

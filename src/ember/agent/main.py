@@ -20,7 +20,7 @@ from ember.agent import files, image, network, system, watch
 from ember.agent._errors import AgentError
 from ember.agent.paths import WORKDIR
 from ember.agent.port import SocketPort, VirtioPort, find_port
-from ember.agent.processes import ProcessTable, stream_output
+from ember.agent.processes import ProcessTable, check_env, stream_output
 from ember.agent.repl import ReplContexts
 from ember.agent.session import RequestContext, Session
 from ember.protocol import messages as m
@@ -74,6 +74,7 @@ class Agent:
     # ------------------------------------------------------------ system
 
     async def configure(self, context: RequestContext, request: m.Configure) -> m.AgentInfo:
+        check_env(request.env)
         if request.time_ns is not None:
             system.set_clock(request.time_ns)
         if request.entropy_b64 is not None:
@@ -121,6 +122,7 @@ class Agent:
             raise AgentError(ErrorCode.INVALID_REQUEST, "timeout must be positive")
         if request.scratch and repl.language != "python":
             raise AgentError(ErrorCode.INVALID_REQUEST, "only Python runs scratch code")
+        check_env(request.env)
         return await repl.run(
             request.code, request.timeout_s, request.env, context.stdout, context.stderr, request.scratch
         )
@@ -144,6 +146,7 @@ class Agent:
     async def exec(self, context: RequestContext, request: m.Exec) -> WireModel:
         if (request.cmd is None) == (request.argv is None):
             raise AgentError(ErrorCode.INVALID_REQUEST, "give exactly one of cmd and argv")
+        check_env(request.env)
         if request.login_shell:
             argv = [image.shell(), "-l"]
         elif request.cmd is not None:

@@ -16,6 +16,7 @@ import fcntl
 import grp
 import os
 import pwd
+import re
 import shutil
 import signal
 import struct
@@ -39,6 +40,7 @@ READ_BYTES = 1 << 20
 # open while a backgrounded grandchild holds them) before calling it finished.
 EXIT_DRAIN_S = 0.25
 FINISHED_KEPT = 256
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 F_SETPIPE_SZ = 1031
 
 
@@ -275,6 +277,15 @@ def _set_winsize(fd: int, size: PtySize) -> None:
 def _acquire_controlling_terminal() -> None:
     # Runs in the child after setsid(): make the terminal on fd 0 its controlling tty.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def check_env(env: dict[str, str] | None) -> None:
+    """Environment variables a shell can export and exec can pass: names are identifiers, no NULs."""
+    for name, value in (env or {}).items():
+        if not _ENV_NAME.fullmatch(name):
+            raise AgentError(ErrorCode.INVALID_REQUEST, f"{name!r} is not a valid environment variable name")
+        if "\0" in value:
+            raise AgentError(ErrorCode.INVALID_REQUEST, f"environment variable {name} holds a NUL byte")
 
 
 def _validate_pty_size(size: PtySize) -> None:

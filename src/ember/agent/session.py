@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from ember.agent._errors import AgentError
+from ember.agent._errors import AgentError, from_os_error
 from ember.protocol.codes import ErrorCode
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
@@ -232,6 +232,10 @@ class Session:
             reply = result_message(result)
         except AgentError as exc:
             reply = error_message(exc.code, exc.message)
+        except OSError as exc:
+            # A system call a handler did not expect to fail: its errno says why (EPERM, ENOENT, ...).
+            error = from_os_error(exc)
+            reply = error_message(error.code, error.message)
         except WireError as exc:
             reply = error_message(exc.code, str(exc))
         except asyncio.CancelledError:
@@ -240,11 +244,13 @@ class Session:
             log.error("request %s failed:\n%s", request.op, traceback.format_exc())
             reply = error_message(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         try:
-            context._send(encode_message(context.stream_id, reply))
+            frame = encode_message(context.stream_id, reply)
         except ProtocolError as exc:
             # A result too big for one frame (a huge rich result): say so instead.
-            context._send(
-                encode_message(context.stream_id, error_message(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))
-            )
+            frame = encode_message(context.stream_id, error_message(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))
+        except WireError as exc:
+            # A result holding text UTF-8 cannot carry (a rich result's unpaired surrogate).
+            frame = encode_message(context.stream_id, error_message(exc.code, f"the result has {exc}"))
+        context._send(frame)
         if self._requests.get(context.stream_id) is context:
             del self._requests[context.stream_id]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from ember.agent._errors import AgentError, from_os_error
 from ember.agent.files import resolve
+from ember.agent.paths import as_text
 from ember.protocol.codes import ErrorCode
 
 IN_MODIFY = 0x002
@@ -127,7 +128,7 @@ async def watch(path: str, recursive: bool, on_start: Callable[[], None], on_cha
                     add_tree(full)
                 for bits, kind in KINDS:
                     if mask & bits:
-                        on_change(os.path.relpath(full, root), kind)
+                        on_change(as_text(os.path.relpath(full, root)), kind)
     finally:
         loop.remove_reader(inotify.fd)
         inotify.close()

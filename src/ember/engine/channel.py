@@ -45,6 +45,7 @@ from ember.protocol.framing import (
 )
 from ember.protocol.messages import Request
 from ember.protocol.pulse import Pulse
+from ember.protocol.wire import WireError
 
 log = logging.getLogger("ember.engine.channel")
 
@@ -407,10 +408,18 @@ class AgentClient:
         if not self.connected:
             raise self._failure or errors.AgentUnavailableError(f"{self.name}: not connected")
         stream_id = self._next_id
+        try:
+            frame = encode_message(stream_id, request.to_message())
+        except WireError as exc:
+            raise errors.InvalidRequestError(f"the request cannot be sent to the guest: {exc}") from None
+        except ProtocolError as exc:
+            raise errors.PayloadTooLargeError(
+                f"the request is too large for the agent channel ({exc})"
+            ) from None
         self._next_id = self._next_id + 1 if self._next_id < 0xFFFFFFFF else 1
         call = AgentCall(self, stream_id)
         self._pending[stream_id] = call
-        self._write_nowait(encode_message(stream_id, request.to_message()))
+        self._write_nowait(frame)
         return call
 
     async def request(

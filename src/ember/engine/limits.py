@@ -19,7 +19,7 @@ MAX_LIFETIME_S = 30 * 24 * 3600
 MAX_FORKS = 16
 #: What a sandbox's lifetime's end does: "kill" ends it, "pause" pauses it.
 ON_TIMEOUT = ("kill", "pause")
-_TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MAX_ENV_ENTRIES = 1000
 MAX_ENV_BYTES = 256 * 1024
 MAX_METADATA_ENTRIES = 64
@@ -102,7 +102,7 @@ def check_duration(name: str, value: float | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_LIFETIME_S:
-        raise InvalidRequestError(f"{name} must be a number of seconds from 1 to {MAX_LIFETIME_S}")
+        raise InvalidRequestError(f"{name} must be a number of seconds above 0, at most {MAX_LIFETIME_S}")
 
 
 def check_fork_count(count: object) -> None:
@@ -111,7 +111,7 @@ def check_fork_count(count: object) -> None:
 
 
 def check_template_name(name: object) -> None:
-    if not isinstance(name, str) or not _TEMPLATE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
         raise InvalidRequestError(
             "a template name is 1-63 lowercase letters, digits, '.', '_' or '-', starting alphanumeric"
         )

@@ -18,6 +18,9 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_OPERATION = "unknown_operation"
     CANCELLED = "cancelled"
     INTERNAL_ERROR = "internal_error"
+    # HTTP routing: no route at that path, or none for that method there.
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     # Files inside the guest.
     FILE_NOT_FOUND = "file_not_found"
     NOT_A_DIRECTORY = "not_a_directory"
@@ -34,6 +37,7 @@ class ErrorCode(str, enum.Enum):
     EXEC_TIMEOUT = "exec_timeout"
     # Sandboxes and their VMs, on the host.
     UNAUTHORIZED = "unauthorized"
+    KEY_NOT_FOUND = "key_not_found"
     SANDBOX_NOT_FOUND = "sandbox_not_found"
     TEMPLATE_NOT_FOUND = "template_not_found"
     SNAPSHOT_NOT_FOUND = "snapshot_not_found"

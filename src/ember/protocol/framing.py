@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ember.protocol.codes import ErrorCode
+from ember.protocol.wire import WireError
 
 HEADER = struct.Struct(">IBI")
 CREDIT = struct.Struct(">I")
@@ -92,7 +93,11 @@ def encode_frame(kind: FrameKind, stream_id: int, payload: bytes = b"") -> bytes
 
 
 def encode_message(stream_id: int, message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    """A MESSAGE frame; WireError if its text is not valid Unicode, ProtocolError if it is too large."""
+    try:
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise WireError(f"text that is not valid Unicode (an unpaired surrogate): {exc.reason}") from None
     return encode_frame(FrameKind.MESSAGE, stream_id, body)
 
 

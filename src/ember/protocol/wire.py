@@ -2,8 +2,9 @@
 
 The guest agent is the code most exposed to hostile input and the host must not
 trust the guest either, so every message is decoded through ``WireModel.from_wire``:
-unknown fields are ignored, missing required fields and wrong types raise
-``WireError`` naming the field. Supported field types: ``str``, ``int``, ``float``,
+unknown fields are ignored, missing required fields, wrong types, integers
+beyond 64 bits, numbers that are not finite and text that is not valid
+Unicode raise ``WireError`` naming the field. Supported field types: ``str``, ``int``, ``float``,
 ``bool``, ``Any``, ``X | None``, ``list[X]``, ``dict[str, X]`` and nested models.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from typing import Any, ClassVar, TypeVar, Union
@@ -19,6 +21,8 @@ from ember.protocol.codes import ErrorCode
 
 M = TypeVar("M", bound="WireModel")
 _MISSING = dataclasses.MISSING
+# What every system call and every JSON reader can hold: bigger numbers are no pid, offset or size.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class WireError(ValueError):
@@ -50,6 +54,15 @@ class WireModel:
             elif field.default is _MISSING and field.default_factory is _MISSING:
                 raise WireError(f"{cls.__name__}: missing field {field.name!r}")
         return cls(**kwargs)
+
+
+def is_unicode_text(text: str) -> bool:
+    """False for a string JSON can carry but UTF-8 cannot: one with an unpaired surrogate."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @functools.cache
@@ -109,13 +122,17 @@ def _check(hint: Any, value: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise WireError(f"{where}: expected an integer")
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise WireError(f"{where}: {value} does not fit in 64 bits")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise WireError(f"{where}: expected a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise WireError(f"{where}: expected a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise WireError(f"{where}: expected a string")
+        if not value.isascii() and not is_unicode_text(value):
+            raise WireError(f"{where}: not valid Unicode text (it holds an unpaired surrogate)")
         return value
     raise TypeError(f"unsupported wire type {hint!r} for {where}")

@@ -19,7 +19,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ember.errors import EmberError, PayloadTooLargeError
+from ember.errors import (
+    EmberError,
+    InternalError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    RouteNotFoundError,
+)
+from ember.server import openapi
 from ember.server.deps import Service, ember_version
 from ember.server.e2b import SandboxPlane, Watchers, plane_options
 from ember.server.routes import code, commands, files, keys, ports, pty, sandboxes, snapshots
@@ -62,7 +70,7 @@ class _BodyLimit:
         limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _error(413, "payload_too_large", f"request body over {limit} bytes")(
+                await _error(413, PayloadTooLargeError.code, f"request body over {limit} bytes")(
                     scope, receive, send
                 )
                 return
@@ -118,16 +126,18 @@ def create_app(service_: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        codes = {404: RouteNotFoundError.code, 405: MethodNotAllowedError.code}
+        fallback = InvalidRequestError.code if exc.status_code < 500 else InternalError.code
+        return _error(exc.status_code, codes.get(exc.status_code, fallback), str(exc.detail))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        return _error(500, InternalError.code, f"{type(exc).__name__}: {exc}")
 
     for module in (sandboxes, snapshots, code, commands, files, pty, keys, ports):
         app.include_router(module.router)
+    openapi.install(app)
     # E2B's SDKs' requests (control plane, in-sandbox calls) go to their own apps, inside the body limit.
     app.add_middleware(
         SandboxPlane, **plane_options(service_, service_.manager.settings.e2b_domain, e2b_watchers)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPBearer
 
 from ember.engine import SandboxManager
 from ember.engine.sandbox import Sandbox
@@ -47,7 +48,11 @@ def bearer_token(authorization: str | None) -> str | None:
     return None
 
 
-def caller(request: Request) -> ApiKey:
+#: Only names the scheme in the spec (``caller`` reads the header itself, the same way).
+BEARER = HTTPBearer(auto_error=False, description="An Ember API key")
+
+
+def caller(request: Request, _: object = Security(BEARER)) -> ApiKey:
     """The API key of the request; 401 for none, unknown or revoked."""
     return service(request).keys.verify(bearer_token(request.headers.get("authorization")))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ember.engine.quotas import Quota
 from ember.engine.store import Store
-from ember.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from ember.errors import AuthenticationError, InvalidRequestError, KeyNotFoundError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -113,7 +113,7 @@ class KeyStore:
 
     def _require(self, key_id: str) -> None:
         if not self._store.execute("SELECT id FROM api_keys WHERE id = ?", (key_id,)):
-            raise NotFoundError(f"no API key {key_id!r}", code="key_not_found")
+            raise KeyNotFoundError(f"no API key {key_id!r}")
 
     # ------------------------------------------------------------ quotas
 
@@ -130,7 +130,7 @@ class KeyStore:
         """The limits the key sets itself (a missing field follows the default; None is no limit)."""
         rows = self._store.execute("SELECT quota FROM api_keys WHERE id = ?", (key_id,))
         if not rows:
-            raise NotFoundError(f"no API key {key_id!r}", code="key_not_found")
+            raise KeyNotFoundError(f"no API key {key_id!r}")
         return json.loads(rows[0][0])  # type: ignore[no-any-return]
 
     def set_own_quota(self, key_id: str, own: dict[str, object]) -> None:
@@ -143,7 +143,7 @@ class KeyStore:
         """The limits in force for a key (the engine's ``Quotas.limits``); an unknown id gets the default."""
         try:
             own = self.own_quota(key_id)
-        except NotFoundError:
+        except KeyNotFoundError:
             own = {}
         return self.default_quota().under(own)
 

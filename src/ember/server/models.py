@@ -1,33 +1,72 @@
 """The HTTP API's request and response bodies (pydantic), and their mapping from engine types.
 
 Request models forbid unknown fields and check types strictly, so a typo in a
-parameter is a 400 rather than a silently ignored option.
+parameter is a 400 rather than a silently ignored option; text that is not valid
+Unicode (JSON can spell an unpaired surrogate, UTF-8 cannot) is a 400 too.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from ember.engine.limits import (
+    MAX_DISK_MIB,
+    MAX_FORKS,
+    MAX_LIFETIME_S,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_DISK_MIB,
+    MIN_MEMORY_MIB,
+    MIN_VCPUS,
+    TEMPLATE_NAME,
+)
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.protocol import messages as m
+from ember.protocol.codes import ErrorCode
+from ember.protocol.wire import is_unicode_text
+
+
+def unicode_text(value: Any) -> Any:
+    """``value`` (JSON) if all its text is valid Unicode, else ValueError: such text could be
+    stored, sent to a guest or echoed back nowhere."""
+    if isinstance(value, str):
+        if not value.isascii() and not is_unicode_text(value):
+            raise ValueError("text holds an unpaired surrogate, which is not valid Unicode")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            unicode_text(key)
+            unicode_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            unicode_text(item)
+    return value
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        return unicode_text(data)
+
 
 Seconds = float | int
+#: A lifetime: more than nothing, at most the longest the daemon keeps a sandbox.
+Lifetime = Annotated[Seconds, Field(gt=0, le=MAX_LIFETIME_S)]
+#: A timeout for one call into the guest.
+CallTimeout = Annotated[Seconds, Field(gt=0)]
 
 
 class CreateSandbox(_Request):
-    vcpus: StrictInt = 2
-    memory_mb: StrictInt = 512
-    disk_mb: StrictInt = 4096
+    vcpus: StrictInt = Field(2, ge=MIN_VCPUS, le=MAX_VCPUS)
+    memory_mb: StrictInt = Field(512, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)
+    disk_mb: StrictInt = Field(4096, ge=MIN_DISK_MIB, le=MAX_DISK_MIB)
     env: dict[str, str] = Field(default_factory=dict)
-    timeout: Seconds | None = 300
-    idle_timeout: Seconds | None = None
+    timeout: Lifetime | None = 300
+    idle_timeout: Lifetime | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     #: A template name, or a snapshot id: the sandbox resumes it (with its vcpus, memory and disk).
     template: str | None = None
@@ -46,7 +85,7 @@ class NetworkInfo(BaseModel):
 
 
 class ExposePort(_Request):
-    port: StrictInt
+    port: StrictInt = Field(ge=1, le=65535)
 
 
 class PortInfo(BaseModel):
@@ -62,7 +101,7 @@ class PortList(BaseModel):
 
 
 class SetTimeout(_Request):
-    timeout: Seconds | None
+    timeout: Lifetime | None
 
 
 class SandboxInfo(BaseModel):
@@ -118,22 +157,22 @@ class CreateSnapshot(_Request):
 
 
 class Fork(_Request):
-    count: StrictInt = 1
+    count: StrictInt = Field(1, ge=1, le=MAX_FORKS)
 
 
 class SaveTemplate(_Request):
-    name: str
+    name: str = Field(pattern=f"^{TEMPLATE_NAME.pattern}$")
 
 
 class ImportTemplate(_Request):
     """Build template ``name`` from an OCI image: a registry reference, or a layout
     directory or archive on the daemon's host."""
 
-    name: str
+    name: str = Field(pattern=f"^{TEMPLATE_NAME.pattern}$")
     from_oci: str = Field(min_length=1, max_length=4096)
-    vcpus: StrictInt = 2
-    memory_mb: StrictInt = 512
-    disk_mb: StrictInt = 4096
+    vcpus: StrictInt = Field(2, ge=MIN_VCPUS, le=MAX_VCPUS)
+    memory_mb: StrictInt = Field(512, ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)
+    disk_mb: StrictInt = Field(4096, ge=MIN_DISK_MIB, le=MAX_DISK_MIB)
     registry_username: str | None = None
     registry_password: str | None = None
 
@@ -214,7 +253,7 @@ class RunCode(_Request):
     code: str
     language: Literal["python", "bash"] = "python"
     context_id: str | None = None
-    timeout: Seconds | None = None
+    timeout: CallTimeout | None = None
     env: dict[str, str] | None = None
 
 
@@ -279,7 +318,7 @@ class RunCommand(_Request):
     env: dict[str, str] | None = None
     cwd: str | None = None
     user: str | None = None
-    timeout: Seconds | None = 60
+    timeout: CallTimeout | None = 60
     background: StrictBool = False
     stdin: StrictBool = False
     tag: str | None = None
@@ -352,13 +391,13 @@ class FileList(BaseModel):
 
 
 class MakeDirectory(_Request):
-    path: str
+    path: str = Field(min_length=1)
     parents: StrictBool = True
 
 
 class Rename(_Request):
-    source: str
-    destination: str
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
     overwrite: StrictBool = True
 
 
@@ -366,7 +405,7 @@ class Rename(_Request):
 
 
 class CreateKey(_Request):
-    name: str
+    name: str = Field(min_length=1, max_length=100)
     admin: StrictBool = False
 
 
@@ -431,8 +470,69 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
+    """Every error response's body: a stable code (clients branch on it) and what to do;
+    ``details``, for some codes, facts a program can act on (``quota_exceeded``: which quota,
+    its limit, the use)."""
+
+    code: ErrorCode
     message: str
+    details: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------- NDJSON stream lines (?stream=true)
+
+
+class OutputLine(BaseModel):
+    type: Literal["stdout", "stderr"]
+    text: str
+
+
+class StartLine(BaseModel):
+    type: Literal["start"]
+    pid: int
+
+
+class ErrorLine(BaseModel):
+    """The last line of a stream that failed once it had started."""
+
+    type: Literal["error"]
+    code: ErrorCode
+    message: str
+
+
+class StageLine(BaseModel):
+    """A template build's next stage (``total``: its units of progress, when known)."""
+
+    type: Literal["stage"]
+    name: str
+    total: int | None
+
+
+class ProgressLine(BaseModel):
+    type: Literal["progress"]
+    done: int
+    total: int | None
+
+
+class TemplateLine(BaseModel):
+    """The last line of a template build: the template."""
+
+    type: Literal["result"]
+    template: SnapshotInfo
+
+
+class ExecutionLine(BaseModel):
+    """The last line of a run_code stream (its stdout and stderr are empty: they were streamed)."""
+
+    type: Literal["result"]
+    execution: Execution
+
+
+class CommandLine(BaseModel):
+    """The last line of a command stream (its stdout and stderr are empty: they were streamed)."""
+
+    type: Literal["result"]
+    command: CommandResult
 
 
 def wire(model: m.WireModel) -> dict[str, Any]:

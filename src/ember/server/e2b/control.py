@@ -17,19 +17,26 @@ import logging
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ember import errors
 from ember.engine.pauses import PAUSED_KEY
 from ember.engine.store import SandboxRecord, SnapshotRecord
 from ember.network.policy import split_rules
-from ember.server.deps import Service
+from ember.server.deps import Service, ember_version
+from ember.server.e2b import schemas
 from ember.server.e2b.plane import ENVD_VERSION, AccessTokens
 from ember.server.keys import ApiKey
+from ember.server.models import unicode_text
+from ember.server.openapi import AUTH, BODY, GUEST, INPUT, LAUNCH, SANDBOX, SNAPSHOT, errors_of
+from ember.server.openapi import install as install_spec
 
 log = logging.getLogger("ember.server.e2b")
 #: E2B's name for every IPv4 destination (``e2b.sandbox.network.ALL_TRAFFIC``).
@@ -40,12 +47,19 @@ DEFAULT_TEMPLATES = ("base", "code-interpreter-v1")
 DEFAULT_TIMEOUT_S = 300
 CLIENT_ID = "ember"
 SNAPSHOT_NAME_KEY = "e2b.name"
+#: Where the control app serves its own OpenAPI spec (E2B's models, E2B's error body).
+SPEC_PATH = "/e2b/openapi.json"
 _FOREVER = datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC)
 
 
 class _Body(BaseModel):
     # E2B adds request fields over time: unknown ones are ignored, known ones checked.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        return unicode_text(data)
 
 
 class NetworkConfig(_Body):
@@ -224,11 +238,22 @@ def _face(request: Request) -> E2bFace:
 
 
 Face = Annotated[E2bFace, Depends(_face)]
-router = APIRouter()
+router = APIRouter(dependencies=[Security(APIKeyHeader(name="X-API-KEY", auto_error=False))])
 
 
-@router.post("/sandboxes", status_code=201)
-@router.post("/v2/sandboxes", status_code=201)
+def _errors(*raised: type[errors.EmberError] | tuple[type[errors.EmberError], ...]) -> dict[int | str, Any]:
+    """``responses=`` with E2B's error body, whose code is the status."""
+    return errors_of(*raised, body=schemas.Error, with_codes=False)
+
+
+#: Answers with E2B's models, leaving out what a route's dict does not set (as before the models).
+_SANDBOX: dict[str, Any] = {"response_model": schemas.Sandbox, "response_model_exclude_unset": True}
+_CREATE = _errors(AUTH, BODY, LAUNCH, errors.SnapshotNotFoundError, errors.TemplateNotFoundError)
+_RESUME = _errors(AUTH, BODY, LAUNCH, errors.SandboxNotFoundError, errors.ConflictError)
+
+
+@router.post("/sandboxes", status_code=201, responses=_CREATE, **_SANDBOX)
+@router.post("/v2/sandboxes", status_code=201, responses=_CREATE, **_SANDBOX)
 async def create_sandbox(body: NewSandbox, face: Face) -> dict[str, Any]:
     return face.created(await face.create(body), body.template_id)
 
@@ -238,10 +263,20 @@ def _matches(metadata: dict[str, str], query: str | None) -> bool:
     return all(metadata.get(k) == v for k, v in wanted.items())
 
 
-@router.get("/sandboxes")
-@router.get("/v2/sandboxes")
+_LISTED: dict[str, Any] = {
+    "response_model": list[schemas.ListedSandbox],
+    "response_model_exclude_unset": True,
+    "responses": _errors(AUTH, INPUT),
+}
+
+
+@router.get("/sandboxes", **_LISTED)
+@router.get("/v2/sandboxes", **_LISTED)
 def list_sandboxes(
-    face: Face, metadata: str | None = None, state: str | None = None, limit: int | None = None
+    face: Face,
+    metadata: str | None = None,
+    state: str | None = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> list[dict[str, Any]]:
     states = set((state or "running,paused").split(","))
     if not states <= {"running", "paused"}:
@@ -255,7 +290,12 @@ def list_sandboxes(
     return found[:limit] if limit else found
 
 
-@router.get("/sandboxes/{sandbox_id}")
+@router.get(
+    "/sandboxes/{sandbox_id}",
+    response_model=schemas.SandboxDetail,
+    response_model_exclude_unset=True,
+    responses=_errors(AUTH, SANDBOX),
+)
 def get_sandbox(sandbox_id: str, face: Face) -> dict[str, Any]:
     record = face.running(sandbox_id)
     if record is not None:
@@ -267,7 +307,9 @@ def get_sandbox(sandbox_id: str, face: Face) -> dict[str, Any]:
     return face.listed_paused(snapshot)
 
 
-@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+@router.delete(
+    "/sandboxes/{sandbox_id}", status_code=204, responses=_errors(AUTH, SANDBOX, errors.SnapshotNotFoundError)
+)
 async def kill_sandbox(sandbox_id: str, face: Face) -> Response:
     if face.running(sandbox_id) is not None:
         await face.manager.destroy(sandbox_id, "killed", owner=face.key.id)
@@ -278,14 +320,21 @@ async def kill_sandbox(sandbox_id: str, face: Face) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
+@router.post(
+    "/sandboxes/{sandbox_id}/timeout",
+    status_code=204,
+    responses=_errors(AUTH, BODY, SANDBOX, errors.QuotaExceededError),
+)
 def set_timeout(sandbox_id: str, body: TimeoutBody, face: Face) -> Response:
     face.manager.set_timeout(sandbox_id, body.timeout, owner=face.key.id)
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/connect")
-@router.post("/v2/sandboxes/{sandbox_id}/connect")
+_CONNECT = {201: {"model": schemas.Sandbox, "description": "a paused sandbox, resumed"}} | _RESUME
+
+
+@router.post("/sandboxes/{sandbox_id}/connect", responses=_CONNECT, **_SANDBOX)
+@router.post("/v2/sandboxes/{sandbox_id}/connect", responses=_CONNECT, **_SANDBOX)
 async def connect_sandbox(sandbox_id: str, body: ConnectBody, face: Face) -> JSONResponse:
     """Connect to a running sandbox (its timeout becomes at least ``timeout``), or resume a paused one."""
     record = face.running(sandbox_id)
@@ -298,7 +347,7 @@ async def connect_sandbox(sandbox_id: str, body: ConnectBody, face: Face) -> JSO
     return JSONResponse(face.created(record, record.template or "base"), status_code=201)
 
 
-@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201, responses=_RESUME, **_SANDBOX)
 async def resume_sandbox(sandbox_id: str, body: ConnectBody, face: Face) -> dict[str, Any]:
     if face.running(sandbox_id) is not None:
         raise errors.ConflictError(f"sandbox {sandbox_id} is already running")
@@ -306,13 +355,21 @@ async def resume_sandbox(sandbox_id: str, body: ConnectBody, face: Face) -> dict
     return face.created(record, record.template or "base")
 
 
-@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+@router.post(
+    "/sandboxes/{sandbox_id}/pause", status_code=204, responses=_errors(AUTH, SNAPSHOT, errors.ConflictError)
+)
 async def pause_sandbox(sandbox_id: str, face: Face) -> Response:
     await face.pause(sandbox_id)
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/fork", status_code=201)
+@router.post(
+    "/sandboxes/{sandbox_id}/fork",
+    status_code=201,
+    response_model=list[schemas.ForkedSandbox],
+    response_model_exclude_unset=True,
+    responses=_errors(AUTH, BODY, SNAPSHOT, LAUNCH),
+)
 async def fork_sandbox(sandbox_id: str, body: ForkBody, face: Face) -> list[dict[str, Any]]:
     forks = await face.manager.fork(sandbox_id, body.count, owner=face.key.id)
     if body.timeout is not None:
@@ -321,7 +378,12 @@ async def fork_sandbox(sandbox_id: str, body: ForkBody, face: Face) -> list[dict
     return [{"sandbox": face.created(f.record, f.record.template or "base")} for f in forks]
 
 
-@router.post("/sandboxes/{sandbox_id}/snapshots", status_code=201)
+@router.post(
+    "/sandboxes/{sandbox_id}/snapshots",
+    status_code=201,
+    response_model=schemas.SnapshotInfo,
+    responses=_errors(AUTH, BODY, SNAPSHOT),
+)
 async def snapshot_sandbox(sandbox_id: str, body: SnapshotBody, face: Face) -> dict[str, Any]:
     """A snapshot to start sandboxes from (``Sandbox.create(snapshot_id)``)."""
     metadata = {SNAPSHOT_NAME_KEY: body.name} if body.name else {}
@@ -333,7 +395,7 @@ def _snapshot_info(snapshot: SnapshotRecord) -> dict[str, Any]:
     return {"snapshotID": snapshot.id, "names": [name] if name else []}
 
 
-@router.get("/snapshots")
+@router.get("/snapshots", response_model=list[schemas.SnapshotInfo], responses=_errors(AUTH))
 def list_snapshots(
     face: Face, sandbox_id: Annotated[str | None, Query(alias="sandboxID")] = None, name: str | None = None
 ) -> list[dict[str, Any]]:
@@ -348,14 +410,20 @@ def list_snapshots(
     return [_snapshot_info(s) for s in found]
 
 
-@router.delete("/templates/{snapshot_id}", status_code=204)
+@router.delete(
+    "/templates/{snapshot_id}", status_code=204, responses=_errors(AUTH, errors.SnapshotNotFoundError)
+)
 async def delete_snapshot(snapshot_id: str, face: Face) -> Response:
     """E2B deletes a snapshot as the template it is; Ember's own templates are not deleted here."""
     await face.manager.delete_snapshot(snapshot_id, owner=face.key.id)
     return Response(status_code=204)
 
 
-@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+@router.put(
+    "/sandboxes/{sandbox_id}/network",
+    status_code=204,
+    responses=_errors(AUTH, BODY, GUEST, errors.NetworkError),
+)
 async def update_network(sandbox_id: str, body: NetworkConfig, face: Face) -> Response:
     if face.running(sandbox_id) is None:
         raise errors.SandboxNotFoundError(f"sandbox {sandbox_id} not found")
@@ -365,7 +433,13 @@ async def update_network(sandbox_id: str, body: NetworkConfig, face: Face) -> Re
 
 def create_control_app(service: Service, tokens: AccessTokens) -> FastAPI:
     """E2B's control plane as its own small app, so that its error bodies are E2B's."""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Ember's E2B control plane",
+        version=ember_version(),
+        openapi_url=SPEC_PATH,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service, app.state.tokens = service, tokens
 
     def error(status: int, message: str) -> JSONResponse:
@@ -392,9 +466,23 @@ def create_control_app(service: Service, tokens: AccessTokens) -> FastAPI:
 
     async def not_implemented(request: Request) -> JSONResponse:
         # E2B endpoints Ember does not serve (metrics, logs, volumes, ...): said plainly, not a 404.
+        # A path it serves, asked with another method, is the client's mistake: 405.
+        allowed = {
+            method
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.matches(request.scope)[0] is Match.PARTIAL
+            for method in route.methods
+        }
+        if allowed:
+            response = error(
+                405, f"{request.url.path} takes {', '.join(sorted(allowed))}, not {request.method}"
+            )
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+            return response
         return error(501, f"{request.method} {request.url.path} is not supported by Ember's E2B API")
 
     app.include_router(router)
+    install_spec(app)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app.add_api_route("/{path:path}", not_implemented, methods=methods, include_in_schema=False)
     return app

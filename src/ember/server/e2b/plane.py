@@ -45,8 +45,8 @@ E2B_HOME = "/home/user"
 #: The envd release whose features Ember serves (stdin, closing stdin, octet-stream uploads, ...).
 ENVD_VERSION = "0.6.4"
 
-#: E2B's control plane lives under these paths; Ember's own API is under /v1.
-CONTROL_PATHS = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates")
+#: E2B's control plane lives under these paths (its spec under /e2b/); Ember's own API is under /v1.
+CONTROL_PATHS = ("/sandboxes", "/v2/sandboxes", "/snapshots", "/templates", "/e2b/")
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Any], Awaitable[None]]
 

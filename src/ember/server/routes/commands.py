@@ -7,14 +7,29 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from ember import errors
 from ember.engine.sandbox import Sandbox
 from ember.errors import InvalidRequestError
 from ember.protocol import messages as m
 from ember.server.deps import sandbox
-from ember.server.models import CommandResult, ProcessInfo, ProcessList, RunCommand, Signal, Started, wire
+from ember.server.models import (
+    CommandLine,
+    CommandResult,
+    ErrorLine,
+    OutputLine,
+    ProcessInfo,
+    ProcessList,
+    RunCommand,
+    Signal,
+    Started,
+    StartLine,
+    wire,
+)
+from ember.server.openapi import AUTH, BINARY_BODY, BODY, GUEST, INPUT, errors_of, ndjson
 from ember.server.streaming import Emit, ndjson_response
 
 router = APIRouter(tags=["commands"])
+_PROCESS = errors_of(AUTH, INPUT, GUEST, errors.ProcessNotFoundError)
 
 
 def _result_line(result: m.ProcessExit) -> dict[str, Any]:
@@ -22,7 +37,13 @@ def _result_line(result: m.ProcessExit) -> dict[str, Any]:
     return {"type": "result", "command": CommandResult.of(result).model_dump()}
 
 
-@router.post("/v1/sandboxes/{sandbox_id}/commands", response_model=CommandResult)
+@router.post(
+    "/v1/sandboxes/{sandbox_id}/commands",
+    response_model=CommandResult,
+    responses={201: {"model": Started, "description": "a background process, started"}}
+    | errors_of(AUTH, BODY, GUEST, errors.ExecFailedError, errors.NotADirectoryError)
+    | ndjson(StartLine, OutputLine, CommandLine, ErrorLine),
+)
 async def run_command(body: RunCommand, stream: bool = False, box: Sandbox = Depends(sandbox)) -> Any:
     if (body.cmd is None) == (body.argv is None):
         raise InvalidRequestError("give exactly one of cmd and argv")
@@ -53,12 +74,18 @@ async def run_command(body: RunCommand, stream: bool = False, box: Sandbox = Dep
     return ndjson_response(run)
 
 
-@router.get("/v1/sandboxes/{sandbox_id}/commands", response_model=ProcessList)
+@router.get(
+    "/v1/sandboxes/{sandbox_id}/commands", response_model=ProcessList, responses=errors_of(AUTH, GUEST)
+)
 async def list_commands(box: Sandbox = Depends(sandbox)) -> ProcessList:
     return ProcessList(processes=[ProcessInfo(**wire(p)) for p in await box.commands.list()])
 
 
-@router.get("/v1/sandboxes/{sandbox_id}/commands/{pid}", response_model=CommandResult)
+@router.get(
+    "/v1/sandboxes/{sandbox_id}/commands/{pid}",
+    response_model=CommandResult,
+    responses=_PROCESS | ndjson(OutputLine, CommandLine, ErrorLine),
+)
 async def attach(pid: int, stream: bool = False, box: Sandbox = Depends(sandbox)) -> Any:
     if not stream:
         return CommandResult.of(await box.commands.attach(pid))
@@ -74,7 +101,12 @@ async def attach(pid: int, stream: bool = False, box: Sandbox = Depends(sandbox)
     return ndjson_response(run)
 
 
-@router.post("/v1/sandboxes/{sandbox_id}/commands/{pid}/stdin", status_code=204)
+@router.post(
+    "/v1/sandboxes/{sandbox_id}/commands/{pid}/stdin",
+    status_code=204,
+    responses=errors_of(AUTH, BODY, GUEST, errors.ProcessNotFoundError),
+    openapi_extra=BINARY_BODY,
+)
 async def send_stdin(
     pid: int, request: Request, eof: bool = False, box: Sandbox = Depends(sandbox)
 ) -> Response:
@@ -82,7 +114,7 @@ async def send_stdin(
     return Response(status_code=204)
 
 
-@router.post("/v1/sandboxes/{sandbox_id}/commands/{pid}/signal", status_code=204)
+@router.post("/v1/sandboxes/{sandbox_id}/commands/{pid}/signal", status_code=204, responses=_PROCESS)
 async def signal(pid: int, body: Signal, box: Sandbox = Depends(sandbox)) -> Response:
     await box.commands.kill(pid, body.signal)
     return Response(status_code=204)

@@ -14,21 +14,24 @@ import asyncio
 import contextlib
 import re
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import websockets
-from fastapi import APIRouter, Depends, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Path, Request, Response, Security, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
+from fastapi.security import APIKeyHeader
 from starlette.background import BackgroundTask
 from websockets.asyncio.client import connect as ws_connect
 
 from ember import errors
 from ember.engine.sandbox import Sandbox
-from ember.server.deps import bearer_token, sandbox, service
+from ember.server.deps import BEARER, bearer_token, sandbox, service
 from ember.server.models import ExposePort, PortInfo, PortList
+from ember.server.openapi import AUTH, BODY, INPUT, SANDBOX, errors_of
 
 router = APIRouter(tags=["ports"])
+PortNumber = Annotated[int, Path(ge=1, le=65535)]
 
 TOKEN_HEADER = "x-ember-port-token"
 TOKEN_QUERY = "ember_token"
@@ -58,19 +61,35 @@ def _info(request: Request, box: Sandbox, port: int, token: str) -> PortInfo:
     return PortInfo(port=port, url=url, token=token)
 
 
-@router.post("/v1/sandboxes/{sandbox_id}/ports", status_code=201, response_model=PortInfo)
+@router.post(
+    "/v1/sandboxes/{sandbox_id}/ports",
+    status_code=201,
+    response_model=PortInfo,
+    responses=errors_of(
+        AUTH,
+        BODY,
+        SANDBOX,
+        errors.SandboxNotRunningError,
+        errors.SandboxDeadError,
+        errors.NetworkDisabledError,
+    ),
+)
 def expose(body: ExposePort, request: Request, box: Sandbox = Depends(sandbox)) -> PortInfo:
     return _info(request, box, body.port, box.expose(body.port))
 
 
-@router.get("/v1/sandboxes/{sandbox_id}/ports", response_model=PortList)
+@router.get("/v1/sandboxes/{sandbox_id}/ports", response_model=PortList, responses=errors_of(AUTH, SANDBOX))
 def list_ports(request: Request, box: Sandbox = Depends(sandbox)) -> PortList:
     ports = sorted((int(port), token) for port, token in box.record.ports.items())
     return PortList(ports=[_info(request, box, port, token) for port, token in ports])
 
 
-@router.delete("/v1/sandboxes/{sandbox_id}/ports/{port}", status_code=204)
-def unexpose(port: int, box: Sandbox = Depends(sandbox)) -> Response:
+@router.delete(
+    "/v1/sandboxes/{sandbox_id}/ports/{port}",
+    status_code=204,
+    responses=errors_of(AUTH, INPUT, SANDBOX, errors.PortNotExposedError),
+)
+def unexpose(port: PortNumber, box: Sandbox = Depends(sandbox)) -> Response:
     box.unexpose(port)
     return Response(status_code=204)
 
@@ -109,11 +128,8 @@ def _guest_url(address: str, port: int, path: str, query: str, scheme: str = "ht
     return f"{scheme}://{address}:{port}/{path}" + (f"?{'&'.join(pairs)}" if pairs else "")
 
 
-@router.api_route(
-    "/v1/sandboxes/{sandbox_id}/ports/{port}/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-)
-async def proxy(sandbox_id: str, port: int, path: str, request: Request) -> StreamingResponse:
+async def proxy(sandbox_id: str, port: PortNumber, path: str, request: Request) -> StreamingResponse:
+    """Whatever the server on that port of the sandbox answers, streamed (any status, any body)."""
     address, used_key = _target(request, sandbox_id, port)
     response = await forward(request, address, port, path, used_key)
     given = request.query_params.get(TOKEN_QUERY)
@@ -121,6 +137,33 @@ async def proxy(sandbox_id: str, port: int, path: str, request: Request) -> Stre
         prefix = f"/v1/sandboxes/{sandbox_id}/ports/{port}/"
         response.set_cookie(_cookie(port), given, path=prefix, httponly=True, samesite="lax")
     return response
+
+
+_PROXY_ERRORS = errors_of(
+    AUTH,
+    INPUT,
+    SANDBOX,
+    errors.SandboxNotRunningError,
+    errors.SandboxDeadError,
+    errors.PortNotExposedError,
+    errors.PortUnreachableError,
+)
+#: The owner's API key, or the port's token (header; or query ember_token, or its cookie): either.
+_PROXY_AUTH = [
+    Security(BEARER),
+    Security(APIKeyHeader(name=TOKEN_HEADER, scheme_name="PortToken", auto_error=False)),
+]
+# One route per method, so that each has its own operation id in the spec.
+for _method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+    router.add_api_route(
+        "/v1/sandboxes/{sandbox_id}/ports/{port}/{path:path}",
+        proxy,
+        methods=[_method],
+        name=f"proxy_{_method.lower()}",
+        response_class=StreamingResponse,
+        responses={"default": {"description": "the guest server's answer"}} | _PROXY_ERRORS,
+        dependencies=_PROXY_AUTH,
+    )
 
 
 @router.websocket("/v1/sandboxes/{sandbox_id}/ports/{port}/{path:path}")

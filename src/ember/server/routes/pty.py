@@ -10,16 +10,23 @@ import logging
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from ember import errors
 from ember.engine.sandbox import Sandbox
 from ember.errors import EmberError
 from ember.server.deps import bearer_token, sandbox, service
 from ember.server.models import CreatePty, Started
+from ember.server.openapi import AUTH, BODY, GUEST, errors_of
 
 router = APIRouter(tags=["pty"])
 log = logging.getLogger("ember.server")
 
 
-@router.post("/v1/sandboxes/{sandbox_id}/pty", status_code=201, response_model=Started)
+@router.post(
+    "/v1/sandboxes/{sandbox_id}/pty",
+    status_code=201,
+    response_model=Started,
+    responses=errors_of(AUTH, BODY, GUEST, errors.ExecFailedError, errors.NotADirectoryError),
+)
 async def create_pty(body: CreatePty, box: Sandbox = Depends(sandbox)) -> Started:
     pid = await box.pty.create(
         body.cmd, cols=body.cols, rows=body.rows, env=body.env, cwd=body.cwd, user=body.user
