@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from ember import errors
 from ember.cluster.etcd import EtcdError
 from ember.server.deps import require_admin
 from ember.server.keys import ApiKey
+from ember.server.openapi import ADMIN, AUTH, errors_of
 
 if TYPE_CHECKING:
     from ember.cluster.node import Node
@@ -66,7 +68,11 @@ class ClusterStatus(BaseModel):
 def status_routes(node: Node) -> APIRouter:
     router = APIRouter(tags=["cluster"])
 
-    @router.get("/v1/cluster", response_model=ClusterStatus)
+    @router.get(
+        "/v1/cluster",
+        response_model=ClusterStatus,
+        responses=errors_of(AUTH, ADMIN, errors.ClusterUnavailableError),
+    )
     async def cluster_status(admin: ApiKey = Depends(require_admin)) -> ClusterStatus:
         """The cluster's etcd members, its hosts with their leases, capacity and sandboxes."""
         return await status(node)
