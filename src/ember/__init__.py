@@ -14,6 +14,7 @@ from ember.errors import (
     ConflictError,
     ContextNotFoundError,
     EmberError,
+    ExecTimeoutError,
     InvalidRequestError,
     NotFoundError,
     PathNotFoundError,
@@ -26,7 +27,6 @@ from ember.errors import (
     SandboxNotFoundError,
     SandboxNotRunningError,
     ServerError,
-    TimeoutError,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ __all__ = [
     "ContextNotFoundError",
     "DaemonUnreachableError",
     "EmberError",
+    "ExecTimeoutError",
     "InvalidRequestError",
     "NotFoundError",
     "PathNotFoundError",
@@ -63,5 +64,4 @@ __all__ = [
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "ServerError",
-    "TimeoutError",
 ]

@@ -36,7 +36,8 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
     │   ├── TemplateBuildFailedError    template_build_failed
     │   └── NetworkDisabledError        network_disabled
     ├── SandboxDeadError                sandbox_dead      410
-    ├── TimeoutError                    exec_timeout      408
+    ├── ExecTimeoutError                exec_timeout      408
+    ├── HttpError                       http_error        its own
     ├── CancelledError                  cancelled         499
     ├── QuotaExceededError              quota_exceeded    429
     ├── ResourceExhaustedError          resource_exhausted 507
@@ -62,7 +63,6 @@ error raised inside a guest reaches a user's ``except`` clause with its code::
 
 from __future__ import annotations
 
-import builtins
 from typing import Any
 
 from ember.protocol.codes import ErrorCode
@@ -245,7 +245,10 @@ class SandboxDeadError(EmberError):
     status = 410
 
 
-class TimeoutError(EmberError, builtins.TimeoutError):
+class ExecTimeoutError(EmberError):
+    """An operation ran out of its time. Not a ``builtins.TimeoutError``: code that waits
+    with asyncio catches that for its own deadlines, and must not take this one for it."""
+
     code = ErrorCode.EXEC_TIMEOUT.value
     status = 408
 
@@ -253,6 +256,17 @@ class TimeoutError(EmberError, builtins.TimeoutError):
 class CancelledError(EmberError):
     code = ErrorCode.CANCELLED.value
     status = 499
+
+
+class HttpError(EmberError):
+    """An HTTP answer that carries no Ember error (a proxy's page in front of the daemon): its
+    status is the answer's, its message the page's text."""
+
+    code = ErrorCode.HTTP_ERROR.value
+
+    def __init__(self, message: str, *, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class QuotaExceededError(EmberError):

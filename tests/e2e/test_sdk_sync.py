@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e_support import Daemon, SandboxFactory, wait_until
 
-from ember import Sandbox
+from ember import ExecTimeoutError, Sandbox
 from ember.client import CommandHandle, Execution
 
 
@@ -218,7 +218,7 @@ def test_terminal_echoes_resizes_and_exits(shared_sandbox: Sandbox) -> None:
     terminal.resize(100, 30)
     terminal.send("stty size\n")
     wait_until(lambda: seen(b"30 100"), what="size after resize")
-    with pytest.raises(TimeoutError, match="still runs"):
+    with pytest.raises(ExecTimeoutError, match="still runs"):
         terminal.wait(timeout=0.2)  # the shell runs on, and the terminal stays usable
     terminal.send("exit 3\n")
     assert terminal.wait(timeout=60) == 3

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ember import errors
 from ember.client._errors import DaemonUnreachableError, error_from_response, unreachable
+from ember.protocol.codes import ErrorCode
 
 
 @pytest.mark.parametrize(
@@ -16,7 +17,7 @@ from ember.client._errors import DaemonUnreachableError, error_from_response, un
         (404, "sandbox_not_found", errors.SandboxNotFoundError),
         (401, "unauthorized", errors.AuthenticationError),
         (400, "invalid_request", errors.InvalidRequestError),
-        (408, "exec_timeout", errors.TimeoutError),
+        (408, "exec_timeout", errors.ExecTimeoutError),
         (404, "file_not_found", errors.PathNotFoundError),
         (413, "payload_too_large", errors.PayloadTooLargeError),
     ],
@@ -37,16 +38,16 @@ def test_unknown_code_keeps_its_code() -> None:
 
 def test_body_without_code_is_mapped_by_status() -> None:
     error = error_from_response(404, b'{"detail": "Not Found"}')
-    assert isinstance(error, errors.NotFoundError)
+    assert type(error) is errors.RouteNotFoundError
     assert error.message == "Not Found"
-    assert error.code == "http_404"
+    assert error.code == "not_found"
 
 
-def test_non_json_server_error_keeps_the_body_text() -> None:
+def test_non_json_server_error_keeps_the_body_text_and_its_status() -> None:
     error = error_from_response(502, b"<html>Bad Gateway</html>", "Bad Gateway")
-    assert isinstance(error, errors.ServerError)
+    assert type(error) is errors.HttpError
     assert "Bad Gateway" in error.message
-    assert error.code == "http_502"
+    assert (error.code, error.status) == ("http_error", 502)
 
 
 def test_empty_body_uses_the_reason_phrase() -> None:
@@ -59,7 +60,7 @@ def test_empty_body_uses_the_reason_phrase() -> None:
 def test_any_error_answer_becomes_an_ember_error(status: int, body: bytes) -> None:
     error = error_from_response(status, body)
     assert isinstance(error, errors.EmberError)
-    assert isinstance(error.code, str) and error.code
+    assert error.code in {code.value for code in ErrorCode}
 
 
 def test_unreachable_error_says_where_and_how_to_start_a_daemon() -> None:
@@ -69,3 +70,12 @@ def test_unreachable_error_says_where_and_how_to_start_a_daemon() -> None:
     assert "http://127.0.0.1:7070" in error.message
     assert "ember serve" in error.message
     assert error.code == "daemon_unreachable"
+
+
+def test_every_error_class_has_a_code_of_the_enum_and_a_line_in_the_tree() -> None:
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EmberError)]
+    codes = {code.value for code in ErrorCode}
+    for cls in [*classes, DaemonUnreachableError]:
+        assert cls.code in codes, cls
+        if cls is not DaemonUnreachableError:
+            assert f" {cls.__name__} " in errors.__doc__, f"{cls.__name__} is missing from the errors tree"

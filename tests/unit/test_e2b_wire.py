@@ -65,7 +65,7 @@ def test_end_of_stream_and_bad_envelopes() -> None:
         (errors.InvalidRequestError("x"), "invalid_argument"),
         (errors.NotADirectoryError("x"), "invalid_argument"),
         (errors.AuthenticationError("x"), "unauthenticated"),
-        (errors.TimeoutError("x"), "deadline_exceeded"),
+        (errors.ExecTimeoutError("x"), "deadline_exceeded"),
         (errors.SandboxDeadError("x"), "unavailable"),
         (errors.DiskFullError("x"), "resource_exhausted"),
         (errors.AgentUnavailableError("x"), "internal"),

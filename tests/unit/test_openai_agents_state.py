@@ -65,7 +65,7 @@ def test_session_state_survives_json_through_the_client(tmp_path) -> None:  # ty
 
 def test_ember_errors_become_the_sdk_exec_errors() -> None:
     with pytest.raises(ExecTimeoutError) as timed_out:
-        raise_exec_error(errors.TimeoutError("slow"), command=["sleep", "9"], timeout_s=1)
+        raise_exec_error(errors.ExecTimeoutError("slow"), command=["sleep", "9"], timeout_s=1)
     assert timed_out.value.timeout_s == 1
     with pytest.raises(ExecTransportError) as gone:
         raise_exec_error(errors.SandboxNotFoundError("gone"), command=["true"], timeout_s=None)

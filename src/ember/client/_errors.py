@@ -2,8 +2,10 @@
 
 Every non-2xx body ``{"code", "message"}`` and every NDJSON ``{"type": "error"}`` line
 becomes ``error_for(code, message)``, so callers catch the same classes whether an
-error came from the engine, the guest or the HTTP layer. Bodies without a code
-(a proxy's page, a framework's default 404) are mapped by HTTP status.
+error came from the engine, the guest or the HTTP layer. A body without a code (a
+proxy's page in front of the daemon) becomes the error of its status where one
+status means one code (401 ``unauthorized``, 404 ``not_found``, ...), and ``HttpError``
+with that status otherwise.
 """
 
 from __future__ import annotations
@@ -14,26 +16,22 @@ from typing import Any
 
 from ember import errors
 from ember.errors import EmberError, error_for
+from ember.protocol.codes import ErrorCode
 
 _BY_STATUS: dict[int, type[EmberError]] = {
     400: errors.InvalidRequestError,
     401: errors.AuthenticationError,
     403: errors.PermissionDeniedError,
-    404: errors.NotFoundError,
-    408: errors.TimeoutError,
-    409: errors.ConflictError,
-    410: errors.SandboxDeadError,
+    404: errors.RouteNotFoundError,
+    405: errors.MethodNotAllowedError,
     413: errors.PayloadTooLargeError,
-    429: errors.QuotaExceededError,
-    422: errors.InvalidRequestError,
-    503: errors.AgentUnavailableError,
 }
 
 
 class DaemonUnreachableError(EmberError, builtins.ConnectionError):
     """No Ember daemon answered at the configured URL (nothing listening, or the connection broke)."""
 
-    code = "daemon_unreachable"
+    code = ErrorCode.DAEMON_UNREACHABLE.value
     status = 503
 
 
@@ -61,12 +59,8 @@ def error_from_response(status: int, body: bytes, reason: str = "") -> EmberErro
         message = json.dumps(data["detail"]) if not isinstance(data["detail"], str) else data["detail"]
     else:
         message = body.decode("utf-8", "replace").strip()[:500] or reason or f"HTTP {status}"
-    cls = _BY_STATUS.get(status, errors.ServerError if status >= 500 else errors.InvalidRequestError)
-    error = cls(message)
-    if "code" not in vars(cls):
-        # NotFoundError, ConflictError, ServerError name a family, not one code: say what we know.
-        error.code = f"http_{status}"
-    return error
+    cls = _BY_STATUS.get(status)
+    return cls(message) if cls is not None else errors.HttpError(message, status=status)
 
 
 def error_from_event(event: dict[str, Any]) -> EmberError:
@@ -74,6 +68,6 @@ def error_from_event(event: dict[str, Any]) -> EmberError:
     code = event.get("code")
     message = event.get("message")
     return error_for(
-        code if isinstance(code, str) else "internal_error",
+        code if isinstance(code, str) else ErrorCode.INTERNAL_ERROR.value,
         message if isinstance(message, str) else "the daemon reported an error without a message",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ember.network.policy import split_rules
+from ember.protocol.egress import split_rules
 
 
 def network_policy(

@@ -98,7 +98,7 @@ async def with_deadline(awaitable: Awaitable[T], timeout_s: float | None) -> T:
     try:
         return await asyncio.wait_for(awaitable, limit)
     except TimeoutError:
-        raise errors.TimeoutError(
+        raise errors.ExecTimeoutError(
             f"the guest did not answer within {limit:.0f} s of a {timeout_s} s timeout"
         ) from None
 

@@ -13,7 +13,14 @@ import re
 
 from ember.engine.sandbox import SandboxConfig
 from ember.errors import InvalidRequestError, ResourceExhaustedError
-from ember.vmm.base import MAX_DISK_MIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_MIB, MIN_MEMORY_MIB, MIN_VCPUS
+from ember.protocol.bounds import (
+    MAX_DISK_MIB,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_DISK_MIB,
+    MIN_MEMORY_MIB,
+    MIN_VCPUS,
+)
 
 MAX_LIFETIME_S = 30 * 24 * 3600
 MAX_FORKS = 16

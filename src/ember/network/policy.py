@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,19 +66,6 @@ class DomainRules:
     def allows(self, name: str) -> bool:
         name = name.rstrip(".").lower()
         return self.everything or name in self.exact or any(name.endswith(s) for s in self.suffixes)
-
-
-def split_rules(rules: Iterable[str]) -> dict[str, list[str]]:
-    """``{"domains", "cidrs"}`` from one list of rules: a rule is a CIDR when it parses as one."""
-    domains, cidrs = [], []
-    for rule in rules:
-        try:
-            ipaddress.ip_network(rule, strict=False)
-        except ValueError:
-            domains.append(rule)
-        else:
-            cidrs.append(rule)
-    return {"domains": domains, "cidrs": cidrs}
 
 
 def parse(value: Any) -> NetworkPolicy:

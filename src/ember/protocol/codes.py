@@ -21,6 +21,10 @@ class ErrorCode(str, enum.Enum):
     # HTTP routing: no route at that path, or none for that method there.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    # No Ember answer to go by: no daemon reached (the SDK's own), or an HTTP failure of no
+    # more specific kind (a proxy's page in front of the daemon, the framework's own refusal).
+    DAEMON_UNREACHABLE = "daemon_unreachable"
+    HTTP_ERROR = "http_error"
     # Files inside the guest.
     FILE_NOT_FOUND = "file_not_found"
     NOT_A_DIRECTORY = "not_a_directory"

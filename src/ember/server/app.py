@@ -14,20 +14,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import (
     EmberError,
-    InternalError,
-    InvalidRequestError,
-    MethodNotAllowedError,
     PayloadTooLargeError,
-    RouteNotFoundError,
 )
-from ember.server import openapi
+from ember.server import failures, openapi
 from ember.server.deps import Service, ember_version
 from ember.server.e2b import SandboxPlane, Watchers, plane_options
 from ember.server.routes import code, commands, files, keys, ports, pty, sandboxes, snapshots
@@ -37,11 +31,12 @@ log = logging.getLogger("ember.server")
 _STREAMED_BODY = re.compile(r"/v1/sandboxes/[^/]+/(files|ports/\d+/.*)")
 
 
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse(body, status_code=status)
+def _render(error: EmberError) -> JSONResponse:
+    """Ember's error body: ``{"code", "message"}``, and ``details`` where the error has them."""
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.details is not None:
+        body["details"] = error.details
+    return JSONResponse(body, status_code=error.status)
 
 
 class _BodyLimit:
@@ -70,9 +65,7 @@ class _BodyLimit:
         limit = settings.max_upload_bytes if is_upload else settings.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _error(413, PayloadTooLargeError.code, f"request body over {limit} bytes")(
-                    scope, receive, send
-                )
+                await _render(PayloadTooLargeError(f"request body over {limit} bytes"))(scope, receive, send)
                 return
         received = 0
 
@@ -112,28 +105,7 @@ def create_app(service_: Service) -> FastAPI:
     )
     app.state.service = service_
 
-    @app.exception_handler(EmberError)
-    async def ember_error(request: Request, exc: EmberError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.details)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-            for e in exc.errors()
-        )
-        return _error(400, "invalid_request", problems or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: RouteNotFoundError.code, 405: MethodNotAllowedError.code}
-        fallback = InvalidRequestError.code if exc.status_code < 500 else InternalError.code
-        return _error(exc.status_code, codes.get(exc.status_code, fallback), str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, InternalError.code, f"{type(exc).__name__}: {exc}")
+    failures.install(app, _render)
 
     for module in (sandboxes, snapshots, code, commands, files, pty, keys, ports):
         app.include_router(module.router)

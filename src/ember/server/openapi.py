@@ -41,7 +41,7 @@ GUEST = (
     errors.SandboxDeadError,
     errors.AgentUnavailableError,
     errors.ProtocolError,
-    errors.TimeoutError,
+    errors.ExecTimeoutError,
 )
 #: Importing an OCI image (from a registry, or a layout or archive on the daemon's host).
 IMAGE = (

@@ -15,9 +15,6 @@ from pathlib import Path
 from ember.errors import SandboxNotRunningError
 from ember.vmm import ram
 
-MIN_VCPUS, MAX_VCPUS = 1, 8
-MIN_MEMORY_MIB, MAX_MEMORY_MIB = 128, 8192
-MIN_DISK_MIB, MAX_DISK_MIB = 256, 1024 * 1024
 AGENT_PORT_NAME = "ember.agent"
 
 

@@ -129,11 +129,11 @@ class AsyncTerminal:
     async def wait(self, timeout: float | None = None) -> int:
         """Wait until the terminal's process exits and return its exit code.
 
-        After ``timeout`` seconds it raises ``TimeoutError`` instead; the terminal
+        After ``timeout`` seconds it raises ``ExecTimeoutError`` instead; the terminal
         stays open and its process runs on.
         """
         if not await self._reader.join(timeout):
-            raise errors.TimeoutError(f"terminal {self.pid}: its process still runs after {timeout} s")
+            raise errors.ExecTimeoutError(f"terminal {self.pid}: its process still runs after {timeout} s")
         if self._error is not None:
             raise self._error
         if self.exit_code is None:

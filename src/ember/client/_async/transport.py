@@ -150,7 +150,7 @@ class AsyncTransport:
 
     def _translate(self, exc: httpx.TransportError) -> errors.EmberError:
         if isinstance(exc, httpx.TimeoutException):
-            return errors.TimeoutError(
+            return errors.ExecTimeoutError(
                 f"no answer from the daemon at {self.config.base_url} within "
                 f"{self.config.request_timeout_s} s (request_timeout): {exc!r}"
             )

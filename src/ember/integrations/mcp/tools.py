@@ -21,8 +21,15 @@ from ember.integrations.mcp.auth import caller_key
 from ember.integrations.mcp.content import execution_content, file_content
 from ember.integrations.mcp.errors import reports_ember_errors
 from ember.integrations.mcp.sandboxes import SandboxRegistry
+from ember.protocol.bounds import (
+    MAX_DISK_MIB,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_DISK_MIB,
+    MIN_MEMORY_MIB,
+    MIN_VCPUS,
+)
 from ember.protocol.messages import DEFAULT_WORKDIR
-from ember.vmm.base import MAX_DISK_MIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_MIB, MIN_MEMORY_MIB, MIN_VCPUS
 
 #: Longest lifetime, idle time, cell or command an agent may ask for (a day; an hour per call).
 MAX_LIFETIME_S = 86_400

@@ -24,7 +24,7 @@ def raise_exec_error(
     error: errors.EmberError, *, command: Sequence[str | Path], timeout_s: float | None
 ) -> NoReturn:
     """Raise the SDK's exec error for an Ember error met while running `command`."""
-    if isinstance(error, errors.TimeoutError):
+    if isinstance(error, errors.ExecTimeoutError):
         raise ExecTimeoutError(command=command, timeout_s=timeout_s, cause=error) from error
     raise ExecTransportError(
         command=command,

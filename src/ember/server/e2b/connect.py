@@ -76,7 +76,7 @@ def connect_error(exc: BaseException) -> ConnectError:
         code = "unauthenticated"
     elif isinstance(exc, errors.PermissionDeniedError):
         code = "permission_denied"
-    elif isinstance(exc, errors.TimeoutError):
+    elif isinstance(exc, errors.ExecTimeoutError):
         code = "deadline_exceeded"
     elif isinstance(exc, errors.SandboxDeadError | errors.SandboxNotRunningError):
         code = "unavailable"

@@ -18,18 +18,17 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ember import errors
 from ember.engine.pauses import PAUSED_KEY
 from ember.engine.store import SandboxRecord, SnapshotRecord
-from ember.network.policy import split_rules
+from ember.protocol.egress import split_rules
+from ember.server import failures
 from ember.server.deps import Service, ember_version
 from ember.server.e2b import schemas
 from ember.server.e2b.plane import ENVD_VERSION, AccessTokens
@@ -442,27 +441,11 @@ def create_control_app(service: Service, tokens: AccessTokens) -> FastAPI:
     )
     app.state.service, app.state.tokens = service, tokens
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"code": status, "message": message}, status_code=status)
+    def render(error: errors.EmberError) -> JSONResponse:
+        # E2B's SDKs read every error body as JSON, with the status as its code.
+        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status)
 
-    @app.exception_handler(errors.EmberError)
-    async def ember_error(request: Request, exc: errors.EmberError) -> JSONResponse:
-        return error(exc.status, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return error(400, problems or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # E2B's SDKs read every error body as JSON: never answer with a bare text 500.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, f"{type(exc).__name__}: {exc}")
+    failures.install(app, render)
 
     async def not_implemented(request: Request) -> JSONResponse:
         # E2B endpoints Ember does not serve (metrics, logs, volumes, ...): said plainly, not a 404.
@@ -474,12 +457,14 @@ def create_control_app(service: Service, tokens: AccessTokens) -> FastAPI:
             for method in route.methods
         }
         if allowed:
-            response = error(
-                405, f"{request.url.path} takes {', '.join(sorted(allowed))}, not {request.method}"
+            taken = ", ".join(sorted(allowed))
+            response = render(
+                errors.MethodNotAllowedError(f"{request.url.path} takes {taken}, not {request.method}")
             )
-            response.headers["Allow"] = ", ".join(sorted(allowed))
+            response.headers["Allow"] = taken
             return response
-        return error(501, f"{request.method} {request.url.path} is not supported by Ember's E2B API")
+        unserved = f"{request.method} {request.url.path} is not supported by Ember's E2B API"
+        return render(errors.HttpError(unserved, status=501))
 
     app.include_router(router)
     install_spec(app)
