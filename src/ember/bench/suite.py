@@ -9,6 +9,8 @@ so when it is missing. Every sandbox the suite makes is closed before it ends.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from ember.client._config import resolve_config
 from ember.errors import EmberError
 
 Progress = Callable[[str], None]
+_CLI_NOTE = "the floor: 200 ms over its baseline (the cell's own time)"
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,10 @@ class Suite:
                 return
             time.sleep(0.05)
 
+    def _cli(self, *args: str) -> None:
+        env = {**os.environ, "EMBER_URL": self.url, "EMBER_API_KEY": self.key or ""}
+        subprocess.run([sys.executable, "-m", "ember", *args], env=env, check=True, capture_output=True)
+
     def _add(self, row: Row) -> Row:
         self.report.rows.append(row)
         p50 = row.percentile(50)
@@ -146,6 +153,9 @@ class Suite:
         self._add(timed(lambda: sandbox.run_code("print('hi')"), n, Row("run_code print", baseline=repl)))
         self._add(timed(lambda: sandbox.commands.run("true"), n, Row("command true", baseline=true)))
         self._add(timed(lambda: sandbox.info(), n, Row("GET sandbox info", baseline=http)))
+        # The CLI as a user runs it: a new interpreter each time, the command's imports, one cell.
+        cli = Row("ember execute -c 1 --sandbox ID", baseline="run_code 1+1", note=_CLI_NOTE)
+        self._add(timed(lambda: self._cli("execute", "-c", "1", "--sandbox", sandbox.id), min(n, 20), cli))
 
     def _noisy_neighbour(self, quiet: Sandbox) -> None:
         """``quiet``'s round trip while another sandbox spins every vCPU and fills its
@@ -269,6 +279,11 @@ class Suite:
                 cycle.samples.append(time.perf_counter() - started)
             self._add(row)
             self._add(cycle)
+            cli = Row("ember execute -c 1 (a new sandbox)", baseline=cycle.name, note=_CLI_NOTE)
+            for _ in range(self.plan.creates):
+                self._wait_for_pool()
+                timed(lambda: self._cli("execute", "-c", "1"), 1, cli)
+            self._add(cli)
         else:
             self._add(Row("create from the warm pool", note="skipped: the daemon has no template base pool"))
         boot = Row("create with a cold boot")
