@@ -42,8 +42,15 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from ember.client import Sandbox
+from ember.protocol.bounds import (
+    MAX_DISK_MIB,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_DISK_MIB,
+    MIN_MEMORY_MIB,
+    MIN_VCPUS,
+)
 from ember.protocol.codes import ErrorCode
-from ember.protocol.bounds import MAX_DISK_MIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_DISK_MIB, MIN_MEMORY_MIB, MIN_VCPUS
 
 #: Unset: the same cases every run (derandomized), as CI wants; EMBER_FUZZ_SEED=N explores others.
 SEED = int(os.environ["EMBER_FUZZ_SEED"]) if os.environ.get("EMBER_FUZZ_SEED") else None
