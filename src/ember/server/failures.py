@@ -37,7 +37,7 @@ def install(app: FastAPI, render: Render) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = render(_routing_error(exc))
+        response = render(_http_failure(exc))
         response.headers.update(exc.headers or {})  # a 405's Allow
         return response
 
@@ -56,10 +56,13 @@ def validation_problems(exc: RequestValidationError) -> str:
     return problems or "invalid request"
 
 
-def _routing_error(exc: StarletteHTTPException) -> errors.EmberError:
+def _http_failure(exc: StarletteHTTPException) -> errors.EmberError:
+    """The framework's own refusals: no such route, not that method, a body it could not parse."""
     detail = str(exc.detail)
     if exc.status_code == 404:
         return errors.RouteNotFoundError(detail)
     if exc.status_code == 405:
         return errors.MethodNotAllowedError(detail)
-    return errors.HttpError(detail, status=exc.status_code)
+    error = errors.InvalidRequestError(detail) if exc.status_code < 500 else errors.InternalError(detail)
+    error.status = exc.status_code
+    return error
