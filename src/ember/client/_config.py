@@ -21,10 +21,14 @@ DEFAULT_URL = "http://127.0.0.1:7070"
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
-def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context per process and CA setting: loading the CA bundle costs tens of
-    milliseconds, which every ``Sandbox(...)`` would otherwise pay again. It trusts
-    ``SSL_CERT_FILE`` (or ``SSL_CERT_DIR``) when set: a daemon with a certificate of your own CA."""
+def tls_verify(base_url: str) -> ssl.SSLContext | bool:
+    """How the daemon's certificate is verified: for https, one verifying TLS context per
+    process and CA setting (loading the CA bundle costs tens of milliseconds, which every
+    ``Sandbox(...)`` would otherwise pay again), trusting ``SSL_CERT_FILE`` (or
+    ``SSL_CERT_DIR``) when set: a daemon with a certificate of your own CA. Plain http has no
+    certificate to verify, and skips building a context (~60 ms of every CLI command)."""
+    if not base_url.startswith("https:"):
+        return False
     return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 

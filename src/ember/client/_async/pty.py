@@ -15,9 +15,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import websockets.asyncio.client as ws_client
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-
 from ember import errors
 from ember.client._async.transport import AsyncTransport
 from ember.client._backends import AsyncBackground, aemit
@@ -78,6 +75,10 @@ class AsyncTerminal:
         self._exits = contextlib.AsyncExitStack()
 
     async def _open(self) -> None:
+        # websockets is imported with the first terminal: most programs never open one.
+        import websockets.asyncio.client as ws_client
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
         config = self._transport.config
         url = "ws" + config.base_url.removeprefix("http") + f"{self._sandbox_path}/pty/{self.pid}"
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
@@ -95,6 +96,8 @@ class AsyncTerminal:
         self._reader = AsyncBackground(self._read, name=f"ember-pty-{self.pid}")
 
     async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             async for message in self._socket:
                 if isinstance(message, bytes):
@@ -119,6 +122,8 @@ class AsyncTerminal:
         await self._send(json.dumps({"type": "resize", "cols": cols, "rows": rows}))
 
     async def _send(self, message: bytes | str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             await self._socket.send(message)
         except ConnectionClosed as exc:

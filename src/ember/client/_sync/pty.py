@@ -16,9 +16,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import websockets.sync.client as ws_client
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-
 from ember import errors
 from ember.client._backends import Background, emit
 from ember.client._errors import error_from_event, error_from_response, unreachable
@@ -79,6 +76,10 @@ class Terminal:
         self._exits = contextlib.ExitStack()
 
     def _open(self) -> None:
+        # websockets is imported with the first terminal: most programs never open one.
+        import websockets.sync.client as ws_client
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
         config = self._transport.config
         url = "ws" + config.base_url.removeprefix("http") + f"{self._sandbox_path}/pty/{self.pid}"
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
@@ -96,6 +97,8 @@ class Terminal:
         self._reader = Background(self._read, name=f"ember-pty-{self.pid}")
 
     def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             for message in self._socket:
                 if isinstance(message, bytes):
@@ -120,6 +123,8 @@ class Terminal:
         self._send(json.dumps({"type": "resize", "cols": cols, "rows": rows}))
 
     def _send(self, message: bytes | str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             self._socket.send(message)
         except ConnectionClosed as exc:

@@ -17,7 +17,7 @@ import httpx
 
 from ember import errors
 from ember.client._backends import emit, run_blocking
-from ember.client._config import ClientConfig, tls_context
+from ember.client._config import ClientConfig, tls_verify
 from ember.client._errors import error_from_response, unreachable
 from ember.client._local import ensure_local_daemon
 from ember.client._stream import StreamedOutput, parse_line
@@ -34,7 +34,7 @@ class Transport:
             base_url=config.base_url,
             timeout=config.request_timeout_s,
             headers=_auth(config.api_key),
-            verify=tls_context(),
+            verify=tls_verify(config.base_url),
         )
 
     def request(
