@@ -45,11 +45,11 @@ from ember.protocol.framing import (
 )
 from ember.protocol.messages import Request
 from ember.protocol.pulse import Pulse
+from ember.protocol.window import ReceiveWindow, SendWindow
 from ember.protocol.wire import WireError
 
 log = logging.getLogger("ember.engine.channel")
 
-_CREDIT_BATCH = INITIAL_WINDOW // 4
 # Events are not flow-controlled; a guest flooding them must not grow host memory.
 # The agent's events are small (a pid, a file's info, a change), so these are far
 # above what an honest guest queues even for a consumer that has stalled.
@@ -128,10 +128,8 @@ class AgentCall:
         self._pulse = Pulse()
         self._outcome: dict[str, Any] | None = None
         self._failure: errors.EmberError | None = None
-        self._send_credit = INITIAL_WINDOW
-        self._credit_pulse = Pulse()
-        self._unacknowledged = 0
-        self._outstanding = 0
+        self._body_window = SendWindow(stream_id)
+        self._output_window = ReceiveWindow(stream_id)
 
     @property
     def finished(self) -> bool:
@@ -169,13 +167,10 @@ class AgentCall:
         """Body bytes for the request, paced by the guest's flow-control credit."""
         view = memoryview(data)
         while view:
-            while self._send_credit <= 0:
-                if self.finished:
-                    self._raise_if_failed()
-                    return
-                await self._credit_pulse.wait()
-            size = min(len(view), self._send_credit, DATA_CHUNK_BYTES)
-            self._send_credit -= size
+            size = await self._body_window.acquire(min(len(view), DATA_CHUNK_BYTES))
+            if not size:  # the call ended while this waited for credit
+                self._raise_if_failed()
+                return
             await self._client._write(encode_frame(FrameKind.DATA, self.stream_id, bytes(view[:size])))
             view = view[size:]
 
@@ -197,19 +192,15 @@ class AgentCall:
             raise self._failure
 
     def _consumed(self, size: int) -> None:
-        self._outstanding -= size
-        self._unacknowledged += size
-        if self._unacknowledged >= _CREDIT_BATCH and not self.finished:
-            self._client._write_nowait(encode_credit(self.stream_id, self._unacknowledged))
-            self._unacknowledged = 0
+        credit = self._output_window.consume(size)
+        if credit and not self.finished:
+            self._client._write_nowait(encode_credit(self.stream_id, credit))
 
     # Called by the client's reader.
     def _on_raw(self, stream: str, data: bytes) -> None:
         if not data:
             raise ProtocolError(f"it sent an empty {stream} frame on stream {self.stream_id}")
-        self._outstanding += len(data)
-        if self._outstanding > INITIAL_WINDOW:
-            raise ProtocolError(f"it overran the flow-control window on stream {self.stream_id}")
+        self._output_window.receive(len(data))
         last = self._items[-1] if self._items else None
         if (
             not isinstance(last, _Run)
@@ -259,22 +250,18 @@ class AgentCall:
         else:
             raise ProtocolError(f"it sent a message of unknown type {kind!r} on stream {self.stream_id}")
         self._pulse.fire()
-        self._credit_pulse.fire()
+        if self.finished:
+            self._body_window.close()
 
     def _on_credit(self, amount: int) -> None:
         # Credit returns what the guest consumed of what the host sent: never more.
-        if amount == 0 or self._send_credit + amount > INITIAL_WINDOW:
-            raise ProtocolError(
-                f"it returned {amount} bytes of credit the host never spent ({self.stream_id})"
-            )
-        self._send_credit += amount
-        self._credit_pulse.fire()
+        self._body_window.grant(amount)
 
     def _fail(self, error: errors.EmberError) -> None:
         if not self.finished:
             self._failure = error
         self._pulse.fire()
-        self._credit_pulse.fire()
+        self._body_window.close()
 
 
 class _ChannelProtocol(asyncio.Protocol):
