@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import fcntl
 import grp
 import os
@@ -42,6 +43,32 @@ EXIT_DRAIN_S = 0.25
 FINISHED_KEPT = 256
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 F_SETPIPE_SZ = 1031
+
+
+class ProcessState(enum.Enum):
+    """Where a process is in its life; ``ManagedProcess._enter`` moves it."""
+
+    RUNNING = "running"
+    TIMED_OUT = "timed_out"  # its timeout fired and it was killed; not reaped yet
+    EXITED = "exited"  # reaped; its output may still be coming (a grandchild holds the pipes)
+    FINISHED = "finished"  # exited and its output closed or given up on: nothing more will come
+
+
+_NEXT_STATES = {
+    ProcessState.RUNNING: frozenset({ProcessState.TIMED_OUT, ProcessState.EXITED}),
+    ProcessState.TIMED_OUT: frozenset({ProcessState.EXITED}),
+    ProcessState.EXITED: frozenset({ProcessState.FINISHED}),
+    ProcessState.FINISHED: frozenset[ProcessState](),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a process ended: its status (128 + the signal if one ended it), and whether its timeout did."""
+
+    code: int
+    signal: int | None
+    timed_out: bool
 
 
 @dataclass
@@ -76,10 +103,8 @@ class ManagedProcess:
         self.internal = internal
         self.started_at = time.time()
         self.buffers = {name: OutputBuffer(OUTPUT_BUFFER_BYTES) for name in output_fds}
-        self.exit_code: int | None = None
-        self.exit_signal: int | None = None
-        self.timed_out = False
-        self.finished = False
+        self.state = ProcessState.RUNNING
+        self.exit: Exit | None = None
         self.changed = Pulse()
         self._loop = asyncio.get_running_loop()
         self._output_fds = dict(output_fds)
@@ -98,7 +123,30 @@ class ManagedProcess:
 
     @property
     def running(self) -> bool:
-        return self.exit_code is None and self.exit_signal is None
+        return self.state in (ProcessState.RUNNING, ProcessState.TIMED_OUT)
+
+    @property
+    def finished(self) -> bool:
+        return self.state is ProcessState.FINISHED
+
+    @property
+    def timed_out(self) -> bool:
+        return self.state is ProcessState.TIMED_OUT or (self.exit is not None and self.exit.timed_out)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.exit.code if self.exit is not None else None
+
+    @property
+    def exit_signal(self) -> int | None:
+        return self.exit.signal if self.exit is not None else None
+
+    def _enter(self, state: ProcessState) -> None:
+        """The one way to change state; a move a process's life does not allow is an agent bug."""
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"process {self.pid} cannot go from {self.state.value} to {state.value}")
+        self.state = state
+        self.changed.fire()
 
     def info(self) -> ProcessInfo:
         return ProcessInfo(
@@ -188,46 +236,47 @@ class ManagedProcess:
             self._timeout = self._loop.call_later(timeout_s, self._on_timeout)
 
     def _on_timeout(self) -> None:
-        self.timed_out = True
+        self._enter(ProcessState.TIMED_OUT)
         self.kill(signal.SIGKILL, group=True)
 
     def on_exit(self, status: int) -> None:
+        """The reaper saw it exit with ``status`` (as ``waitpid`` gives it)."""
+        timed_out = self.state is ProcessState.TIMED_OUT
         if os.WIFSIGNALED(status):
-            self.exit_signal = os.WTERMSIG(status)
-            self.exit_code = 128 + self.exit_signal
+            number = os.WTERMSIG(status)
+            ended = Exit(128 + number, number, timed_out)
         else:
-            self.exit_code = os.WEXITSTATUS(status)
-        self.popen.returncode = self.exit_code
+            ended = Exit(os.WEXITSTATUS(status), None, timed_out)
+        self._enter(ProcessState.EXITED)
+        self.exit = ended
+        self.popen.returncode = ended.code
         if self._timeout is not None:
             self._timeout.cancel()
         if not self.pty and self._input_fd is not None:
             self.close_input()
         self._drain_timer = self._loop.call_later(EXIT_DRAIN_S, self._drained)
         self._check_finished()
-        self.changed.fire()
 
     def _drained(self) -> None:
         self._drain_timer = None
         if self.pty:
             # The terminal stays readable while grandchildren hold it; stop here.
             for name in list(self._output_fds):
-                self._close_output(name)
-        self._mark_finished()
+                self._close_output(name)  # the last one finishes it
+        if self.state is ProcessState.EXITED:
+            self._finish()
 
     def _check_finished(self) -> None:
-        if not self.running and not self._output_fds:
-            self._mark_finished()
+        if self.state is ProcessState.EXITED and not self._output_fds:
+            self._finish()
 
-    def _mark_finished(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
+    def _finish(self) -> None:
+        self._enter(ProcessState.FINISHED)
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         if self.pty and self._input_fd is not None:
             os.close(self._input_fd)
             self._input_fd = None
-        self.changed.fire()
 
     async def wait_finished(self) -> None:
         while not self.finished:
