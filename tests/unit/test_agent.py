@@ -13,6 +13,7 @@ the module's end finds any process a test left behind, kills it and fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import Any
 import pytest
 
 from ember import errors
+from ember.agent.processes import EXIT_DRAIN_S, OUTPUT_BUFFER_BYTES, ManagedProcess, ProcessState
 from ember.engine.channel import AgentCall, AgentClient, ChannelState, Chunk, Event
 from ember.protocol import messages as m
 from ember.protocol.codes import ErrorCode
@@ -106,7 +109,7 @@ def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
         )
     try:
         deadline = time.monotonic() + 30
-        while not socket_path.exists():
+        while b"ember agent ready" not in log.read_bytes():  # its socket listens (not only exists)
             assert agent.poll() is None, f"the agent exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"the agent did not start:\n{log.read_text()}"
             time.sleep(0.01)
@@ -198,10 +201,17 @@ async def kill_and_reap(client: AgentClient, pid: int) -> Outcome:
 
 
 class RawHost:
-    """The host's end frame by frame, with no flow control of its own: it grants only what a test says."""
+    """The host's end frame by frame, with no flow control of its own: it grants only what a test says.
+
+    A task reads whatever arrives into a buffer, so that no wait with a deadline can drop bytes.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
+        self._writer = writer
+        self._received = bytearray()
+        self._arrived = asyncio.Event()
+        self._ended = False
+        self._reading = asyncio.create_task(self._read_all(reader))
         self._decoder = FrameDecoder()
         self._frames: deque[Frame] = deque()
         self._next_stream = 0
@@ -209,11 +219,13 @@ class RawHost:
     async def sync(self) -> None:
         nonce = secrets.token_bytes(NONCE_BYTES)
         self.write(HOST_SYNC_MAGIC + nonce)
-        answer, received = AGENT_SYNC_MAGIC + nonce, b""
-        while answer not in received:
-            received += await self._read(5)
+        answer, deadline = AGENT_SYNC_MAGIC + nonce, time.monotonic() + 5
+        while answer not in self._received:
+            await self._more(deadline, "the sync answer")
+        rest = bytes(self._received).split(answer, 1)[1]
+        self._received.clear()
         self._decoder = FrameDecoder()
-        self._frames = deque(self._decoder.feed(received.split(answer, 1)[1]))
+        self._frames = deque(self._decoder.feed(rest))
 
     def write(self, data: bytes) -> None:
         self._writer.write(data)
@@ -223,20 +235,20 @@ class RawHost:
         self.write(encode_message(self._next_stream, request.to_message()))
         return self._next_stream
 
-    async def frame(self, timeout_s: float = 5) -> Frame:
+    async def frame(self) -> Frame:
+        deadline = time.monotonic() + 5
+        self._decode()
         while not self._frames:
-            self._frames.extend(self._decoder.feed(await self._read(timeout_s)))
+            await self._more(deadline, "a frame")
+            self._decode()
         return self._frames.popleft()
 
     async def frames_within(self, seconds: float) -> list[Frame]:
         """Every frame that arrives in the next ``seconds``."""
-        frames, deadline = list(self._frames), time.monotonic() + seconds
+        await asyncio.sleep(seconds)
+        self._decode()
+        frames = list(self._frames)
         self._frames.clear()
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                frames += self._decoder.feed(await self._read(left))
-            except TimeoutError:
-                break
         return frames
 
     async def message(self, stream_id: int) -> dict[str, Any]:
@@ -255,19 +267,40 @@ class RawHost:
     async def close(self) -> None:
         self._writer.close()
         await self._writer.wait_closed()
+        self._reading.cancel()
+        await asyncio.gather(self._reading, return_exceptions=True)
 
-    async def _read(self, timeout_s: float) -> bytes:
-        data = await asyncio.wait_for(self._reader.read(1 << 20), timeout_s)
-        assert data, "the agent closed the connection"
-        return data
+    async def _read_all(self, reader: asyncio.StreamReader) -> None:
+        while data := await reader.read(1 << 20):
+            self._received += data
+            self._arrived.set()
+        self._ended = True
+        self._arrived.set()
+
+    async def _more(self, deadline: float, what: str) -> None:
+        """Until more bytes arrive; fails at ``deadline`` or if the agent closed the connection."""
+        assert not self._ended, f"the agent closed the connection while the host waited for {what}"
+        self._arrived.clear()
+        try:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                await self._arrived.wait()
+        except TimeoutError:
+            raise AssertionError(f"no {what} came") from None
+
+    def _decode(self) -> None:
+        if self._received:
+            self._frames.extend(self._decoder.feed(bytes(self._received)))
+            self._received.clear()
 
 
 @pytest.fixture
 async def raw_host(running_agent: RunningAgent) -> AsyncIterator[RawHost]:
     host = RawHost(*await asyncio.open_unix_connection(running_agent.socket_path))
-    await host.sync()
-    yield host
-    await host.close()
+    try:
+        await host.sync()
+        yield host
+    finally:
+        await host.close()
 
 
 async def serves_after_a_new_sync(host: RawHost) -> None:
@@ -305,7 +338,9 @@ async def test_output_stops_at_the_window_and_resumes_with_each_grant(raw_host):
     assert received == INITIAL_WINDOW and late == []
     raw_host.write(encode_credit(stream_id, MIB))
     while received < INITIAL_WINDOW + MIB:
-        received += len((await raw_host.frame()).payload)
+        frame = await raw_host.frame()
+        assert frame.kind == FrameKind.STDOUT
+        received += len(frame.payload)
     late = await raw_host.frames_within(0.1)
     assert received == INITIAL_WINDOW + MIB and late == []
     raw_host.write(encode_credit(stream_id, INITIAL_WINDOW))  # everything it spent so far
@@ -405,8 +440,10 @@ async def test_a_background_process_keeps_its_output_for_a_later_attach(agent):
 
 
 async def test_output_nobody_reads_is_kept_up_to_the_buffer_and_a_replay_gives_its_tail(agent):
-    # The agent keeps the last 1 MiB of each stream (plus at most one read) while nobody reads.
-    pid = await start_background(agent, cmd=f"head -c {3 * MIB} /dev/zero; printf END")
+    # The agent keeps the last 1 MiB of each stream (plus at most one 1 MiB read) while nobody
+    # reads; at its exit at most its pipe's 1 MiB is still to be read.
+    total = 5 * MIB + 3
+    pid = await start_background(agent, cmd=f"head -c {total - 3} /dev/zero; printf END")
 
     async def exited() -> bool:
         listing = (await agent.request(m.ProcList()))["processes"]
@@ -415,8 +452,52 @@ async def test_output_nobody_reads_is_kept_up_to_the_buffer_and_a_replay_gives_i
     while not await exited():
         await asyncio.sleep(0.01)
     outcome = await run(agent, m.ProcAttach(pid=pid, replay=True))
-    assert MIB <= len(outcome.out()) <= 2 * MIB + 3 and outcome.out().endswith(b"\0END")
+    assert MIB <= len(outcome.out()) <= 3 * MIB + 3 < total and outcome.out().endswith(b"\0END")
     assert outcome.result["exit_code"] == 0
+
+
+@contextlib.asynccontextmanager
+async def piped_process() -> AsyncIterator[tuple[ManagedProcess, int]]:
+    """A ``ManagedProcess`` in this process over a pipe the test writes (no child: no reaping
+    here); the pump reads what the pipe holds in one read, up to 1 MiB."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    owner = types.SimpleNamespace(pid=os.getpid(), returncode=None)
+    process = ManagedProcess(owner, ["pump"], None, "/", None, {"stdout": read_fd}, None, False, True)  # type: ignore[arg-type]
+    os.set_blocking(write_fd, False)
+    try:
+        yield process, write_fd
+    finally:
+        for reader in list(process._subscriptions):
+            process.unsubscribe(reader)
+        os.close(write_fd)
+        await eventually(lambda: process.buffers["stdout"].closed, "the pump saw the pipe end")
+
+
+async def test_a_reader_behind_loses_no_output_however_large_a_read_of_the_pipe():
+    async with piped_process() as (process, pipe):
+        reader, buffer = process.subscribe(replay=True), process.buffers["stdout"]
+        os.write(pipe, b"a" * 300_000)
+        await eventually(lambda: buffer.end == 300_000, "the pump read the first write")
+        written = os.write(pipe, b"b" * OUTPUT_BUFFER_BYTES)  # at once, before the pump wakes
+        await eventually(lambda: buffer.end > 300_000, "the pump read again")
+        lost, data = buffer.read(reader.offsets["stdout"], 2 * OUTPUT_BUFFER_BYTES)
+        assert lost == 0 and data.startswith(b"a" * 300_000)
+        process.unsubscribe(reader)  # the pump goes on to the end of the pipe
+        await eventually(lambda: buffer.end == 300_000 + written, "the pump read the rest")
+
+
+async def test_a_process_is_not_finished_while_a_reader_holds_its_output_back():
+    async with piped_process() as (process, pipe):
+        reader, buffer = process.subscribe(replay=True), process.buffers["stdout"]
+        os.write(pipe, b"x" * OUTPUT_BUFFER_BYTES)
+        await eventually(lambda: buffer.end == OUTPUT_BUFFER_BYTES, "the pump filled the buffer")
+        os.write(pipe, b"tail")  # waits in the pipe: the pump is paused for the reader
+        process.on_exit(0)
+        await asyncio.sleep(EXIT_DRAIN_S + 0.1)
+        assert process.state is ProcessState.EXITED and not process.finished
+        reader.offsets["stdout"] = buffer.end  # the reader took it all
+        process.resume_output()
+        await eventually(lambda: buffer.end == OUTPUT_BUFFER_BYTES + 4, "the pump read the tail")
 
 
 async def test_a_command_past_its_output_limit_is_cut_and_runs_to_its_end(agent):

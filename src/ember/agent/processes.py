@@ -37,8 +37,8 @@ from ember.protocol.pulse import Pulse
 
 OUTPUT_BUFFER_BYTES = 1 << 20
 READ_BYTES = 1 << 20
-# After the main process exits, how long to wait for its pipes to close (they stay
-# open while a backgrounded grandchild holds them) before calling it finished.
+# After the main process exits, how long its pumps run without reaching the pipes' end
+# (they stay open while a backgrounded grandchild holds them) before it counts as finished.
 EXIT_DRAIN_S = 0.25
 FINISHED_KEPT = 256
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -174,21 +174,29 @@ class ManagedProcess:
 
     def _on_readable(self, name: str) -> None:
         fd = self._output_fds[name]
+        room = self._room(name)
+        if room <= 0:  # a reader replaying from the start of a full buffer
+            self._pause(name)
+            return
         try:
-            data = os.read(fd, READ_BYTES)
+            # No more than the slowest reader can fall behind: the buffer then never
+            # drops what a reader has not taken, however much the pipe holds.
+            data = os.read(fd, min(READ_BYTES, room))
         except BlockingIOError:
             return
         except OSError:
             data = b""  # EIO: every holder of a terminal's slave side is gone
-        buffer = self.buffers[name]
         if not data:
             self._close_output(name)
         else:
-            buffer.append(data)
-            if self._lagging(name):
-                self._loop.remove_reader(fd)
-                self._paused.add(name)
+            self.buffers[name].append(data)
+            if self._room(name) <= 0:
+                self._pause(name)
         self.changed.fire()
+
+    def _pause(self, name: str) -> None:
+        self._loop.remove_reader(self._output_fds[name])
+        self._paused.add(name)
 
     def _close_output(self, name: str) -> None:
         fd = self._output_fds.pop(name, None)
@@ -201,9 +209,11 @@ class ManagedProcess:
         self.buffers[name].close()
         self._check_finished()
 
-    def _lagging(self, name: str) -> bool:
+    def _room(self, name: str) -> int:
+        """How many more bytes of ``name`` the buffer takes before a reader would lose some."""
         buffer = self.buffers[name]
-        return any(buffer.end - sub.offsets[name] >= buffer.capacity for sub in self._subscriptions)
+        behind = max((buffer.end - sub.offsets[name] for sub in self._subscriptions), default=0)
+        return buffer.capacity - behind
 
     def subscribe(self, replay: bool) -> Subscription:
         if replay:
@@ -221,10 +231,17 @@ class ManagedProcess:
 
     def resume_output(self) -> None:
         """A reader moved on: restart pumps it was holding back."""
+        resumed = False
         for name in list(self._paused):
-            if not self._lagging(name) and name in self._output_fds:
+            if self._room(name) > 0 and name in self._output_fds:
                 self._paused.discard(name)
                 self._loop.add_reader(self._output_fds[name], self._on_readable, name)
+                resumed = True
+        if resumed and self.state is ProcessState.EXITED:
+            # The pumps get all of EXIT_DRAIN_S again to reach the pipes' end.
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            self._drain_timer = self._loop.call_later(EXIT_DRAIN_S, self._drained)
 
     # ------------------------------------------------------------ exit
 
@@ -259,6 +276,10 @@ class ManagedProcess:
 
     def _drained(self) -> None:
         self._drain_timer = None
+        if self._paused:
+            # A reader holds a pump back: what its pipe still holds is output, not a
+            # grandchild's doing. ``resume_output`` starts the wait again.
+            return
         if self.pty:
             # The terminal stays readable while grandchildren hold it; stop here.
             for name in list(self._output_fds):
