@@ -8,6 +8,8 @@ through the engine's ``AgentClient``, or frame by frame (``RawHost``) where the
 test is about the wire itself (credit, syncs, broken frames). Every process the
 agent starts carries a marker in its environment (the image's ``env``), so that
 the module's end finds any process a test left behind, kills it and fails.
+Where the order of pipe reads must be exact, a ``ManagedProcess`` runs in the
+test's own process over a pipe the test writes (no child, so nothing to reap).
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ MIB = 1024 * 1024
 class RunningAgent:
     socket_path: str
     workdir: Path
-    log: Path
 
 
 def _marked_processes(marker: str) -> dict[int, str]:
@@ -113,11 +114,12 @@ def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
             assert agent.poll() is None, f"the agent exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"the agent did not start:\n{log.read_text()}"
             time.sleep(0.01)
-        yield RunningAgent(str(socket_path), workdir, log)
+        yield RunningAgent(str(socket_path), workdir)
     finally:
         left = _marked_processes(marker)
         for pid in left:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         agent.kill()
         agent.wait()
     assert not left, f"processes the tests started outlived them: {left}"
@@ -193,11 +195,6 @@ async def eventually(condition: Callable[[], bool], what: str, timeout_s: float 
 async def start_background(client: AgentClient, **exec_fields: Any) -> int:
     started = await client.request(m.Exec(background=True, **exec_fields))
     return int(started["pid"])
-
-
-async def kill_and_reap(client: AgentClient, pid: int) -> Outcome:
-    await client.request(m.ProcSignal(pid=pid, signal="SIGKILL"))
-    return await run(client, m.ProcAttach(pid=pid, replay=False))
 
 
 class RawHost:
