@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import fcntl
 import grp
 import os
@@ -36,12 +37,38 @@ from ember.protocol.pulse import Pulse
 
 OUTPUT_BUFFER_BYTES = 1 << 20
 READ_BYTES = 1 << 20
-# After the main process exits, how long to wait for its pipes to close (they stay
-# open while a backgrounded grandchild holds them) before calling it finished.
+# After the main process exits, how long its pumps run without reaching the pipes' end
+# (they stay open while a backgrounded grandchild holds them) before it counts as finished.
 EXIT_DRAIN_S = 0.25
 FINISHED_KEPT = 256
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 F_SETPIPE_SZ = 1031
+
+
+class ProcessState(enum.Enum):
+    """Where a process is in its life; ``ManagedProcess._enter`` moves it."""
+
+    RUNNING = "running"
+    TIMED_OUT = "timed_out"  # its timeout fired and it was killed; not reaped yet
+    EXITED = "exited"  # reaped; its output may still be coming (a grandchild holds the pipes)
+    FINISHED = "finished"  # exited and its output closed or given up on: nothing more will come
+
+
+_NEXT_STATES = {
+    ProcessState.RUNNING: frozenset({ProcessState.TIMED_OUT, ProcessState.EXITED}),
+    ProcessState.TIMED_OUT: frozenset({ProcessState.EXITED}),
+    ProcessState.EXITED: frozenset({ProcessState.FINISHED}),
+    ProcessState.FINISHED: frozenset[ProcessState](),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a process ended: its status (128 + the signal if one ended it), and whether its timeout did."""
+
+    code: int
+    signal: int | None
+    timed_out: bool
 
 
 @dataclass
@@ -76,10 +103,8 @@ class ManagedProcess:
         self.internal = internal
         self.started_at = time.time()
         self.buffers = {name: OutputBuffer(OUTPUT_BUFFER_BYTES) for name in output_fds}
-        self.exit_code: int | None = None
-        self.exit_signal: int | None = None
-        self.timed_out = False
-        self.finished = False
+        self.state = ProcessState.RUNNING
+        self.exit: Exit | None = None
         self.changed = Pulse()
         self._loop = asyncio.get_running_loop()
         self._output_fds = dict(output_fds)
@@ -98,7 +123,30 @@ class ManagedProcess:
 
     @property
     def running(self) -> bool:
-        return self.exit_code is None and self.exit_signal is None
+        return self.state in (ProcessState.RUNNING, ProcessState.TIMED_OUT)
+
+    @property
+    def finished(self) -> bool:
+        return self.state is ProcessState.FINISHED
+
+    @property
+    def timed_out(self) -> bool:
+        return self.state is ProcessState.TIMED_OUT or (self.exit is not None and self.exit.timed_out)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.exit.code if self.exit is not None else None
+
+    @property
+    def exit_signal(self) -> int | None:
+        return self.exit.signal if self.exit is not None else None
+
+    def _enter(self, state: ProcessState) -> None:
+        """The one way to change state; a move a process's life does not allow is an agent bug."""
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"process {self.pid} cannot go from {self.state.value} to {state.value}")
+        self.state = state
+        self.changed.fire()
 
     def info(self) -> ProcessInfo:
         return ProcessInfo(
@@ -126,21 +174,29 @@ class ManagedProcess:
 
     def _on_readable(self, name: str) -> None:
         fd = self._output_fds[name]
+        room = self._room(name)
+        if room <= 0:  # a reader replaying from the start of a full buffer
+            self._pause(name)
+            return
         try:
-            data = os.read(fd, READ_BYTES)
+            # No more than the slowest reader can fall behind: the buffer then never
+            # drops what a reader has not taken, however much the pipe holds.
+            data = os.read(fd, min(READ_BYTES, room))
         except BlockingIOError:
             return
         except OSError:
             data = b""  # EIO: every holder of a terminal's slave side is gone
-        buffer = self.buffers[name]
         if not data:
             self._close_output(name)
         else:
-            buffer.append(data)
-            if self._lagging(name):
-                self._loop.remove_reader(fd)
-                self._paused.add(name)
+            self.buffers[name].append(data)
+            if self._room(name) <= 0:
+                self._pause(name)
         self.changed.fire()
+
+    def _pause(self, name: str) -> None:
+        self._loop.remove_reader(self._output_fds[name])
+        self._paused.add(name)
 
     def _close_output(self, name: str) -> None:
         fd = self._output_fds.pop(name, None)
@@ -153,9 +209,11 @@ class ManagedProcess:
         self.buffers[name].close()
         self._check_finished()
 
-    def _lagging(self, name: str) -> bool:
+    def _room(self, name: str) -> int:
+        """How many more bytes of ``name`` the buffer takes before a reader would lose some."""
         buffer = self.buffers[name]
-        return any(buffer.end - sub.offsets[name] >= buffer.capacity for sub in self._subscriptions)
+        behind = max((buffer.end - sub.offsets[name] for sub in self._subscriptions), default=0)
+        return buffer.capacity - behind
 
     def subscribe(self, replay: bool) -> Subscription:
         if replay:
@@ -173,10 +231,17 @@ class ManagedProcess:
 
     def resume_output(self) -> None:
         """A reader moved on: restart pumps it was holding back."""
+        resumed = False
         for name in list(self._paused):
-            if not self._lagging(name) and name in self._output_fds:
+            if self._room(name) > 0 and name in self._output_fds:
                 self._paused.discard(name)
                 self._loop.add_reader(self._output_fds[name], self._on_readable, name)
+                resumed = True
+        if resumed and self.state is ProcessState.EXITED:
+            # The pumps get all of EXIT_DRAIN_S again to reach the pipes' end.
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            self._drain_timer = self._loop.call_later(EXIT_DRAIN_S, self._drained)
 
     # ------------------------------------------------------------ exit
 
@@ -188,46 +253,51 @@ class ManagedProcess:
             self._timeout = self._loop.call_later(timeout_s, self._on_timeout)
 
     def _on_timeout(self) -> None:
-        self.timed_out = True
+        self._enter(ProcessState.TIMED_OUT)
         self.kill(signal.SIGKILL, group=True)
 
     def on_exit(self, status: int) -> None:
+        """The reaper saw it exit with ``status`` (as ``waitpid`` gives it)."""
+        timed_out = self.state is ProcessState.TIMED_OUT
         if os.WIFSIGNALED(status):
-            self.exit_signal = os.WTERMSIG(status)
-            self.exit_code = 128 + self.exit_signal
+            number = os.WTERMSIG(status)
+            ended = Exit(128 + number, number, timed_out)
         else:
-            self.exit_code = os.WEXITSTATUS(status)
-        self.popen.returncode = self.exit_code
+            ended = Exit(os.WEXITSTATUS(status), None, timed_out)
+        self._enter(ProcessState.EXITED)
+        self.exit = ended
+        self.popen.returncode = ended.code
         if self._timeout is not None:
             self._timeout.cancel()
         if not self.pty and self._input_fd is not None:
             self.close_input()
         self._drain_timer = self._loop.call_later(EXIT_DRAIN_S, self._drained)
         self._check_finished()
-        self.changed.fire()
 
     def _drained(self) -> None:
         self._drain_timer = None
+        if self._paused:
+            # A reader holds a pump back: what its pipe still holds is output, not a
+            # grandchild's doing. ``resume_output`` starts the wait again.
+            return
         if self.pty:
             # The terminal stays readable while grandchildren hold it; stop here.
             for name in list(self._output_fds):
-                self._close_output(name)
-        self._mark_finished()
+                self._close_output(name)  # the last one finishes it
+        if self.state is ProcessState.EXITED:
+            self._finish()
 
     def _check_finished(self) -> None:
-        if not self.running and not self._output_fds:
-            self._mark_finished()
+        if self.state is ProcessState.EXITED and not self._output_fds:
+            self._finish()
 
-    def _mark_finished(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
+    def _finish(self) -> None:
+        self._enter(ProcessState.FINISHED)
         if self._drain_timer is not None:
             self._drain_timer.cancel()
         if self.pty and self._input_fd is not None:
             os.close(self._input_fd)
             self._input_fd = None
-        self.changed.fire()
 
     async def wait_finished(self) -> None:
         while not self.finished:

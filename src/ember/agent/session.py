@@ -21,7 +21,6 @@ from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
     DATA_CHUNK_BYTES,
     HOST_SYNC_MAGIC,
-    INITIAL_WINDOW,
     Frame,
     FrameDecoder,
     FrameKind,
@@ -39,12 +38,10 @@ from ember.protocol.messages import (
     result_message,
 )
 from ember.protocol.pulse import Pulse
+from ember.protocol.window import ReceiveWindow, SendWindow
 from ember.protocol.wire import WireError, WireModel
 
 log = logging.getLogger("ember.agent")
-
-# Return credit once a quarter of the window is consumed: few CREDIT frames, no stalls.
-_CREDIT_BATCH = INITIAL_WINDOW // 4
 
 
 class Port(Protocol):
@@ -63,14 +60,12 @@ class RequestContext:
         self.stream_id = stream_id
         self._session = session
         self._generation = session.generation
-        self._credit = INITIAL_WINDOW
-        self._credit_pulse = Pulse()
+        self._output_window = SendWindow(stream_id)
         self._expects_body = expects_body
         self._body: deque[bytes] = deque()
         self._body_ended = False
         self._body_pulse = Pulse()
-        self._unacknowledged = 0
-        self._outstanding_body = 0
+        self._body_window = ReceiveWindow(stream_id)
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -94,8 +89,8 @@ class RequestContext:
         while True:
             if self._body:
                 chunk = self._body.popleft()
-                self._outstanding_body -= len(chunk)
-                self._acknowledge(len(chunk))
+                if credit := self._body_window.consume(len(chunk)):
+                    self._send(encode_credit(self.stream_id, credit))
                 yield chunk
             elif self._body_ended:
                 return
@@ -109,24 +104,20 @@ class RequestContext:
     async def _send_raw(self, kind: FrameKind, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            while self._credit <= 0:
-                if not self.live:
-                    raise asyncio.CancelledError
-                await self._credit_pulse.wait()
-            size = min(len(view), self._credit, DATA_CHUNK_BYTES)
-            self._credit -= size
+            size = await self._output_window.acquire(min(len(view), DATA_CHUNK_BYTES))
+            if not size:  # the session ended while this waited for credit
+                raise asyncio.CancelledError
             self._send(encode_frame(kind, self.stream_id, bytes(view[:size])))
             view = view[size:]
 
-    def _acknowledge(self, size: int) -> None:
-        self._unacknowledged += size
-        if self._unacknowledged >= _CREDIT_BATCH:
-            self._send(encode_credit(self.stream_id, self._unacknowledged))
-            self._unacknowledged = 0
-
     def add_credit(self, amount: int) -> None:
-        self._credit += amount
-        self._credit_pulse.fire()
+        self._output_window.grant(amount)
+
+    def end(self) -> None:
+        """The session ended: the handler is cancelled and stops waiting for credit."""
+        self._output_window.close()
+        if self.task is not None:
+            self.task.cancel()
 
     def feed_body(self, frame: Frame) -> None:
         if not self._expects_body or self._body_ended:
@@ -134,9 +125,7 @@ class RequestContext:
         if frame.kind == FrameKind.END:
             self._body_ended = True
         else:
-            self._outstanding_body += len(frame.payload)
-            if self._outstanding_body > INITIAL_WINDOW:
-                raise ProtocolError(f"host overran the flow-control window on stream {self.stream_id}")
+            self._body_window.receive(len(frame.payload))
             self._body.append(frame.payload)
         self._body_pulse.fire()
 
@@ -193,8 +182,7 @@ class Session:
         self._port.discard_pending()
         requests, self._requests = self._requests, {}
         for context in requests.values():
-            if context.task is not None:
-                context.task.cancel()
+            context.end()
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.kind == FrameKind.MESSAGE:

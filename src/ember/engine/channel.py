@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import itertools
 import logging
 import secrets
@@ -45,11 +46,11 @@ from ember.protocol.framing import (
 )
 from ember.protocol.messages import Request
 from ember.protocol.pulse import Pulse
+from ember.protocol.window import ReceiveWindow, SendWindow
 from ember.protocol.wire import WireError
 
 log = logging.getLogger("ember.engine.channel")
 
-_CREDIT_BATCH = INITIAL_WINDOW // 4
 # Events are not flow-controlled; a guest flooding them must not grow host memory.
 # The agent's events are small (a pid, a file's info, a change), so these are far
 # above what an honest guest queues even for a consumer that has stalled.
@@ -128,10 +129,8 @@ class AgentCall:
         self._pulse = Pulse()
         self._outcome: dict[str, Any] | None = None
         self._failure: errors.EmberError | None = None
-        self._send_credit = INITIAL_WINDOW
-        self._credit_pulse = Pulse()
-        self._unacknowledged = 0
-        self._outstanding = 0
+        self._body_window = SendWindow(stream_id)
+        self._output_window = ReceiveWindow(stream_id)
 
     @property
     def finished(self) -> bool:
@@ -169,13 +168,10 @@ class AgentCall:
         """Body bytes for the request, paced by the guest's flow-control credit."""
         view = memoryview(data)
         while view:
-            while self._send_credit <= 0:
-                if self.finished:
-                    self._raise_if_failed()
-                    return
-                await self._credit_pulse.wait()
-            size = min(len(view), self._send_credit, DATA_CHUNK_BYTES)
-            self._send_credit -= size
+            size = await self._body_window.acquire(min(len(view), DATA_CHUNK_BYTES))
+            if not size:  # the call ended while this waited for credit
+                self._raise_if_failed()
+                return
             await self._client._write(encode_frame(FrameKind.DATA, self.stream_id, bytes(view[:size])))
             view = view[size:]
 
@@ -197,19 +193,15 @@ class AgentCall:
             raise self._failure
 
     def _consumed(self, size: int) -> None:
-        self._outstanding -= size
-        self._unacknowledged += size
-        if self._unacknowledged >= _CREDIT_BATCH and not self.finished:
-            self._client._write_nowait(encode_credit(self.stream_id, self._unacknowledged))
-            self._unacknowledged = 0
+        credit = self._output_window.consume(size)
+        if credit and not self.finished:
+            self._client._write_nowait(encode_credit(self.stream_id, credit))
 
     # Called by the client's reader.
     def _on_raw(self, stream: str, data: bytes) -> None:
         if not data:
             raise ProtocolError(f"it sent an empty {stream} frame on stream {self.stream_id}")
-        self._outstanding += len(data)
-        if self._outstanding > INITIAL_WINDOW:
-            raise ProtocolError(f"it overran the flow-control window on stream {self.stream_id}")
+        self._output_window.receive(len(data))
         last = self._items[-1] if self._items else None
         if (
             not isinstance(last, _Run)
@@ -259,22 +251,18 @@ class AgentCall:
         else:
             raise ProtocolError(f"it sent a message of unknown type {kind!r} on stream {self.stream_id}")
         self._pulse.fire()
-        self._credit_pulse.fire()
+        if self.finished:
+            self._body_window.close()
 
     def _on_credit(self, amount: int) -> None:
         # Credit returns what the guest consumed of what the host sent: never more.
-        if amount == 0 or self._send_credit + amount > INITIAL_WINDOW:
-            raise ProtocolError(
-                f"it returned {amount} bytes of credit the host never spent ({self.stream_id})"
-            )
-        self._send_credit += amount
-        self._credit_pulse.fire()
+        self._body_window.grant(amount)
 
     def _fail(self, error: errors.EmberError) -> None:
         if not self.finished:
             self._failure = error
         self._pulse.fire()
-        self._credit_pulse.fire()
+        self._body_window.close()
 
 
 class _ChannelProtocol(asyncio.Protocol):
@@ -309,30 +297,76 @@ class _ChannelProtocol(asyncio.Protocol):
         await self._writable.wait()
 
 
+class ChannelState(enum.Enum):
+    """Where an ``AgentClient``'s connection is; ``AgentClient._enter`` moves it."""
+
+    IDLE = "idle"  # no connection (never opened, or an open that failed)
+    OPENING = "opening"  # the socket is connecting
+    SYNCING = "syncing"  # open: the agent's answer to the sync preamble has not come yet
+    CONNECTED = "connected"  # requests may start
+    FAILED = "failed"  # the connection died or the guest broke the protocol (``_failure`` says which)
+    CLOSED = "closed"  # its owner closed it
+
+
+_S = ChannelState
+_TRANSITIONS: dict[ChannelState, frozenset[ChannelState]] = {
+    _S.IDLE: frozenset({_S.OPENING, _S.CLOSED}),
+    _S.OPENING: frozenset({_S.SYNCING, _S.IDLE, _S.FAILED, _S.CLOSED}),
+    _S.SYNCING: frozenset({_S.CONNECTED, _S.FAILED, _S.CLOSED}),
+    _S.CONNECTED: frozenset({_S.FAILED, _S.CLOSED}),
+    _S.FAILED: frozenset({_S.OPENING, _S.CLOSED}),
+    _S.CLOSED: frozenset({_S.OPENING, _S.CLOSED}),
+}
+#: A connection that is (being) made: the only states in which it can fail.
+_LIVE = frozenset({_S.OPENING, _S.SYNCING, _S.CONNECTED})
+
+
 class AgentClient:
     """A connection to one guest agent over its unix socket.
 
     ``on_violation(reason)`` is called once when the guest breaks the protocol,
     before the pending calls fail, with a reason fit for the sandbox's end.
+    ``closed`` is set while the connection is failed or closed.
     """
 
     def __init__(self, name: str = "agent", on_violation: Callable[[str], None] | None = None) -> None:
         self.name = name
+        self.state = ChannelState.IDLE
+        self.closed = asyncio.Event()
         self._on_violation = on_violation
+        self._state_changed = Pulse()
         self._transport: asyncio.Transport | None = None
         self._protocol: _ChannelProtocol | None = None
+        self._failure: errors.EmberError | None = None
         self._pending: dict[int, AgentCall] = {}
         self._cancelled: dict[int, _Allowance] = {}
         self._strays = _Allowance(_STRAY_ALLOWANCE_BYTES, _STRAY_ALLOWANCE_FRAMES)
         self._next_id = 1
         self._reader = GuestReader(self._on_synced, self._route, self._on_broken)
-        self._synced: asyncio.Future[None] | None = None
-        self._failure: errors.EmberError | None = None
-        self.closed = asyncio.Event()
 
     @property
     def connected(self) -> bool:
-        return self._transport is not None and self._synced is not None and self._synced.done()
+        return self.state is ChannelState.CONNECTED
+
+    def _enter(self, state: ChannelState) -> None:
+        """The one way to change state; a move the connection's life does not allow is a host bug."""
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(
+                f"{self.name}: the agent channel cannot go from {self.state.value} to {state.value}"
+            )
+        self.state = state
+        if state in (ChannelState.FAILED, ChannelState.CLOSED):
+            self.closed.set()
+        else:
+            self.closed.clear()
+        self._state_changed.fire()
+
+    def _require(self, state: ChannelState) -> None:
+        """The guard for operations: what ended the connection, or why it is not ready."""
+        if self.state is not state:
+            raise self._failure or errors.AgentUnavailableError(
+                f"{self.name}: the agent channel is {self.state.value}, not {state.value}"
+            )
 
     async def open(self, socket_path: str) -> None:
         """Open the socket without syncing, for a restored guest whose state is not loaded yet.
@@ -342,23 +376,30 @@ class AgentClient:
         sees; opened later, the guest may learn that its source's host left only
         after it answered the new sync, and drop the session it had just begun.
         """
-        loop = asyncio.get_running_loop()
+        self._enter(ChannelState.OPENING)
         self._protocol = None
         self._failure = None
-        self.closed.clear()
         self._cancelled.clear()
         self._strays = _Allowance(_STRAY_ALLOWANCE_BYTES, _STRAY_ALLOWANCE_FRAMES)
-        self._synced = loop.create_future()
 
         def make_protocol() -> _ChannelProtocol:
             self._protocol = _ChannelProtocol(self)
             return self._protocol
 
+        loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_unix_connection(make_protocol, socket_path)
-        except OSError as exc:
-            raise errors.AgentUnavailableError(f"{self.name}: cannot connect: {exc}") from exc
+        except BaseException as exc:
+            if self.state is ChannelState.OPENING:
+                self._enter(ChannelState.IDLE)
+            if isinstance(exc, OSError):
+                raise errors.AgentUnavailableError(f"{self.name}: cannot connect: {exc}") from exc
+            raise
+        if self.state is not ChannelState.OPENING:  # closed, or lost, while it connected
+            transport.abort()
+            self._require(ChannelState.OPENING)
         self._transport = transport
+        self._enter(ChannelState.SYNCING)
 
     async def connect(self, socket_path: str) -> None:
         """Open the socket (unless ``open`` did) and sync with the agent; waits as long
@@ -370,28 +411,26 @@ class AgentClient:
         reply to the latest nonce counts. A connection that dies or breaks the
         protocol first ends the wait with its error.
         """
-        if self._transport is None:
+        if self.state is not ChannelState.SYNCING:
             await self.open(socket_path)
-        transport, synced = self._transport, self._synced
-        assert transport is not None and synced is not None
+        transport = self._transport
+        assert transport is not None
         try:
             for attempt in itertools.count():
-                if synced.done():
-                    # The reply came as the wait timed out. Another sync now would
-                    # reset the agent and its reply would land in the frame stream.
+                # Once answered (perhaps as the wait timed out), no other sync: it would
+                # reset the agent, and its reply would land in the frame stream.
+                if self.state is not ChannelState.SYNCING:
                     break
                 nonce = secrets.token_bytes(NONCE_BYTES)
                 self._reader.expect(nonce)
                 transport.write(HOST_SYNC_MAGIC + nonce)
                 wait_s = SYNC_RETRIES_S[attempt] if attempt < len(SYNC_RETRIES_S) else SYNC_RETRY_S
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(synced), wait_s)
-                    break
-            if self._failure is not None:
-                raise self._failure
+                await self._state_changed.wait(wait_s)
+            self._require(ChannelState.CONNECTED)
         except BaseException:
-            transport.abort()
-            self._transport = None
+            # Cancelled (the owner's deadline) or failed: the half-made connection goes.
+            if self.state in _LIVE:
+                self._fail(errors.AgentUnavailableError(f"{self.name}: the sync was abandoned"))
             raise
 
     async def close(self) -> None:
@@ -401,12 +440,11 @@ class AgentClient:
         self._fail_all(errors.AgentUnavailableError(f"{self.name}: connection closed"))
         if transport is not None:
             transport.abort()
-        self.closed.set()
+        self._enter(ChannelState.CLOSED)
 
     def start(self, request: Request) -> AgentCall:
         """Send a request and return its call; the caller iterates or awaits it."""
-        if not self.connected:
-            raise self._failure or errors.AgentUnavailableError(f"{self.name}: not connected")
+        self._require(ChannelState.CONNECTED)
         stream_id = self._next_id
         try:
             frame = encode_message(stream_id, request.to_message())
@@ -453,49 +491,44 @@ class AgentClient:
         self._cancelled[call.stream_id] = _Allowance(_CANCELLED_ALLOWANCE_BYTES, _CANCELLED_ALLOWANCE_FRAMES)
 
     def _write_nowait(self, frame: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
-            raise self._failure or errors.AgentUnavailableError(f"{self.name}: not connected")
+        self._require(ChannelState.CONNECTED)
+        assert self._transport is not None
+        if self._transport.is_closing():  # it died; connection_lost is a loop turn away
+            raise errors.AgentUnavailableError(f"{self.name}: the agent channel is closing")
         self._transport.write(frame)
 
     async def _write(self, frame: bytes) -> None:
         self._write_nowait(frame)
         assert self._protocol is not None
         await self._protocol.drain()
-        if self._failure is not None:
-            raise self._failure
+        self._require(ChannelState.CONNECTED)
 
     def _on_synced(self) -> None:
-        if self._synced is not None and not self._synced.done():
-            self._synced.set_result(None)
+        self._enter(ChannelState.CONNECTED)
 
     def _on_broken(self, exc: ProtocolError) -> None:
+        # Once per connection: the reader reads nothing more of it after this.
         reason = f"the guest broke the agent protocol: {exc}"
         log.warning("%s: %s", self.name, reason)
-        error = errors.ProtocolError(f"{self.name}: {reason}")
-        if self._failure is None:
-            self._failure = error
-            if self._on_violation is not None:
-                self._on_violation(reason)
-        self._fail(error)
+        if self._on_violation is not None:
+            self._on_violation(reason)
+        self._fail(errors.ProtocolError(f"{self.name}: {reason}"))
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._reader.flush()
-        if self._failure is not None:  # what it had sent broke the protocol
-            return
-        detail = f": {exc}" if exc else ""
-        self._fail(errors.AgentUnavailableError(f"{self.name}: the agent channel closed{detail}"))
+        if self.state in _LIVE:  # else what it had sent broke the protocol, or its owner closed it
+            detail = f": {exc}" if exc else ""
+            self._fail(errors.AgentUnavailableError(f"{self.name}: the agent channel closed{detail}"))
 
     def _fail(self, error: errors.EmberError) -> None:
-        if self._failure is None:
-            self._failure = error
+        """The connection is over: every pending call and a waiting ``connect`` get ``error``."""
+        self._enter(ChannelState.FAILED)
+        self._failure = error
         self._reader.stop()
         self._fail_all(error)
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
-        if self._synced is not None and not self._synced.done():
-            self._synced.set_result(None)  # a connect still waiting raises the failure
-        self.closed.set()
 
     def _route(self, frame: Frame) -> None:
         if frame.stream_id == 0:

@@ -7,8 +7,9 @@ UTF-8 JSON objects; STDOUT, STDERR and DATA payloads are raw bytes.
 
 Raw data is flow-controlled per stream with credits, as in HTTP/2: a sender may
 have at most ``INITIAL_WINDOW`` bytes of raw payload unacknowledged on a stream,
-and the receiver returns CREDIT frames as it consumes them. Neither side's reader
-ever blocks, so one slow consumer cannot stall the other streams.
+and the receiver returns CREDIT frames as it consumes them (``ember.protocol.window``,
+used by both ends). Neither side's reader ever blocks, so one slow consumer cannot
+stall the other streams.
 
 Because a host may reconnect while a frame was half-written, a connection starts
 with a sync preamble: a fixed 16-byte magic plus a 16-byte nonce. The agent
