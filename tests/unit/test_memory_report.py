@@ -66,3 +66,18 @@ def test_sqlite_s_page_cache_is_counted(tmp_path):
     finally:
         database.close()
     assert during - before > 512 * 1024, "a megabyte written through the page cache"
+
+
+def test_a_report_that_cannot_be_written_is_logged_not_raised_into_the_daemon(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(memory_report.DIRECTORY_ENV, str(tmp_path / "gone"))
+    monkeypatch.delenv(memory_report.TRACE_ENV, raising=False)
+    before = signal.getsignal(signal.SIGUSR2)
+    try:
+        memory_report.install()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while "writing the memory report" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert "writing the memory report" in caplog.text

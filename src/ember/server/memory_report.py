@@ -44,8 +44,16 @@ def install() -> None:
     frames = int(os.environ.get(TRACE_ENV) or 0)
     if frames:
         tracemalloc.start(frames)
-    signal.signal(signal.SIGUSR2, lambda signum, frame: write(Path(directory)))
+    signal.signal(signal.SIGUSR2, lambda signum, frame: _write_or_log(Path(directory)))
     log.info("memory reports on SIGUSR2 into %s%s", directory, " (tracing)" if frames else "")
+
+
+def _write_or_log(directory: Path) -> None:
+    # A signal handler's exception would surface in whatever the event loop was running.
+    try:
+        write(directory)
+    except Exception:
+        log.exception("writing the memory report into %s failed", directory)
 
 
 def write(directory: Path) -> None:
