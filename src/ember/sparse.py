@@ -7,6 +7,7 @@ memory files and disks this way.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +33,14 @@ def copy_data(src: int, dst: int, skip_zeros: bool = False) -> None:
     at a time): a memfd's pages that were only ever read count as data.
     """
     os.ftruncate(dst, os.fstat(src).st_size)
-    copy = _copy_nonzero if skip_zeros else _copy_range
+    # The buffer is a mapping of its own, not malloc's: copies run in worker threads, and
+    # a thread's malloc arena keeps what it once held.
+    buffer = memoryview(mmap.mmap(-1, _COPY_CHUNK)) if skip_zeros else None
     for data_start, data_end in data_ranges(src):
-        copy(src, dst, data_start, data_end)
+        if buffer is None:
+            _copy_range(src, dst, data_start, data_end)
+        else:
+            _copy_nonzero(buffer, src, dst, data_start, data_end)
 
 
 def data_ranges(fd: int) -> Iterator[tuple[int, int]]:
@@ -53,11 +59,10 @@ def data_ranges(fd: int) -> Iterator[tuple[int, int]]:
         offset = data_end
 
 
-def _copy_nonzero(src: int, dst: int, start: int, end: int) -> None:
-    buffer = memoryview(bytearray(_COPY_CHUNK))
+def _copy_nonzero(buffer: memoryview, src: int, dst: int, start: int, end: int) -> None:
     for offset in range(start, end, _COPY_CHUNK):
         view = buffer[: os.preadv(src, [buffer[: min(_COPY_CHUNK, end - offset)]], offset)]
-        if view.tobytes() != _ZEROS[: len(view)]:  # a memcmp (memoryview's == goes byte by byte)
+        if not _ZEROS.startswith(view):  # a memcmp, no copy (memoryview's == goes byte by byte)
             os.pwrite(dst, view, offset)
 
 

@@ -6,11 +6,13 @@ OOM killer would) and start it again, and knows where to look on the host for
 what its daemon made: QEMU processes, run directories, network namespaces,
 cgroups, uid claims, snapshot directories and disk layers. ``audit`` lists what
 of those belongs to no sandbox or snapshot the daemon knows; ``census`` counts
-them, with the daemon's open files and memory.
+them, with the daemon's open files and what it holds in memory, from the report
+its daemon writes when asked (``memory``: ``ember.server.memory_report``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -22,10 +24,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ember.client import Sandbox
 from ember.client._local import is_healthy
 from ember.engine.store import Store
+from ember.server import memory_report
 from ember.settings import Settings
 from ember.vmm.cgroups import CgroupHost, CgroupsUnavailable
 from ember.vmm.qemu_driver import qemu_processes
@@ -77,6 +81,8 @@ class Lab:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.scratch / "daemon.log"
+        self.memory_dir = self.scratch / "memory"
+        self.memory_dir.mkdir()
         self.env = {
             **{k: v for k, v in os.environ.items() if k not in ("EMBER_URL", "EMBER_POOL")},
             **(env or {}),
@@ -84,6 +90,7 @@ class Lab:
             "EMBER_RUN_DIR": str(self.run_dir),
             "EMBER_API_KEY": self.api_key,
             "XDG_CONFIG_HOME": str(self.scratch / "config"),
+            memory_report.DIRECTORY_ENV: str(self.memory_dir),
         }
         self.settings = replace(Settings.from_env(), data_dir=self.data_dir, run_dir=self.run_dir)
         self._process: subprocess.Popen[bytes] | None = None
@@ -181,8 +188,22 @@ class Lab:
         audit.layers = [p.name for p in (self.data_dir / "layers").iterdir() if p.name not in referenced]
         return audit
 
-    def census(self) -> dict[str, float]:
-        """How many of each thing the daemon made exist now, and its open files and memory."""
+    def memory(self, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+        """The daemon's memory report (``ember.server.memory_report``), written now."""
+        assert self._process is not None
+        report = self.memory_dir / memory_report.REPORT
+        report.unlink(missing_ok=True)
+        os.kill(self._process.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        while not report.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon wrote no memory report; its log:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return json.loads(report.read_text())
+
+    def census(self, memory: dict[str, Any]) -> dict[str, float]:
+        """How many of each thing the daemon made exist now, its open files, and what of its
+        ``memory`` report a leak moves: loggers, asyncio tasks, objects of Ember's classes."""
         instance = self.settings.instance
         prefix = f"ember-{instance}-"
         names = [p.name for p in NETNS.iterdir()] if NETNS.is_dir() else []
@@ -190,9 +211,7 @@ class Lab:
             cgroups = len(CgroupHost.detect(instance).leftovers(set()))
         except CgroupsUnavailable:
             cgroups = 0
-        pid = self._process.pid if self._process is not None else None
-        status = Path(f"/proc/{pid}/status").read_text() if pid else ""
-        rss_kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        assert self._process is not None
         return {
             "QEMU processes": len(qemu_processes(self.run_dir)),
             "run directories": sum(1 for _ in self.run_dir.iterdir()),
@@ -201,8 +220,12 @@ class Lab:
             "uid claims": len(UidRange(*self.settings.uid_range, instance).holders()),
             "disk layers": sum(1 for _ in (self.data_dir / "layers").iterdir()),
             "snapshot directories": sum(1 for p in (self.data_dir / "snapshots").iterdir() if p.is_dir()),
-            "daemon open files": len(os.listdir(f"/proc/{pid}/fd")) if pid else 0,
-            "daemon RSS MiB": rss_kib / 1024,
+            "daemon open files": len(os.listdir(f"/proc/{self._process.pid}/fd")),
+            "daemon loggers": memory["loggers"],
+            "daemon asyncio tasks": memory["tasks"],
+            "daemon objects of Ember's classes": sum(
+                count for name, count in memory["types"].items() if name.startswith("ember.")
+            ),
         }
 
 

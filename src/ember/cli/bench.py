@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 from ember.bench.stats import Row
 from ember.bench.suite import FULL, QUICK, Report, Suite
 from ember.cli._output import stderr, stdout
+
+if TYPE_CHECKING:
+    from ember.bench.soak import Soak
 
 
 def bench(
@@ -117,9 +120,10 @@ def _crash_matrix() -> None:
 
 
 def _soak(cycles: int) -> None:
-    """``cycles`` full cycles against a daemon of its own (with a pool), and what drifted."""
+    """``cycles`` full cycles against a daemon of its own (with a pool): what drifted, and the
+    daemon's memory at every sample. ``EMBER_MEMORY_TRACE=N`` also traces its allocations."""
     from ember.bench.lab import Lab
-    from ember.bench.soak import soak
+    from ember.bench.soak import WARM_UP, soak, traced_growth
     from ember.settings import Settings
 
     lab = Lab(Settings.from_env().images_dir)
@@ -127,19 +131,68 @@ def _soak(cycles: int) -> None:
         stderr.print("[dim]building template base for the lab's daemon[/]")
         lab.build_base()
         lab.start(pool="base=2")
-        result = soak(lab, cycles, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
+        every = max(1, min(50, cycles // 10))
+        result = soak(lab, cycles, every, progress=lambda text: stderr.print(f"[dim]{text}[/]"))
+        sites = traced_growth(lab)
         audit = lab.audit()
         lab.stop()
     finally:
         lab.close()
-    (first_cycle, first), (last_cycle, last) = result.censuses[0], result.censuses[-1]
+    first, last = result.samples[0], result.samples[-1]
     title = f"Ember soak: {cycles} cycles in {result.seconds:.0f} s; {audit.leaks} things belong to nothing"
     table = Table(title=title, header_style="bold")
-    for column in ("", f"after {first_cycle}", f"after {last_cycle}", "drift"):
+    for column in ("", f"after {first.cycle}", f"after {last.cycle}", "drift"):
         table.add_column(column, justify="left" if not column else "right")
     for name, drift in result.drift().items():
-        table.add_row(name, f"{first[name]:g}", f"{last[name]:g}", f"{drift:+g}")
+        table.add_row(name, f"{first.counts[name]:g}", f"{last.counts[name]:g}", f"{drift:+g}")
     _print(table)
+    _print(_memory_curve(result))
+    half = last.cycle // 2
+    stdout.print(
+        f"Daemon RSS {first.rss_mib:.1f} -> {last.rss_mib:.1f} MiB: {result.rss_growth_mib():+.1f} MiB from "
+        f"cycle 0, which comes after {WARM_UP} warm-up cycles (left out: a first cycle fills caches, "
+        f"such as a spare memory image and the SDK's connections); {result.rss_growth_mib(half):+.1f} MiB "
+        f"over the last {last.cycle - half} cycles (a leak grows there as much as in the first half)."
+    )
+    grown = ", ".join(f"{name} {count:+d}" for name, count in result.grown_types())
+    stdout.print(f"Python objects that grew most: {grown or 'none'}.")
+    if sites:
+        stdout.print("Allocation sites that grew most (tracemalloc, first sample to last):")
+        for line in sites:
+            stdout.print(f"  {line}", highlight=False)
+
+
+def _memory_curve(result: Soak) -> Table:
+    """The daemon's memory at every sample: a leak grows at each, a warm-up stops."""
+    table = Table(title="The daemon's memory at every sample", header_style="bold")
+    for column in (
+        "cycle",
+        "s",
+        "RSS MiB",
+        "malloc in use",
+        "of it SQLite",
+        "malloc free",
+        "objects",
+        "threads",
+    ):
+        table.add_column(column, justify="right")
+    for sample in result.samples:
+        memory = sample.memory
+        table.add_row(
+            str(sample.cycle),
+            f"{sample.seconds:.0f}",
+            f"{sample.rss_mib:.1f}",
+            _mib(memory["malloc_in_use_bytes"]),
+            _mib(memory["sqlite_bytes"]),
+            _mib(memory["malloc_free_bytes"]),
+            str(memory["objects"]),
+            str(len(memory["threads"])),
+        )
+    return table
+
+
+def _mib(size_bytes: int | None) -> str:
+    return "-" if size_bytes is None else f"{size_bytes / 2**20:.1f} MiB"
 
 
 def _print(table: Table) -> None:

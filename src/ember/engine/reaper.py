@@ -3,7 +3,9 @@
 Once a second it looks at every sandbox: a dead one (its VM gone, its agent
 broken) is ended with the reason it died of; one past its lifetime ends with
 ``timeout`` (or is paused, if it asked for that); one idle too long ends with
-``idle_timeout``. Booting sandboxes are left to their create.
+``idle_timeout``. Booting sandboxes are left to their create. Once an hour it
+also prunes the store of sandboxes that ended more than a week ago: a daemon that
+runs for weeks would otherwise keep every record it ever wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.engine")
 
 REAPER_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 3600.0
 
 
 class Reaper:
@@ -41,10 +44,14 @@ class Reaper:
         self._task = None
 
     async def _forever(self) -> None:
+        pruned_at = time.monotonic()  # the manager's start pruned
         while True:
             await asyncio.sleep(REAPER_INTERVAL_S)
             try:
                 await self.reap()
+                if time.monotonic() - pruned_at >= PRUNE_INTERVAL_S:
+                    pruned_at = time.monotonic()
+                    self._manager.store.prune()
             except Exception:
                 log.exception("reaper pass failed")
 

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from ember.engine import SandboxManager
+from ember.server import memory_report
 from ember.server.app import create_app
 from ember.server.deps import Service
 from ember.server.keys import KeyStore
@@ -72,6 +73,7 @@ def serve(
 def engine(settings: Settings) -> SandboxManager:
     """The daemon's engine, with logging set up and the host's limits lifted (not started yet)."""
     setup_logging()
+    memory_report.install()
     log.info("open files limit: %d", raise_open_files_limit())
     manager = SandboxManager(settings)
     log.info("acceleration: %s (%s)", manager.acceleration.kind, manager.acceleration.reason)

@@ -507,7 +507,9 @@ class QemuVM(VirtualMachine):
             if self._exited.is_set():
                 raise BootFailedError(self.failure_report("QEMU exited while starting"))
             if self.qmp_socket.exists():
-                client = QMPClient(f"qmp-{self.spec.run_dir.name}")
+                # Nameless: qemu.qmp makes a logger per name, and logging keeps every logger
+                # for good (two a soak cycle). Our own logs name the sandbox.
+                client = QMPClient()
                 try:
                     await client.connect(str(self.qmp_socket))
                     return client
