@@ -118,10 +118,20 @@ def _sample(lab: Lab, result: Soak, number: int, started: float) -> Sample:
         pool.ready < pool.target for pool in Sandbox.pool_stats(base_url=lab.url, api_key=lab.api_key)
     ):
         time.sleep(0.5)
-    memory = lab.memory()
+    before = lab.memory()
+    time.sleep(1)
+    memory = _steady(before, lab.memory())
     sample = Sample(number, time.perf_counter() - started, lab.census(memory), memory)
     result.samples.append(sample)
     return sample
+
+
+def _steady(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """``second``, its counts (tasks, loggers, objects by type) the lower of the two reports:
+    what a leak keeps is in both, what a request still in flight holds is in one at most."""
+    types = {name: min(count, first["types"].get(name, 0)) for name, count in second["types"].items()}
+    counts = {key: min(first[key], second[key]) for key in ("tasks", "loggers") if second[key] is not None}
+    return {**second, **counts, "types": types}
 
 
 def traced_growth(lab: Lab, top: int = 10) -> list[str]:
