@@ -17,8 +17,10 @@ from ember.client._local import is_healthy
 DAEMON_START_TIMEOUT_S = 60.0
 #: The test daemon also serves exposed ports as {port}-{id}.PORTS_DOMAIN (host-based URLs).
 PORTS_DOMAIN = "sandbox.test"
-#: The package index the test daemon's pip configuration names: a test host.
+#: The registries the test daemon's pip, npm and Debian mirror configuration name: test hosts.
 PACKAGE_INDEX = "http://other.test/simple"
+NPM_REGISTRY = "http://npm.wild.test/"
+DEBIAN_MIRROR = "http://deb.wild.test/debian"
 
 SandboxFactory = Callable[..., Sandbox]
 AsyncSandboxFactory = Callable[..., Awaitable[AsyncSandbox]]
