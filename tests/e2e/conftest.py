@@ -18,13 +18,9 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from e2e_support import (
-    DEBIAN_MIRROR,
-    NPM_REGISTRY,
-    PACKAGE_INDEX,
     PORTS_DOMAIN,
     AsyncSandboxFactory,
     Daemon,
@@ -78,12 +74,6 @@ def daemon(internet: TestInternet) -> Iterator[Daemon]:
         XDG_CONFIG_HOME=str(scratch / "config"),
         EMBER_DNS_UPSTREAM=f"{internet.dns_server}:{internet.dns_port}",
         EMBER_DOMAIN=PORTS_DOMAIN,
-        # The daemon reads its host's registries from pip's and npm's configuration and the
-        # guest's Debian mirror from Ember's: here, test hosts.
-        PIP_INDEX_URL=PACKAGE_INDEX,
-        PIP_TRUSTED_HOST=urlsplit(PACKAGE_INDEX).netloc,  # plain http, as pip wants it said
-        npm_config_registry=NPM_REGISTRY,
-        EMBER_DEBIAN_MIRROR=DEBIAN_MIRROR,
         EMBER_E2B_DOMAIN=E2B_DOMAIN,
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
