@@ -3,6 +3,11 @@
 Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
 - ``-M microvm,acpi=off``: our kernel has no ACPI, and only with ACPI off does
   QEMU put the virtio-mmio devices on the kernel command line.
+- ``rtc=off``: the guest takes its clock from the agent, never from a CMOS RTC
+  (Firecracker has none); and the RTC's saved state follows the host's clock even
+  while the VM is paused, so two saves a second apart differed and a snapshot
+  whose RAM copy crossed a second (a booted 2 GiB guest) failed its "devices
+  unchanged" check, once in two tries, measured.
 - guest RAM is a ``memory-backend-file`` in the VM's run directory, shared, so a
   snapshot can later keep the file itself as the memory image.
 - the base image is attached read-only and shared by every VM; the per-VM disk
@@ -182,7 +187,7 @@ class QemuVM(VirtualMachine):
         return [
             self._driver.qemu_path,
             "-name", f"ember,process=ember-{spec.run_dir.name}",
-            "-M", "microvm,acpi=off,memory-backend=mem",
+            "-M", "microvm,acpi=off,rtc=off,memory-backend=mem",
             "-accel", accel,
             "-cpu", cpu,
             "-m", memory,
