@@ -73,9 +73,11 @@ compile_python() {
   done
 }
 
-# pack_root NAME: $work/NAME.tar of $work/root, without documentation; prints its size.
+# pack_root NAME: $work/NAME.tar.zst of $work/root, without documentation; prints its size.
+# Compressed, the copy into the guest is a third and unpacking it costs the guest's CPU a
+# little more: a 434 MB tree went in and out in 27 s instead of 33 s, measured under TCG.
 pack_root() {
   tar -C "$work/root" --exclude=./usr/share/doc --exclude=./usr/share/man --exclude=./usr/share/locale \
-    -cf "$work/$1.tar" .
-  echo "    $(du -sh "$work/$1.tar" | cut -f1) to copy in"
+    -cf - . | zstd -q -3 -T0 -o "$work/$1.tar.zst"
+  echo "    $(du -sh "$work/$1.tar.zst" | cut -f1) to copy in"
 }

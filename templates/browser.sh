@@ -38,8 +38,8 @@ pack_root browser
 # The page cache of the unpacking is dropped before the snapshot: the template's memory
 # keeps what the running browser touched, not the whole tar.
 $ember template build browser --memory "$memory_mb" \
-  --copy "$work/browser.tar:/var/tmp/browser.tar" \
-  --run "tar -xf /var/tmp/browser.tar -C / --keep-directory-symlink --no-overwrite-dir && rm /var/tmp/browser.tar && ldconfig" \
+  --copy "$work/browser.tar.zst:/var/tmp/browser.tar.zst" \
+  --run "tar --zstd -xf /var/tmp/browser.tar.zst -C / --keep-directory-symlink --no-overwrite-dir && rm /var/tmp/browser.tar.zst && ldconfig" \
   --run "chromium-headless-shell --version && sync && echo 3 >/proc/sys/vm/drop_caches" \
   --code "from playwright.sync_api import sync_playwright
 from ember_browser import PNG, launch, new_page, screenshot

@@ -22,7 +22,7 @@ compile_python /usr/lib/python3/dist-packages
 pack_root data
 
 $ember template build data --from base \
-  --copy "$work/data.tar:/var/tmp/data.tar" \
-  --run "tar -xf /var/tmp/data.tar -C / --keep-directory-symlink --no-overwrite-dir && rm /var/tmp/data.tar && ldconfig" \
+  --copy "$work/data.tar.zst:/var/tmp/data.tar.zst" \
+  --run "tar --zstd -xf /var/tmp/data.tar.zst -C / --keep-directory-symlink --no-overwrite-dir && rm /var/tmp/data.tar.zst && ldconfig" \
   --run "python3 -c 'import numpy, pandas, matplotlib; print(numpy.__version__, pandas.__version__, matplotlib.__version__)'" \
   --code "import numpy, pandas, matplotlib; matplotlib.use('agg'); import matplotlib.pyplot"
