@@ -6,7 +6,6 @@ The build itself is the session fixture ``browser_template`` (conftest).
 
 from __future__ import annotations
 
-import base64
 import io
 
 from e2e_support import SandboxFactory
@@ -38,7 +37,8 @@ def test_browser_template_screenshots_a_page_served_in_the_sandbox(
     shot = sandbox.run_code(SHOOT, timeout=900)
     assert shot.error is None, shot.error
     assert shot.stdout == "served here | Served from the sandbox\n"
-    png = base64.b64decode(shot.results[0].data["image/png"])
+    png = shot.results[0].png
+    assert png is not None, shot.results
     image = Image.open(io.BytesIO(png))
     image.load()  # decodes every pixel: a truncated or corrupt PNG raises here
     assert (image.format, image.size) == ("PNG", (640, 480))
