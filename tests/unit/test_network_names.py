@@ -72,6 +72,9 @@ def test_package_sources_name_every_host_they_fetch_from() -> None:
         "pypi.org",
     )
     assert PackageSources().hosts() == ()
+    assert url_hosts(
+        ["http://[::1", "http:///no-host", "ftp://deb.example/", "https://ok.example:8443/x"]
+    ) == ["ok.example"]
 
 
 def test_apt_sources_in_both_formats(tmp_path: Path) -> None:

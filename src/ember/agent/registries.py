@@ -24,7 +24,6 @@ PIP_CONF = "etc/xdg/pip/pip.conf"
 NPM_RC = "etc/npmrc"
 #: Written by the image builder (ember.images.debian_tree).
 APT_SOURCES = "etc/apt/sources.list.d/ember.sources"
-_TRUSTED_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _NPM_REGISTRY_LINE = re.compile(r"\s*registry\s*=")
 
 #: What was last applied: part of the guest's memory, so a restored guest skips a repeat.
@@ -53,13 +52,17 @@ def _check(registries: PackageRegistries) -> None:
         if url is not None and not _valid_url(url):
             raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid registry URL {url!r}")
     for host in registries.pip_trusted_hosts:
-        if not _TRUSTED_HOST.fullmatch(host):
+        if not _one_word(host):
             raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid trusted host {host!r}")
 
 
+def _one_word(value: str) -> bool:
+    # Each value goes into one line of a configuration file: nothing else may ride along.
+    return bool(value) and value.isprintable() and not any(c.isspace() for c in value)
+
+
 def _valid_url(url: str) -> bool:
-    # Each value becomes one line of a configuration file: nothing else may ride along.
-    if not url.isprintable() or " " in url:
+    if not _one_word(url):
         return False
     try:
         parts = urlsplit(url)

@@ -57,9 +57,13 @@ def url_hosts(urls: Iterable[str]) -> list[str]:
     """The host names of the http(s) URLs among ``urls`` (file:// and paths name no host)."""
     hosts = []
     for url in urls:
-        parts = urlsplit(url.strip())
-        if parts.scheme in ("http", "https") and parts.hostname:
-            hosts.append(parts.hostname.lower())
+        try:
+            parts = urlsplit(url.strip())
+            hostname = parts.hostname
+        except ValueError:  # a malformed address ("http://[::1") names no host
+            continue
+        if parts.scheme in ("http", "https") and hostname:
+            hosts.append(hostname.lower())
     return list(dict.fromkeys(hosts))
 
 
@@ -134,7 +138,7 @@ def _npm_registry() -> str | None:
 
 def _web_urls(urls: Iterable[str]) -> list[str]:
     """The http(s) URLs of ``urls``: a guest cannot use the host's files and paths."""
-    return [url for url in urls if urlsplit(url).scheme in ("http", "https")]
+    return [url for url in urls if url_hosts([url])]
 
 
 def _lines(path: Path) -> list[str]:
