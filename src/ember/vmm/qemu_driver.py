@@ -40,8 +40,7 @@ class QemuDriver:
     #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
     #: 4: TCG guests boot with the host's TSC frequency (``ember.vmm.clock``), and
     #: saved states hold devices only, without the configuration section.
-    #: 5: no CMOS RTC (``rtc=off``).
-    machine_abi = "qemu-microvm-5"
+    machine_abi = "qemu-microvm-4"
 
     def __init__(self, settings: Settings, accel: Acceleration) -> None:
         self.settings = settings
