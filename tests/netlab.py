@@ -49,6 +49,7 @@ class TestInternet:
     dns_port: int
     hosts: dict[str, str]  # name -> address; a ``*.suffix`` name stands for every name under suffix
     cert_pem: Path  # self-signed certificate of the HTTPS server: the CA to trust
+    files: Path  # files/<name>/<path> is served at http(s)://<name>/<path> (see netlab_server.py)
 
     def resolve(self, name: str) -> str:
         """The A record of ``name`` from the lab's DNS server; raises ``dns.resolver.NXDOMAIN`` for others."""
@@ -85,16 +86,18 @@ def test_internet() -> Iterator[TestInternet]:
 
         hosts = {name: f"{prefix}.{octet}" for name, octet in NAMES.items()}
         cert, key = _write_certificate(workdir, hosts)
-        log = workdir / "server.log"
+        log, files = workdir / "server.log", workdir / "files"
+        files.mkdir()
         command = ["ip", "netns", "exec", netns, sys.executable, str(SERVER), "--dns", f"{prefix}.2"]
-        command += ["--cert", str(cert), "--key", str(key), *(f"--host={n}={a}" for n, a in hosts.items())]
+        command += ["--cert", str(cert), "--key", str(key), "--files", str(files)]
+        command += [f"--host={n}={a}" for n, a in hosts.items()]
         with log.open("wb") as stderr:
             # Own process group: a Ctrl-C stops the test, and the test stops the server by closing its stdin.
             server = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, process_group=0
             )
         stack.callback(_stop, server)
-        lab = TestInternet(netns, veth, f"{prefix}.1", f"{prefix}.2", 53, hosts, cert)
+        lab = TestInternet(netns, veth, f"{prefix}.1", f"{prefix}.2", 53, hosts, cert, files)
         _wait_until_answering(lab, server, log)
         yield lab
 

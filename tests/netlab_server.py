@@ -2,18 +2,24 @@
 
 HTTP (80), HTTPS (443), TCP echo (7) on every address of the namespace, and DNS (UDP 53) on one.
 The HTTP(S) body, ``netlab <name> <local address>``, tells a test which name and address it really
-reached. The process stops when its standard input closes, so a parent that dies takes it along.
+reached. A name with a directory under ``--files`` is a file server instead (a package registry a
+test lays out there): ``FILES/<name>/<path>``, a directory's ``index.html`` or ``index.json``, 404
+for the rest. The process stops when its standard input closes, so a parent that dies takes it along.
 """
 
 from __future__ import annotations
 
 import argparse
+import mimetypes
+import posixpath
 import socket
 import socketserver
 import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import dns.exception
 import dns.flags
@@ -40,7 +46,10 @@ def lookup(hosts: dict[str, str], name: str) -> str | None:
 
 
 class NameHandler(BaseHTTPRequestHandler):
-    """Answers any path with the name the client asked for and the address it reached."""
+    """Answers any path with the name the client asked for and the address it reached,
+    or, for a name with served files, with the file at the path."""
+
+    files: Path | None = None  # set by main()
 
     def do_GET(self) -> None:
         self._answer(send_body=True)
@@ -51,9 +60,13 @@ class NameHandler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         sni = getattr(self.connection, "netlab_sni", None)
         name = sni or (self.headers.get("Host") or "-").rsplit(":", 1)[0]
+        status, content_type = 200, "text/plain"
         body = f"netlab {name} {self.connection.getsockname()[0]}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
+        site = self.files / name.lower() if self.files is not None else None
+        if site is not None and site.is_dir():
+            status, content_type, body = served_file(site, self.path)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if send_body:
@@ -61,6 +74,19 @@ class NameHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: stderr is kept for errors, which the lab shows when it fails to start."""
+
+
+def served_file(site: Path, request_path: str) -> tuple[int, str, bytes]:
+    """Status, content type and body for ``request_path`` under ``site`` (never outside it)."""
+    relative = posixpath.normpath(unquote(urlsplit(request_path).path)).lstrip("/")
+    path = site / relative if relative not in ("", ".") else site
+    if path.is_dir():
+        path = next(
+            (path / index for index in ("index.html", "index.json") if (path / index).is_file()), path
+        )
+    if not path.is_file() or not path.resolve().is_relative_to(site.resolve()):
+        return 404, "text/plain", b"not found\n"
+    return 200, mimetypes.guess_type(path.name)[0] or "application/octet-stream", path.read_bytes()
 
 
 class HTTPSServer(ThreadingHTTPServer):
@@ -139,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cert", required=True, help="PEM certificate for HTTPS")
     parser.add_argument("--key", required=True, help="PEM private key for HTTPS")
     parser.add_argument("--host", action="append", default=[], help="NAME=ADDRESS, NAME may be *.suffix")
+    parser.add_argument("--files", type=Path, help="FILES/<name>/... served for <name> over HTTP(S)")
     args = parser.parse_args(argv)
     hosts = dict(entry.lower().split("=", 1) for entry in args.host)
+    NameHandler.files = args.files
     http = ThreadingHTTPServer(("0.0.0.0", 80), NameHandler)
     http.daemon_threads = True
     servers: list[socketserver.BaseServer] = [

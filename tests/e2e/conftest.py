@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
-    PACKAGE_INDEX,
     PORTS_DOMAIN,
     AsyncSandboxFactory,
     Daemon,
@@ -75,8 +74,6 @@ def daemon(internet: TestInternet) -> Iterator[Daemon]:
         XDG_CONFIG_HOME=str(scratch / "config"),
         EMBER_DNS_UPSTREAM=f"{internet.dns_server}:{internet.dns_port}",
         EMBER_DOMAIN=PORTS_DOMAIN,
-        # The daemon reads its host's package indexes from pip's configuration: here, a test host.
-        PIP_INDEX_URL=PACKAGE_INDEX,
         EMBER_E2B_DOMAIN=E2B_DOMAIN,
     )
     cli_env = {**env, "EMBER_URL": url, "EMBER_API_KEY": api_key}
@@ -165,26 +162,39 @@ def shared_sandbox(daemon: Daemon) -> Iterator[Sandbox]:
         yield sandbox
 
 
-DATA_RECIPE = Path(__file__).resolve().parents[2] / "templates" / "data.sh"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
+
+def build_recipe(daemon: Daemon, name: str) -> str:
+    """Run the shipped recipe ``templates/NAME.sh`` against the test daemon, as a user would.
+
+    A recipe downloads Debian packages on the host (apt, as on any machine that runs
+    setup) and builds the template on the test daemon: minutes under TCG, so every
+    test that needs a template shares one build (the session fixtures below).
+    """
+    env = {**daemon.cli_env, "PYTHON": sys.executable, "EMBER": f"{sys.executable} -m ember"}
+    recipe = TEMPLATES / f"{name}.sh"
+    built = subprocess.run(["bash", str(recipe)], env=env, capture_output=True, text=True, timeout=2400)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert f"template {name} saved" in built.stderr
+    return name
 
 
 @pytest.fixture(scope="session")
 def data_template(daemon: Daemon) -> Iterator[str]:
-    """Template ``data`` (templates/data.sh: numpy, pandas, matplotlib), built once for the session.
-
-    The recipe downloads Debian's packages on the host (apt, as on any machine
-    that runs setup) and builds the template on the test daemon (minutes under
-    TCG), so every test that needs it shares this one build.
-    """
+    """Template ``data`` (templates/data.sh: numpy, pandas, matplotlib), built once for the session."""
     base = run_cli(daemon, "template", "build", "base", timeout_s=600)
     assert base.returncode == 0, base.stderr
-    env = {**daemon.cli_env, "PYTHON": sys.executable, "EMBER": f"{sys.executable} -m ember"}
-    built = subprocess.run(["bash", str(DATA_RECIPE)], env=env, capture_output=True, text=True, timeout=2400)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    assert "template data saved" in built.stderr
-    yield "data"
+    yield build_recipe(daemon, "data")
     for name in ("data", "base"):
         Sandbox.delete_template(name, base_url=daemon.url, api_key=daemon.api_key)
+
+
+@pytest.fixture(scope="session")
+def browser_template(daemon: Daemon) -> Iterator[str]:
+    """Template ``browser`` (templates/browser.sh: Chromium and Playwright), built once for the session."""
+    yield build_recipe(daemon, "browser")
+    Sandbox.delete_template("browser", base_url=daemon.url, api_key=daemon.api_key)
 
 
 @pytest.fixture(scope="module")

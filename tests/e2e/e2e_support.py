@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ember.client import AsyncSandbox, Sandbox
 from ember.client._local import is_healthy
@@ -17,8 +18,19 @@ from ember.client._local import is_healthy
 DAEMON_START_TIMEOUT_S = 60.0
 #: The test daemon also serves exposed ports as {port}-{id}.PORTS_DOMAIN (host-based URLs).
 PORTS_DOMAIN = "sandbox.test"
-#: The package index the test daemon's pip configuration names: a test host.
+#: The registries the test daemon's pip, npm and Debian mirror configuration name: test hosts.
 PACKAGE_INDEX = "http://other.test/simple"
+NPM_REGISTRY = "http://npm.wild.test/"
+DEBIAN_MIRROR = "http://deb.wild.test/debian"
+#: The daemon reads its host's registries from pip's and npm's configuration and the guest's
+#: Debian mirror from Ember's: the test daemon's environment says so (and nothing else's:
+#: the recipes' own apt and pip use this machine's real ones).
+DAEMON_REGISTRIES = {
+    "PIP_INDEX_URL": PACKAGE_INDEX,
+    "PIP_TRUSTED_HOST": urlsplit(PACKAGE_INDEX).netloc,  # plain http, as pip wants it said
+    "npm_config_registry": NPM_REGISTRY,
+    "EMBER_DEBIAN_MIRROR": DEBIAN_MIRROR,
+}
 
 SandboxFactory = Callable[..., Sandbox]
 AsyncSandboxFactory = Callable[..., Awaitable[AsyncSandbox]]
@@ -79,7 +91,7 @@ def run_cli(
 
 def spawn_daemon(daemon: Daemon, port: int) -> subprocess.Popen[bytes]:
     """Start ``ember serve`` for `daemon` (its dirs, key and port) and wait until it answers."""
-    env = {k: v for k, v in daemon.cli_env.items() if k != "EMBER_URL"}
+    env = {**{k: v for k, v in daemon.cli_env.items() if k != "EMBER_URL"}, **DAEMON_REGISTRIES}
     with open(daemon.log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ember", "serve", "--host", "127.0.0.1", "--port", str(port)],

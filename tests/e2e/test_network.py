@@ -9,17 +9,31 @@ once (refused, reset, no such name, 403), never as a timeout.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from e2e_support import PACKAGE_INDEX, PORTS_DOMAIN, Daemon, SandboxFactory, run_cli, wait_until
+from e2e_support import (
+    DEBIAN_MIRROR,
+    NPM_REGISTRY,
+    PACKAGE_INDEX,
+    PORTS_DOMAIN,
+    Daemon,
+    SandboxFactory,
+    run_cli,
+    wait_until,
+)
+from package_registries import publish_deb, publish_npm_package, publish_wheel
 from websockets.sync.client import connect as ws_connect
 
 from ember import Sandbox
+from ember.agent.registries import APT_SOURCES, NPM_RC, PIP_CONF
 from ember.errors import InvalidRequestError, NetworkDisabledError, PortNotExposedError
+from ember.images.debian_tree import DEBIAN_SUITE
 from netlab import TestInternet
 
 PROBES = r"""
@@ -60,6 +74,9 @@ def tls(ip, name, cafile):
 """
 
 GUEST_SERVER = Path(__file__).with_name("guest_web_server.py")
+GUEST_APT_SOURCES = f"/{APT_SOURCES}"
+LAB_PACKAGE = "ember-lab-greet"
+REGISTRIES = (PACKAGE_INDEX, NPM_REGISTRY, DEBIAN_MIRROR)
 
 
 def probe(sandbox: Sandbox, expression: str) -> str:
@@ -141,13 +158,59 @@ def test_allowlist_lets_named_domains_and_cidrs_through_and_refuses_the_rest(
     assert via_ip.startswith("netlab allowed.test") and internet.hosts["allowed.test"] in via_ip, via_ip
 
 
-def test_packages_switch_allows_the_hosts_package_managers_use(
-    sandbox_factory: SandboxFactory, internet: TestInternet
+@pytest.fixture(scope="module")
+def registries(internet: TestInternet) -> Iterator[None]:
+    """The registries the test daemon's host is configured with, served by test hosts: a
+    package index, an npm registry and a Debian mirror, each with one package."""
+    index, npm, debian = (internet.files / str(urlsplit(url).hostname) for url in REGISTRIES)
+    publish_wheel(index / "simple", LAB_PACKAGE, "1.0", "GREETING = 'hello from the lab index'\n")
+    publish_npm_package(
+        npm, NPM_REGISTRY, LAB_PACKAGE, "1.0.0", "module.exports = 'hello from the lab registry';\n"
+    )
+    suites = [DEBIAN_SUITE, f"{DEBIAN_SUITE}-updates"]  # what the guest's apt source names
+    publish_deb(debian / "debian", suites, LAB_PACKAGE, "1.0", "#!/bin/sh\necho hello from the lab mirror\n")
+    yield
+    for site in (index, npm, debian):
+        shutil.rmtree(site)
+
+
+def test_packages_switch_installs_with_pip_npm_and_apt_from_the_hosts_registries(
+    sandbox_factory: SandboxFactory, internet: TestInternet, registries: None
 ) -> None:
-    sandbox = with_probes(sandbox_factory(network={"packages": True}), internet)
-    index_host = urlsplit(PACKAGE_INDEX).hostname
-    assert probe(sandbox, f"fetch('http://{index_host}/simple/')").startswith(f"netlab {index_host}")
-    assert refused(probe(sandbox, "fetch('http://allowed.test/')"))
+    sandbox = sandbox_factory(network={"packages": True})
+
+    def run(command: str) -> str:
+        result = sandbox.commands.run(command, timeout=600)
+        assert result.exit_code == 0, (command, result.stdout[-3000:], result.stderr[-3000:])
+        return result.stdout
+
+    run(f"pip install {LAB_PACKAGE}")
+    module = LAB_PACKAGE.replace("-", "_")
+    assert run(f"python3 -c 'import {module}; print({module}.GREETING)'") == "hello from the lab index\n"
+
+    run(f"mkdir /tmp/site && cd /tmp/site && npm install --no-audit --no-fund {LAB_PACKAGE}")
+    assert run(f"cd /tmp/site && node -p \"require('{LAB_PACKAGE}')\"") == "hello from the lab registry\n"
+
+    sources = sandbox.files.read(GUEST_APT_SOURCES).decode()
+    assert f"URIs: {DEBIAN_MIRROR}\n" in sources, sources
+    # The lab's mirror is unsigned; a real one carries Debian's signature, which the guest checks.
+    sandbox.files.write(GUEST_APT_SOURCES, sources + "Trusted: yes\n")
+    run(f"apt-get update && apt-get install --yes {LAB_PACKAGE}")
+    assert run(LAB_PACKAGE) == "hello from the lab mirror\n"
+
+    # Nothing else: the switch opens the registries' hosts only.
+    assert refused(probe(with_probes(sandbox, internet), "fetch('http://allowed.test/')"))
+
+
+def test_turning_the_packages_switch_on_points_the_guests_tools_at_the_registries(
+    sandbox_factory: SandboxFactory,
+) -> None:
+    sandbox = sandbox_factory(network={"domains": ["allowed.test"]})
+    assert not sandbox.files.exists(f"/{PIP_CONF}")
+    sandbox.network.update(packages=True)
+    assert f"index-url = {PACKAGE_INDEX}\n" in sandbox.files.read(f"/{PIP_CONF}").decode()
+    assert f"registry={NPM_REGISTRY}\n" in sandbox.files.read(f"/{NPM_RC}").decode()
+    assert f"URIs: {DEBIAN_MIRROR}\n" in sandbox.files.read(GUEST_APT_SOURCES).decode()
 
 
 def test_cli_creates_with_a_policy_changes_it_and_exposes_a_port(daemon: Daemon) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import ember
-from ember.images import ImagesMissing, find_guest_images
+from ember.images import ImagesMissing, debian_tree, find_guest_images
 from ember.images import kernel as kernel_module
+from ember.images.cache import ArtifactKey
 from ember.images.debian_tree import debian_tree_key
 from ember.images.guest_agent import agent_digest
 from ember.images.kernel import kernel_key
@@ -59,10 +60,12 @@ def test_kernel_key_follows_fragment_and_source_version(
     assert kernel_key().name != original
 
 
-def test_tree_key_follows_the_mirror() -> None:
-    first = debian_tree_key("http://a.example/debian")
-    assert first == debian_tree_key("http://a.example/debian")
-    assert first.name != debian_tree_key("http://b.example/debian").name
+def test_tree_key_follows_the_package_list_not_the_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = debian_tree_key()
+    assert first == debian_tree_key()
+    assert "mirror" not in first.inputs  # a guest's apt is pointed at the host's mirror when it runs
+    monkeypatch.setattr(debian_tree, "DEBIAN_PACKAGES", (*debian_tree.DEBIAN_PACKAGES, "cowsay"))
+    assert debian_tree_key().name != first.name
 
 
 def test_agent_digest_covers_agent_and_protocol_but_not_caches_or_host_code(
@@ -81,10 +84,10 @@ def test_agent_digest_covers_agent_and_protocol_but_not_caches_or_host_code(
 
 
 def test_rootfs_key_follows_tree_and_agent(fake_ember: Path) -> None:
-    tree = debian_tree_key("http://a.example/debian")
+    tree = debian_tree_key()
     original = rootfs_key(tree).name
     assert rootfs_key(tree).name == original
-    assert rootfs_key(debian_tree_key("http://b.example/debian")).name != original
+    assert rootfs_key(ArtifactKey("debian-tree", {"packages": "other"})).name != original
     (fake_ember / "agent/__main__.py").write_text("print('changed')\n")
     assert rootfs_key(tree).name != original
 

@@ -65,6 +65,23 @@ def test_http_names_the_host_and_address_reached(lab: netlab.TestInternet) -> No
     assert get(f"http://{denied}/", "x.wild.test") == f"netlab x.wild.test {denied}\n"
 
 
+def test_a_name_with_files_is_a_file_server(lab: netlab.TestInternet) -> None:
+    site = lab.files / "files.wild.test"
+    (site / "simple/pkg").mkdir(parents=True)
+    (site / "simple/pkg/index.html").write_text("<a href='pkg.whl'>pkg</a>")
+    (site / "npm").mkdir()
+    (site / "npm/index.json").write_text('{"name": "pkg"}')
+    address = lab.hosts["other.test"]
+    with httpx.Client(trust_env=False, timeout=5, headers={"Host": "files.wild.test"}) as client:
+        page = client.get(f"http://{address}/simple/pkg/")
+        assert (page.status_code, page.headers["content-type"]) == (200, "text/html")
+        assert page.text == "<a href='pkg.whl'>pkg</a>"
+        assert client.get(f"http://{address}/npm").json() == {"name": "pkg"}
+        for missing in ("/nothing", "/../../../etc/passwd", "/simple/%2e%2e/%2e%2e/%2e%2e/server.log"):
+            assert client.get(f"http://{address}{missing}").status_code == 404
+    assert get(f"http://{address}/npm", "other.test") == f"netlab other.test {address}\n"
+
+
 def test_https_verifies_with_the_lab_certificate(lab: netlab.TestInternet) -> None:
     allowed = lab.hosts["allowed.test"]
     body = get(f"https://{allowed}/", "allowed.test", verify=lab.ssl_context())

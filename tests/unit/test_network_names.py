@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from ember.network.packages import apt_urls, pip_urls, url_hosts
+from ember.network.packages import PackageSources, apt_urls, pip_settings, url_hosts
 from ember.network.proxy import http_host, tls_server_name
 
 
@@ -38,13 +38,43 @@ def test_http_host_without_port_and_case() -> None:
     assert http_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n") is None
 
 
-def test_pip_config_listing_and_defaults() -> None:
-    listing = "global.index-url='https://mirror.example/simple'\n:env:.extra-index-url='file:///x http://b.example/s'\n"
-    assert url_hosts(pip_urls(listing, "https://pypi.org/simple")) == ["mirror.example", "b.example"]
-    assert url_hosts(pip_urls("global.cert='/x'\n", "https://pypi.org/simple\nhttps://files.host")) == [
+def test_pip_settings_take_each_option_from_the_section_pip_prefers() -> None:
+    listing = (
+        ":env:.index-url='http://env.example/simple'\n"
+        "global.cert='/x'\n"
+        "global.extra-index-url='file:///x http://b.example/s'\n"
+        "global.index-url='https://mirror.example/simple'\n"
+        "global.trusted-host='env.example b.example:8080'\n"
+        "install.extra-index-url='http://c.example/s'\n"
+    )
+    assert pip_settings(listing) == {
+        "index-url": ["http://env.example/simple"],
+        "extra-index-url": ["http://c.example/s"],
+        "trusted-host": ["env.example", "b.example:8080"],
+    }
+    assert pip_settings("global.cert='/x'\n") == {}
+
+
+def test_package_sources_name_every_host_they_fetch_from() -> None:
+    sources = PackageSources(
+        pip_index_url="http://index.example/simple",
+        pip_trusted_hosts=("index.example", "trusted.example:8080"),
+        npm_registry="https://npm.example/",
+        debian_mirror="http://deb.example/debian",
+        other_urls=("http://security.example/debian-security", "/opt/wheels", "https://pypi.org/simple"),
+    )
+    assert sources.hosts() == (
+        "index.example",
+        "npm.example",
+        "deb.example",
+        "trusted.example",
+        "security.example",
         "pypi.org",
-        "files.host",
-    ]
+    )
+    assert PackageSources().hosts() == ()
+    assert url_hosts(
+        ["http://[::1", "http:///no-host", "ftp://deb.example/", "https://ok.example:8443/x"]
+    ) == ["ok.example"]
 
 
 def test_apt_sources_in_both_formats(tmp_path: Path) -> None:

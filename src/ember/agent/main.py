@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember.agent import files, image, network, system, watch
+from ember.agent import files, image, network, registries, system, watch
 from ember.agent._errors import AgentError
 from ember.agent.paths import WORKDIR
 from ember.agent.port import SocketPort, VirtioPort, find_port
@@ -84,6 +84,8 @@ class Agent:
             system.set_hostname(request.hostname)
         if request.network is not None and network.changes(request.network):
             await asyncio.to_thread(network.configure, request.network)
+        if request.registries is not None and registries.changes(request.registries):
+            await asyncio.to_thread(registries.configure, request.registries)
         if request.env is not None:
             self.processes.base_env = dict(request.env)
             self.contexts.set_env(request.env)

@@ -14,7 +14,11 @@ Allow = Annotated[
     typer.Option("--allow", help="A domain (*.example.com for its subdomains) or a CIDR (repeatable)."),
 ]
 Packages = Annotated[
-    bool, typer.Option("--packages", help="Also allow the hosts this host's pip, apt and npm use.")
+    bool,
+    typer.Option(
+        "--packages",
+        help="Also allow the registries this host's pip, npm and apt use, and use them in the guest.",
+    ),
 ]
 
 

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from ember.engine.registry import Registry
 from ember.engine.sandbox import Sandbox, SandboxConfig, SandboxState, vm_spec
 from ember.engine.snapshots import Snapshots
 from ember.engine.store import SandboxRecord, SnapshotRecord, Store
-from ember.images import GuestImages, ImagesMissing, find_guest_images
+from ember.images import GuestImages, ImagesMissing, find_guest_images, guest_debian_mirror
 from ember.images.oci import ImportedImage
 from ember.network.networks import Networks
 from ember.network.policy import NetworkPolicy
@@ -59,7 +60,9 @@ class SandboxManager:
         self.layers = Layers(self.settings)
         self.snapshots = Snapshots(self.settings, self.store, self.layers, self.driver)
         self.imported = ImportedImages(self.settings)
-        self.networks = Networks(self.settings, self.driver.spawn_helper)
+        self.networks = Networks(
+            self.settings, self.driver.spawn_helper, partial(guest_debian_mirror, self.settings)
+        )
         self.pool = WarmPool(dict(self.settings.pool), self._restore_for_pool)
         #: Limits per owner; whoever keeps the API keys sets ``quotas.limits`` (default: none).
         self.quotas = Quotas(lambda owner: Quota(), self.usage)

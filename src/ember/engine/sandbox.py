@@ -35,7 +35,7 @@ from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.network.networks import Lease, Networks
 from ember.network.policy import NetworkPolicy
 from ember.network.policy import parse as parse_policy
-from ember.protocol.messages import AgentInfo, Configure
+from ember.protocol.messages import AgentInfo, Configure, PackageRegistries
 from ember.tasks import cancel_and_wait
 from ember.vmm.base import VirtualMachine, VmSpec, VmState
 
@@ -254,6 +254,7 @@ class Sandbox:
             entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
             # The agent remembers what its interface has and skips a repeat (agent/network.py).
             network=self.lease.guest_config() if self.lease is not None else {},
+            registries=_registries(self.lease),
         )
 
     @staticmethod
@@ -268,10 +269,12 @@ class Sandbox:
         async with self._network_lock:
             self.require_running()
             if policy.enabled and self.lease is None:
-                await self._attach_network(policy)
+                lease = await self._attach_network(policy)
                 try:
                     async with self.agent_call() as agent:
-                        await agent.request(Configure(network=self.lease.guest_config()))  # type: ignore[union-attr]
+                        await agent.request(
+                            Configure(network=lease.guest_config(), registries=_registries(lease))
+                        )
                 except BaseException:
                     await self._detach_network()
                     raise
@@ -280,17 +283,22 @@ class Sandbox:
                     await agent.request(Configure(network={}))
                 await self._detach_network()
             elif self.lease is not None:
+                before = self.lease.registries
                 await self._networks.update(self.lease, policy)
+                if self.lease.registries is not None and self.lease.registries != before:
+                    async with self.agent_call() as agent:
+                        await agent.request(Configure(registries=_registries(self.lease)))
             self.record.network = policy.to_dict()
             if not policy.enabled:
                 self.record.ports = {}
             self._store.save(self.record)
 
-    async def _attach_network(self, policy: NetworkPolicy) -> None:
-        self.lease = await self._networks.attach(self.id, self.vm, policy)
-        self.record.network, self.record.net_slot = policy.to_dict(), self.lease.addressing.slot
-        self.record.address = self.lease.addressing.guest_ip
+    async def _attach_network(self, policy: NetworkPolicy) -> Lease:
+        self.lease = lease = await self._networks.attach(self.id, self.vm, policy)
+        self.record.network, self.record.net_slot = policy.to_dict(), lease.addressing.slot
+        self.record.address = lease.addressing.guest_ip
         self._store.save(self.record)
+        return lease
 
     async def _detach_network(self) -> None:
         lease, self.lease = self.lease, None
@@ -424,6 +432,20 @@ _LIVE = (SandboxState.BOOTING, SandboxState.RUNNING, SandboxState.POOLED)
 def _check_port(port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise errors.InvalidRequestError(f"a port is a number from 1 to 65535, not {port!r}")
+
+
+def _registries(lease: Lease | None) -> PackageRegistries | None:
+    """What the guest's pip, npm and apt are pointed at: the host's registries, with ``packages``."""
+    sources = lease.registries if lease is not None else None
+    if sources is None:
+        return None
+    return PackageRegistries(
+        pip_index_url=sources.pip_index_url,
+        pip_extra_index_urls=list(sources.pip_extra_index_urls),
+        pip_trusted_hosts=list(sources.pip_trusted_hosts),
+        npm_registry=sources.npm_registry,
+        debian_mirror=sources.debian_mirror,
+    )
 
 
 def vm_spec(record: SandboxRecord) -> VmSpec:

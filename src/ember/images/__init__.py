@@ -6,7 +6,7 @@ cached under ``settings.images_dir`` by a digest of those sources.
 """
 
 from ember.images.errors import BuildFailed, ImagesError, ImagesMissing, MirrorNotFound
-from ember.images.guest import GuestImages, ensure_guest_images, find_guest_images
+from ember.images.guest import GuestImages, ensure_guest_images, find_guest_images, guest_debian_mirror
 from ember.images.progress import BuildProgress
 from ember.images.writable_disk import create_writable_disk
 
@@ -20,4 +20,5 @@ __all__ = [
     "create_writable_disk",
     "ensure_guest_images",
     "find_guest_images",
+    "guest_debian_mirror",
 ]

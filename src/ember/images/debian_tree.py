@@ -1,7 +1,7 @@
 """The Debian tree under the guest's root filesystem: debootstrap plus Ember's packages.
 
-This is the slow part of the rootfs (a minute or two, network bound), so it is
-its own cached artifact, keyed by suite, mirror and package list only. The
+This is the slow part of the rootfs (a few minutes, network bound), so it is
+its own cached artifact, keyed by suite and package list only. The
 rootfs image is assembled from it in seconds, so a change to the agent never
 re-runs debootstrap. Building needs root (debootstrap, chroot).
 """
@@ -13,32 +13,36 @@ import re
 import shutil
 from pathlib import Path
 
+from ember.agent.registries import APT_SOURCES
 from ember.images._workspace import Workspace
 from ember.images.cache import ArtifactKey
 
 DEBIAN_SUITE = "bookworm"
-# No npm: Debian's npm is split into ~350 node-* packages (webpack, babel,
-# node-gyp, libssl-dev...) that grow the tree from 340 MB to 504 MB and from
-# 11k to 38k files. Node.js itself is here.
-DEBIAN_PACKAGES = (
-    "bash",
-    "ca-certificates",
-    "coreutils",
-    "curl",
-    "git",
-    "gzip",
-    "iproute2",
-    "libnss-myhostname",
-    "nodejs",
-    "procps",
-    "python3",
-    "python3-pip",
-    "python3-venv",
-    "tar",
-    "util-linux",
-)
+# What a sandbox has without installing anything, in groups. Sizes: each group
+# installed alone on top of the core (bookworm, no recommends); all together they
+# add ~800 MiB and ~35k files to the core's ~340 MiB. The base is one read-only
+# image shared by every sandbox: its size costs disk and setup time, not memory.
+_CORE = (  # Python, Node.js, a shell and what the agent and the network need
+    "bash", "ca-certificates", "coreutils", "curl", "git", "gzip", "iproute2",
+    "libnss-myhostname", "nodejs", "procps", "python3", "python3-pip", "python3-venv",
+    "tar", "util-linux",
+)  # fmt: skip
+_TOOLS = (  # fetching, archives, data at the shell, searching, patching: +24 MiB
+    "bc", "bzip2", "file", "jq", "less", "lsof", "netcat-openbsd", "openssh-client",
+    "patch", "ripgrep", "rsync", "sqlite3", "unzip", "wget", "xz-utils", "zip", "zstd",
+)  # fmt: skip
+# Compilers and headers, for pip and npm packages without binaries: +264 MiB.
+_BUILD = ("build-essential", "pkg-config", "python3-dev")
+# Debian's npm is ~350 node-* packages (27k small files): +96 MiB.
+_NODE = ("npm",)
+# ffmpeg: +397 MiB, of which Mesa's GPU drivers and LLVM (~165 MiB), pulled in by
+# libavdevice through libgl1, can never run in a microVM without a GPU; they stay,
+# because a package installed without its files would break whatever needs it later.
+# ImageMagick: +53 MiB; poppler-utils (pdftotext, pdftoppm): +22 MiB.
+_MEDIA = ("ffmpeg", "imagemagick", "poppler-utils")
+DEBIAN_PACKAGES = (*_CORE, *_TOOLS, *_BUILD, *_NODE, *_MEDIA)
 # Bump when the steps below change what ends up in the tree.
-TREE_BUILDER_VERSION = "2"
+TREE_BUILDER_VERSION = "3"
 TREE_DIR = "tree"
 PACKAGES_FILE = "packages.txt"
 GUEST_USER = "user"
@@ -73,13 +77,17 @@ root-user-action = ignore
 """
 
 
-def debian_tree_key(mirror: str) -> ArtifactKey:
-    """The tree's cache key: suite, mirror, package list and builder version."""
+def debian_tree_key() -> ArtifactKey:
+    """The tree's cache key: suite, package list and builder version.
+
+    Not the mirror: it is where the packages come from, not what they are (nor
+    is the date, which changes them as much), and a sandbox's apt is pointed at
+    the host's mirror of the day. A new mirror or proxy rebuilds nothing.
+    """
     return ArtifactKey(
         "debian-tree",
         {
             "builder": TREE_BUILDER_VERSION,
-            "mirror": mirror,
             "packages": " ".join(sorted(DEBIAN_PACKAGES)),
             "suite": DEBIAN_SUITE,
         },
@@ -176,9 +184,10 @@ def build_debian_tree(workspace: Workspace, mirror: str) -> None:
 
 
 def _write_apt_sources(tree: Path, mirror: str) -> None:
+    """Ember's own file, whose URIs the agent points at the host's mirror of the day."""
     (tree / "etc/apt/sources.list").unlink(missing_ok=True)
     _write(
-        tree / "etc/apt/sources.list.d/debian.sources",
+        tree / APT_SOURCES,
         f"Types: deb\nURIs: {mirror}\nSuites: {DEBIAN_SUITE} {DEBIAN_SUITE}-updates\n"
         "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
     )

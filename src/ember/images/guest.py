@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ember.images.cache import ArtifactCache, ArtifactKey
 from ember.images.debian_tree import DEBIAN_SUITE, TREE_DIR, build_debian_tree, debian_tree_key
-from ember.images.errors import ImagesMissing
+from ember.images.errors import ImagesMissing, MirrorNotFound
 from ember.images.kernel import KERNEL_FILE, build_kernel, kernel_key
 from ember.images.mirror import debian_mirror
 from ember.images.progress import BuildProgress
@@ -45,8 +45,7 @@ def ensure_guest_images(
     kernel = kernel_key()
     kernel_dir = cache.ensure(kernel, build_kernel, progress, force=force)
 
-    mirror = debian_mirror(settings, DEBIAN_SUITE)
-    tree = debian_tree_key(mirror)
+    tree = debian_tree_key()
     rootfs = rootfs_key(tree)
     rootfs_dir = None if force else cache.lookup(rootfs)
     if rootfs_dir is None:
@@ -57,9 +56,11 @@ def ensure_guest_images(
 
 def ensure_debian_tree(settings: Settings, progress: BuildProgress, *, force: bool = False) -> Path:
     """The Debian tree Ember's guests are made of (``debian_tree``), built if missing (minutes)."""
-    mirror = debian_mirror(settings, DEBIAN_SUITE)
-    build = partial(build_debian_tree, mirror=mirror)
-    built = ArtifactCache(settings.images_dir).ensure(debian_tree_key(mirror), build, progress, force=force)
+    cache, key = ArtifactCache(settings.images_dir), debian_tree_key()
+    built = None if force else cache.lookup(key)
+    if built is None:  # the mirror is looked for only to build
+        build = partial(build_debian_tree, mirror=debian_mirror(settings, DEBIAN_SUITE))
+        built = cache.ensure(key, build, progress, force=force)
     return built / TREE_DIR
 
 
@@ -67,7 +68,7 @@ def find_guest_images(settings: Settings) -> GuestImages:
     """The built artifacts for the current sources; raises `ImagesMissing` instead of building."""
     cache = ArtifactCache(settings.images_dir)
     kernel = kernel_key()
-    rootfs = rootfs_key(debian_tree_key(debian_mirror(settings, DEBIAN_SUITE)))
+    rootfs = rootfs_key(debian_tree_key())
     kernel_dir, rootfs_dir = cache.lookup(kernel), cache.lookup(rootfs)
     if kernel_dir is None or rootfs_dir is None:
         missing = [
@@ -83,6 +84,15 @@ def find_guest_images(settings: Settings) -> GuestImages:
             f"{settings.images_dir}: run `ember image build`"
         )
     return _images(kernel, kernel_dir, rootfs, rootfs_dir)
+
+
+def guest_debian_mirror(settings: Settings) -> str | None:
+    """The Debian mirror a guest's apt is pointed at: the one the base is built from
+    (``EMBER_DEBIAN_MIRROR``, else this host's apt source for the guest's suite)."""
+    try:
+        return debian_mirror(settings, DEBIAN_SUITE)
+    except MirrorNotFound:
+        return None
 
 
 def _images(kernel: ArtifactKey, kernel_dir: Path, rootfs: ArtifactKey, rootfs_dir: Path) -> GuestImages:

@@ -16,12 +16,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ember.network import host
 from ember.network.host import Addressing, HostNetwork, ServicePorts
-from ember.network.packages import host_package_hosts
+from ember.network.packages import PackageSources, host_package_sources
 from ember.network.policy import DomainRules, NetworkPolicy
 from ember.network.services import rules_to_wire
 from ember.network.services_client import Launcher, ServicesClient
@@ -29,7 +30,7 @@ from ember.settings import Settings
 
 log = logging.getLogger("ember.network")
 
-PACKAGE_HOSTS_TTL_S = 300.0
+PACKAGE_SOURCES_TTL_S = 300.0
 
 
 class Nic(Protocol):
@@ -50,6 +51,8 @@ class Lease:
     rules: DomainRules
     ports: ServicePorts | None = None
     served: bool = False
+    #: The registries the guest's package managers are pointed at (the ``packages`` switch).
+    registries: PackageSources | None = None
 
     def guest_config(self) -> dict[str, str]:
         """What the agent configures in the guest (its interface, route and resolver)."""
@@ -59,11 +62,13 @@ class Lease:
 class Networks:
     """Every sandbox network of one daemon (see the module docstring)."""
 
-    def __init__(self, settings: Settings, launch: Launcher) -> None:
+    def __init__(self, settings: Settings, launch: Launcher, debian_mirror: Callable[[], str | None]) -> None:
+        """``debian_mirror`` names the mirror a guest's apt is pointed at (read with the rest)."""
         self.host = HostNetwork(settings.network_cidr, settings.instance)
         log_path = settings.data_dir / "network-services.log"
         self.services = ServicesClient(launch, settings.dns_upstream, log_path)
-        self._package_hosts: tuple[float, tuple[str, ...]] | None = None
+        self._debian_mirror = debian_mirror
+        self._package_sources: tuple[float, PackageSources] | None = None
 
     async def attach(self, sandbox_id: str, nic: Nic, policy: NetworkPolicy) -> Lease:
         """Give a running VM a network under ``policy``; on failure nothing is left."""
@@ -98,11 +103,12 @@ class Networks:
     async def update(self, lease: Lease, policy: NetworkPolicy) -> None:
         """Apply a new (enabled) policy to an attached network; established connections carry on."""
         assert lease.ports is not None
-        rules = DomainRules.of(policy, await self.package_hosts() if policy.packages else ())
+        registries = await self.package_sources() if policy.packages else None
+        rules = DomainRules.of(policy, registries.hosts() if registries is not None else ())
         denied = [*host.ALWAYS_DENIED, str(self.host.cidr), *await host.host_addresses()]
         await self.host.apply(lease.sandbox_id, lease.addressing, policy, lease.ports, denied)
         await self.services.update(lease.sandbox_id, {"rules": rules_to_wire(rules), "denied": denied})
-        lease.policy, lease.rules = policy, rules
+        lease.policy, lease.rules, lease.registries = policy, rules, registries
 
     async def detach(self, lease: Lease, nic: Nic | None) -> None:
         """Unplug and remove everything of the lease. Never raises: it runs on teardown paths."""
@@ -129,12 +135,13 @@ class Networks:
         await self.services.close()
         await self.host.release_host()
 
-    async def package_hosts(self) -> tuple[str, ...]:
-        """This host's package-manager hosts, read again every few minutes (configs change)."""
+    async def package_sources(self) -> PackageSources:
+        """This host's package registries, read again every few minutes (configs change)."""
         now = time.monotonic()
-        if self._package_hosts is None or now - self._package_hosts[0] > PACKAGE_HOSTS_TTL_S:
-            self._package_hosts = (now, await asyncio.to_thread(host_package_hosts))
-        return self._package_hosts[1]
+        if self._package_sources is None or now - self._package_sources[0] > PACKAGE_SOURCES_TTL_S:
+            sources = await asyncio.to_thread(lambda: host_package_sources(self._debian_mirror()))
+            self._package_sources = (now, sources)
+        return self._package_sources[1]
 
     async def _serve(self, lease: Lease) -> None:
         """Bind the sandbox's DNS, HTTP and TLS sockets on its host-side address and have the

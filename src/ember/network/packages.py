@@ -1,17 +1,21 @@
-"""The hosts this host's package managers download from, read from their own configuration.
+"""Where this host's package managers download from, read from their own configuration.
 
-A sandbox's ``packages`` switch lets it reach them, so that ``pip install``,
-``apt-get install`` and ``npm install`` work inside wherever they work on the
-host. Ember names no host itself: pip, apt and npm say where they go (their
-configuration, or the tool's own default when nothing is configured).
+A sandbox's ``packages`` switch lets it reach those hosts, and points the guest's
+pip, npm and apt at the same registries, so that ``pip install``, ``npm install``
+and ``apt-get install`` work inside wherever they work on the host, through the
+same mirror or proxy. Ember names no host itself: pip, apt and npm say where they
+go (their configuration, or the tool's own default when nothing is configured);
+the guest's Debian mirror is the one its image is built from.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,35 +27,61 @@ _PIP_DEFAULTS = "\n".join(
         "print('https://' + PyPI.file_storage_domain)",
     )
 )
+# Which of pip's configuration sections wins: its environment variables, then
+# the install command's section, then the global one.
+_PIP_SECTIONS = (":env:", "install", "global")
 _TOOL_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class PackageSources:
+    """The registries a guest is pointed at, and every host the host's tools may fetch from."""
+
+    pip_index_url: str | None = None
+    pip_extra_index_urls: tuple[str, ...] = ()
+    pip_trusted_hosts: tuple[str, ...] = ()
+    npm_registry: str | None = None
+    debian_mirror: str | None = None
+    #: Reached but not configured in the guest: apt's other repositories, pip's
+    #: find-links, pip's default index when none is set.
+    other_urls: tuple[str, ...] = ()
+
+    def hosts(self) -> tuple[str, ...]:
+        """The host names a ``packages`` sandbox may reach."""
+        urls = [self.pip_index_url, *self.pip_extra_index_urls, self.npm_registry, self.debian_mirror]
+        urls += [f"https://{host}" for host in self.pip_trusted_hosts]
+        return tuple(url_hosts([*(url for url in urls if url), *self.other_urls]))
 
 
 def url_hosts(urls: Iterable[str]) -> list[str]:
     """The host names of the http(s) URLs among ``urls`` (file:// and paths name no host)."""
     hosts = []
     for url in urls:
-        parts = urlsplit(url.strip())
-        if parts.scheme in ("http", "https") and parts.hostname:
-            hosts.append(parts.hostname.lower())
+        try:
+            parts = urlsplit(url.strip())
+            hostname = parts.hostname
+        except ValueError:  # a malformed address ("http://[::1") names no host
+            continue
+        if parts.scheme in ("http", "https") and hostname:
+            hosts.append(hostname.lower())
     return list(dict.fromkeys(hosts))
 
 
-def pip_urls(config_listing: str, defaults: str) -> list[str]:
-    """Index URLs from ``pip config list`` output; pip's defaults when no index-url is set."""
-    urls: list[str] = []
-    has_index = False
+def pip_settings(config_listing: str) -> dict[str, list[str]]:
+    """index-url, extra-index-url, trusted-host and find-links from ``pip config list``
+    output, each from the section pip gives precedence to."""
+    found: dict[str, dict[str, list[str]]] = {}
     for line in config_listing.splitlines():
         key, _, value = line.partition("=")
-        name = key.rsplit(".", 1)[-1]
-        if name in ("index-url", "extra-index-url", "find-links", "trusted-host"):
-            values = value.strip().strip("'\"").split()
-            if name == "trusted-host":
-                values = [f"https://{v}" for v in values]
-            urls.extend(values)
-            has_index = has_index or name == "index-url"
-    if not has_index:
-        urls.extend(defaults.split())
-    return urls
+        section, _, name = key.rpartition(".")
+        found.setdefault(name, {})[section] = value.strip().strip("'\"").split()
+    settings = {}
+    for name in ("index-url", "extra-index-url", "trusted-host", "find-links"):
+        sections = found.get(name, {})
+        chosen = next((sections[s] for s in _PIP_SECTIONS if s in sections), None)
+        if chosen:
+            settings[name] = chosen
+    return settings
 
 
 def apt_urls(sources_dir: Path = Path("/etc/apt")) -> list[str]:
@@ -76,16 +106,39 @@ def apt_urls(sources_dir: Path = Path("/etc/apt")) -> list[str]:
     return urls
 
 
-def host_package_hosts() -> tuple[str, ...]:
-    """Every package-manager host of this machine, now (tools that are missing count for nothing)."""
-    urls = apt_urls()
+def host_package_sources(debian_mirror: str | None) -> PackageSources:
+    """This host's registries, now (tools that are missing count for nothing), with the
+    guest's Debian mirror."""
+    pip: dict[str, list[str]] = {}
+    defaults: list[str] = []
     listing = _tool_output([sys.executable, "-m", "pip", "config", "list"])
     if listing is not None:
-        urls += pip_urls(listing, _tool_output([sys.executable, "-c", _PIP_DEFAULTS]) or "")
+        pip = pip_settings(listing)
+        if "index-url" not in pip:
+            defaults = (_tool_output([sys.executable, "-c", _PIP_DEFAULTS]) or "").split()
+    index = _web_urls(pip.get("index-url", []))
+    return PackageSources(
+        pip_index_url=index[0] if index else None,
+        pip_extra_index_urls=tuple(_web_urls(pip.get("extra-index-url", []))),
+        pip_trusted_hosts=tuple(pip.get("trusted-host", [])),
+        npm_registry=_npm_registry(),
+        debian_mirror=debian_mirror,
+        other_urls=tuple([*apt_urls(), *pip.get("find-links", []), *defaults]),
+    )
+
+
+def _npm_registry() -> str | None:
     npm = shutil.which("npm")
     if npm is not None:
-        urls += (_tool_output([npm, "config", "get", "registry"]) or "").split()
-    return tuple(url_hosts(urls))
+        registry = (_tool_output([npm, "config", "get", "registry"]) or "").strip()
+    else:  # without npm here, only its environment variable (spelt in lower case by npm) can name one
+        registry = os.environ.get("npm_config_registry") or os.environ.get("NPM_CONFIG_REGISTRY", "")  # noqa: SIM112
+    return registry if _web_urls([registry]) else None
+
+
+def _web_urls(urls: Iterable[str]) -> list[str]:
+    """The http(s) URLs of ``urls``: a guest cannot use the host's files and paths."""
+    return [url for url in urls if url_hosts([url])]
 
 
 def _lines(path: Path) -> list[str]:

@@ -53,6 +53,21 @@ def parse_request(message: dict[str, Any]) -> Request:
 # ---------------------------------------------------------------- system
 
 
+@dataclass
+class PackageRegistries(WireModel):
+    """Where the guest's pip, npm and apt download from: the host's own registries.
+
+    Sent when a sandbox's network has the ``packages`` switch. An empty field
+    leaves that tool its own default.
+    """
+
+    pip_index_url: str | None = None
+    pip_extra_index_urls: list[str] = field(default_factory=list)
+    pip_trusted_hosts: list[str] = field(default_factory=list)
+    npm_registry: str | None = None
+    debian_mirror: str | None = None
+
+
 @_request
 @dataclass
 class Configure(Request):
@@ -65,6 +80,8 @@ class Configure(Request):
     entropy_b64: str | None = None
     #: None: unchanged; {}: no network interface; {"address": "a.b.c.d/n", "gateway": "..."}: up.
     network: dict[str, str] | None = None
+    #: None: unchanged.
+    registries: PackageRegistries | None = None
 
 
 @dataclass

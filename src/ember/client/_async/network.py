@@ -24,7 +24,8 @@ class AsyncNetwork:
     ) -> dict[str, Any]:
         """Apply a new policy now: ``"none"``, ``"full"``, or an allowlist of domains and CIDRs.
 
-        ``packages=True`` adds the hosts the daemon host's pip, apt and npm use.
+        ``packages=True`` adds the registries the daemon host's pip, npm and apt use, and
+        points the guest's pip, npm and apt at them.
         Giving domains, cidrs or packages without a mode means ``"allowlist"``.
         Returns the sandbox's network as the daemon now describes it.
         """

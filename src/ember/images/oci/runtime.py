@@ -30,10 +30,9 @@ from pathlib import Path, PurePosixPath
 
 from ember.images._workspace import Workspace
 from ember.images.cache import ArtifactCache, ArtifactKey
-from ember.images.debian_tree import DEBIAN_SUITE, debian_tree_key
+from ember.images.debian_tree import debian_tree_key
 from ember.images.errors import BuildFailed
 from ember.images.guest import ensure_debian_tree
-from ember.images.mirror import debian_mirror
 from ember.images.oci.layers import resolve_inside
 from ember.images.progress import BuildProgress
 from ember.settings import Settings
@@ -85,7 +84,7 @@ def ensure_runtime(settings: Settings, progress: BuildProgress) -> Path:
     """The runtime's cache directory for this host's Debian tree and busybox, built if missing
     (with the tree, if that is missing too)."""
     cache = ArtifactCache(settings.images_dir)
-    key = runtime_key(debian_tree_key(debian_mirror(settings, DEBIAN_SUITE)))
+    key = runtime_key(debian_tree_key())
     built = cache.lookup(key)
     if built is not None:
         return built
