@@ -19,7 +19,7 @@ DAEMON_START_TIMEOUT_S = 60.0
 #: The test daemon also serves exposed ports as {port}-{id}.PORTS_DOMAIN (host-based URLs).
 PORTS_DOMAIN = "sandbox.test"
 #: The registries the test daemon's pip, npm and Debian mirror configuration name: test hosts.
-PACKAGE_INDEX = "http://other.test/simple"
+PACKAGE_INDEX = "http://pypi.wild.test/simple"
 NPM_REGISTRY = "http://npm.wild.test/"
 DEBIAN_MIRROR = "http://deb.wild.test/debian"
 #: The daemon reads its host's registries from pip's and npm's configuration and the guest's

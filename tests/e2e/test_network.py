@@ -158,7 +158,7 @@ def test_allowlist_lets_named_domains_and_cidrs_through_and_refuses_the_rest(
     assert via_ip.startswith("netlab allowed.test") and internet.hosts["allowed.test"] in via_ip, via_ip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def registries(internet: TestInternet) -> Iterator[None]:
     """The registries the test daemon's host is configured with, served by test hosts: a
     package index, an npm registry and a Debian mirror, each with one package."""
