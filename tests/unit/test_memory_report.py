@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,15 +23,7 @@ def test_without_the_variable_nothing_is_installed(monkeypatch):
 def test_a_sigusr2_writes_the_report_the_variable_asks_for(monkeypatch, tmp_path):
     monkeypatch.setenv(memory_report.DIRECTORY_ENV, str(tmp_path))
     monkeypatch.delenv(memory_report.TRACE_ENV, raising=False)
-    before = signal.getsignal(signal.SIGUSR2)
-    try:
-        memory_report.install()
-        os.kill(os.getpid(), signal.SIGUSR2)
-        deadline = time.monotonic() + 10
-        while not (tmp_path / memory_report.REPORT).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the handler runs between two bytecodes of this thread
-    finally:
-        signal.signal(signal.SIGUSR2, before)
+    _install_and_signal(lambda: (tmp_path / memory_report.REPORT).exists())
     report = json.loads((tmp_path / memory_report.REPORT).read_text())
     assert sorted(os.listdir(tmp_path)) == [memory_report.REPORT], "no partial file is left"
     assert report["rss_kib"] > 1024
@@ -71,13 +64,19 @@ def test_sqlite_s_page_cache_is_counted(tmp_path):
 def test_a_report_that_cannot_be_written_is_logged_not_raised_into_the_daemon(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv(memory_report.DIRECTORY_ENV, str(tmp_path / "gone"))
     monkeypatch.delenv(memory_report.TRACE_ENV, raising=False)
+    _install_and_signal(lambda: "writing the memory report" in caplog.text)
+    assert "writing the memory report" in caplog.text
+
+
+def _install_and_signal(done: Callable[[], bool]) -> None:
+    """``install()``, send this process SIGUSR2 and wait (10 s at most) for ``done``; the
+    handler that was there before is put back."""
     before = signal.getsignal(signal.SIGUSR2)
     try:
         memory_report.install()
         os.kill(os.getpid(), signal.SIGUSR2)
         deadline = time.monotonic() + 10
-        while "writing the memory report" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the handler runs between two bytecodes of this thread
     finally:
         signal.signal(signal.SIGUSR2, before)
-    assert "writing the memory report" in caplog.text
