@@ -155,14 +155,40 @@ def test_an_api_key_and_its_quota_work_and_are_revoked_on_every_host(lab: Cluste
     )
     # Its quota, set through the gateway (a host answers it), is the same on every host.
     assert (
-        Keys(base_url=lab.url, api_key=lab.api_key).set_quota(key_id, {"sandboxes": 3}).limits["sandboxes"]
-        == 3
+        Keys(base_url=lab.url, api_key=lab.api_key).set_quota(key_id, {"sandboxes": 2}).limits["sandboxes"]
+        == 2
     )
 
     def limited(url: str) -> bool:
-        return Keys(base_url=url, api_key=key).quota().limits["sandboxes"] == 3
+        return Keys(base_url=url, api_key=key).quota().limits["sandboxes"] == 2
 
     lab.wait_until(lambda: all(limited(host.url) for host in lab.hosts), 5, "the quota on every host")
+
+    # And counted over the cluster: a sandbox on each of two hosts is the key's limit on the third.
+    def create_on(host: Host) -> httpx.Response:
+        return httpx.post(
+            f"{lab.url}/v1/sandboxes",
+            json={"timeout": 600},
+            headers={"authorization": f"Bearer {key}", "ember-host": host.name},
+            timeout=300,
+            trust_env=False,
+        )
+
+    made_ids = []
+    try:
+        for host in lab.hosts[:2]:
+            answer = create_on(host)
+            assert answer.status_code == 201, answer.text
+            made_ids.append(answer.json()["id"])
+        refused = create_on(lab.hosts[2])
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "quota_exceeded"
+        details = refused.json()["details"]
+        assert details == {"quota": "sandboxes", "limit": 2, "used": 2, "requested": 1}
+        assert Keys(base_url=lab.hosts[2].url, api_key=key).quota().usage.sandboxes == 2
+    finally:
+        for sandbox_id in made_ids:
+            Sandbox.connect(sandbox_id, base_url=lab.url, api_key=key).close()
     Keys(base_url=lab.hosts[1].url, api_key=lab.api_key).revoke(key_id)
     for url in [lab.url, *(host.url for host in lab.hosts)]:
         with pytest.raises(errors.AuthenticationError):

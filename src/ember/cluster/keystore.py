@@ -6,8 +6,8 @@ has); each host keeps the local table as a copy, written from the mirror's watch
 So checking a key stays a local lookup, and goes on working while etcd has no
 quorum, when only creating and revoking keys and changing quotas is refused
 (``cluster_unavailable``). A key is written to etcd before it is handed out or
-counts as revoked; the default quota is kept there too. (The quotas' usage is
-counted by each host for its own sandboxes.)
+counts as revoked; the default quota is kept there too. (A quota's usage is
+counted cluster-wide from the catalog: ``Node.usage``.)
 
 The key routes are synchronous (run in worker threads); the etcd writes run on
 the event loop, where the etcd client lives, and the thread waits for them.

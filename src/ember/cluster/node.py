@@ -45,6 +45,7 @@ from ember.cluster.sync import HostSync
 from ember.cluster.transfer import Exports, Imports, export_routes
 from ember.engine import SandboxManager
 from ember.engine.limits import free_memory_mib, total_memory_mib
+from ember.engine.quotas import Usage
 from ember.engine.store import Store
 from ember.server.deps import bearer_token, ember_version
 from ember.server.e2b.control import DEFAULT_TEMPLATES
@@ -89,6 +90,7 @@ class Node:
             self.exports = Exports(manager, token="")
             self.imports = Imports(manager, self.forwarder.client, token="")
             manager.registry = self.sync
+            manager.quotas.held = self.usage
         self._pending: dict[str, int] = defaultdict(int)
         self._copies: dict[str, asyncio.Task[None]] = {}
         #: Templates this host cannot run (their guest images are not here): never fetched again.
@@ -203,6 +205,32 @@ class Node:
                 s.name: s.id for s in manager.store.snapshots() if s.kind == "template" and s.name
             }
         return record
+
+    def usage(self, owner: str) -> Usage:
+        """What ``owner`` holds in the whole cluster, for its quota: this host's own count
+        and what the catalog says the other hosts run and keep. A create is in the catalog
+        from its admission on, so two creates of one key racing on two hosts can both pass
+        only within the time one's entry takes to reach the other's mirror (milliseconds)."""
+        assert self.manager is not None
+        here = self.manager.usage(owner)
+        kept_here = {s.id for s in self.manager.snapshots.list(owner)}
+        running = [
+            e
+            for _, e in self.catalog.entries()
+            if e.owner == owner and e.host != self.me and e.state == "running"
+        ]
+        kept = [
+            e
+            for _, e in self.catalog.snapshots()
+            if e.owner == owner and e.kind == "snapshot" and not e.deleted and e.id not in kept_here
+        ]
+        return here + Usage(
+            sandboxes=len(running),
+            vcpus=sum(e.vcpus for e in running),
+            memory_mb=sum(e.memory_mib for e in running),
+            snapshots=len(kept),
+            snapshot_bytes=sum(e.size_bytes for e in kept),
+        )
 
     # ------------------------------------------------------------ what the router asks
 

@@ -83,19 +83,20 @@ class Usage:
 class Quotas:
     """Checks requests of owners against their quota and what they hold.
 
-    ``limits(owner)`` gives an owner's quota; ``usage(owner)`` what it holds now.
+    ``limits(owner)`` gives an owner's quota; ``held(owner)`` what it holds now (one
+    host's sandboxes and snapshots; a cluster's node counts the other hosts' too).
     Requests without an owner (the engine's own: the pool, template builds) are
     not limited.
     """
 
     def __init__(self, limits: Callable[[str], Quota], usage: Callable[[str], Usage]) -> None:
         self.limits = limits
-        self._usage = usage
+        self.held = usage
         self._reserved: dict[str, Usage] = {}
 
     def usage(self, owner: str) -> Usage:
         """What ``owner`` holds, creates in flight included."""
-        return self._usage(owner) + self._reserved.get(owner, Usage())
+        return self.held(owner) + self._reserved.get(owner, Usage())
 
     def check(self, owner: str | None, adding: Usage) -> None:
         """Raise ``QuotaExceededError`` if ``adding`` would take ``owner`` past a limit."""

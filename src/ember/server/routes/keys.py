@@ -44,7 +44,7 @@ def _quota(service_: Service, key_id: str) -> QuotaInfo:
         own=own,
         default=default.to_dict(),
         limits=default.under(own).to_dict(),
-        usage=QuotaUsage(**service_.manager.usage(key_id).to_dict()),
+        usage=QuotaUsage(**service_.manager.quotas.usage(key_id).to_dict()),
     )
 
 
