@@ -82,11 +82,13 @@ async def test_a_process_gets_its_environment_and_memory_settings_and_nothing_of
     monkeypatch.setenv("EMBER_SECRET", "the daemon's")
     script = "env | sort; grep THP_enabled /proc/self/status; grep merge_any /proc/self/ksm_stat"
     status, output = await run_jailed(tmp_path, script)
-    assert status == 0
-    assert "EMBER_SECRET" not in output and "THP_enabled:\t1" in output and "ksm_merge_any: no" in output
+    assert status == 0, output
+    lines = output.splitlines()
+    assert "EMBER_SECRET" not in output, output
+    assert "THP_enabled:\t1" in lines and "ksm_merge_any: no" in lines, output
     process = Process(env={"MALLOC_ARENA_MAX": "2"}, huge_pages=False, merge=True)
     status, output = await run_jailed(tmp_path, script, process)
-    assert status == 0
+    assert status == 0, output
     lines = output.splitlines()
-    assert lines[0] == "MALLOC_ARENA_MAX=2" and "EMBER_SECRET" not in output
-    assert "THP_enabled:\t0" in lines and "ksm_merge_any: yes" in lines
+    assert lines[0] == "MALLOC_ARENA_MAX=2" and "EMBER_SECRET" not in output, output
+    assert "THP_enabled:\t0" in lines and "ksm_merge_any: yes" in lines, output

@@ -32,7 +32,7 @@ class ForkRun:
     others_cores: float  # CPU the host's other processes used meanwhile, in cores
 
     @staticmethod
-    def bound_s(runs: list[ForkRun], single: list[ForkRun], cores: int) -> float:
+    def bound_s(runs: list[ForkRun], single: list[ForkRun], cores: float) -> float:
         """``T + count·C / cores``: T of ``runs`` (fork(count)), C of ``single`` (fork(1))."""
         snapshot = statistics.median(r.snapshot_s for r in runs)
         child = statistics.median(r.child_cpu_s or 0.0 for r in single)

@@ -269,7 +269,11 @@ class Suite:
         for count, measured in runs.items():
             if count > 1:
                 others = statistics.median(r.others_cores for r in measured)
-                note = f"meanwhile the host's other processes used {others:.1f} of its {cores} cores"
+                left = ForkRun.bound_s(measured, single, max(cores - others, 0.1))
+                note = (
+                    f"meanwhile the host's other processes used {others:.1f} of its {cores} cores; "
+                    f"with the CPU they left: {left * 1000:.0f} ms"
+                )
                 bound = ForkRun.bound_s(measured, single, cores)
                 self._add(Row(_bound_name(count, cores), [bound], note=note))
 

@@ -52,7 +52,6 @@ async def fork(
     """``count`` new sandboxes identical to this one now; the source runs on unchanged.
     ``timing``, if given, is filled in as it goes."""
     timing = timing or ForkTiming()
-    started, cpu = time.perf_counter(), time.process_time()
     limits.check_fork_count(count)
     source = manager.get(sandbox_id, owner)
     record = source.record
@@ -60,6 +59,32 @@ async def fork(
     manager.quotas.check(
         owner, Usage(sandboxes=count, vcpus=count * record.vcpus, memory_mb=count * record.memory_mib)
     )
+    # Its children start from the snapshot on: the background work the snapshot leaves
+    # (the next spare image of the source) waits for them (ember.vmm.memory.Background).
+    with manager.driver.starts.starting():
+        results = await _snapshot_and_restore(manager, source, count, owner, timing)
+    forks = [r for r in results if isinstance(r, Sandbox)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        for failure in failures[1:]:
+            log.warning("fork of %s: another child failed too: %s", sandbox_id, failure)
+        ended = await asyncio.gather(
+            *(manager.destroy(f.id, "fork failed") for f in forks), return_exceptions=True
+        )
+        for child, result in zip(forks, ended, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("fork of %s: could not end child %s: %s", sandbox_id, child.id, result)
+        await manager.collect()
+        raise failures[0]
+    return forks
+
+
+async def _snapshot_and_restore(
+    manager: SandboxManager, source: Sandbox, count: int, owner: str | None, timing: ForkTiming
+) -> list[Sandbox | BaseException]:
+    """The one-use snapshot, restored ``count`` times at once; each child or why it failed."""
+    record = source.record
+    started, cpu = time.perf_counter(), time.process_time()
     snapshot = await source.snapshot(manager.snapshots, kind="fork")
     timing.snapshot_s, timing.snapshot_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     cpu = time.process_time()
@@ -83,17 +108,4 @@ async def fork(
         # Its files stay while the forks map its memory, and go with the last of them.
         manager.snapshots.delete(snapshot)
         timing.children_cpu_s = time.process_time() - cpu
-    forks = [r for r in results if isinstance(r, Sandbox)]
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        for failure in failures[1:]:
-            log.warning("fork of %s: another child failed too: %s", sandbox_id, failure)
-        ended = await asyncio.gather(
-            *(manager.destroy(f.id, "fork failed") for f in forks), return_exceptions=True
-        )
-        for child, result in zip(forks, ended, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("fork of %s: could not end child %s: %s", sandbox_id, child.id, result)
-        await manager.collect()
-        raise failures[0]
-    return forks
+    return results

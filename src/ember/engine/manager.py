@@ -286,7 +286,8 @@ class SandboxManager:
         if reservation is not None:
             reservation.release()
         try:
-            await sandbox.boot()
+            with self.driver.starts.starting():
+                await sandbox.boot()
         finally:
             if sandbox.state is not SandboxState.RUNNING:
                 self._sandboxes.pop(sandbox_id, None)

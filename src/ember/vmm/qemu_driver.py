@@ -27,7 +27,7 @@ from ember.vmm.base import VmSpec
 from ember.vmm.cgroups import CgroupHost, CgroupsUnavailable
 from ember.vmm.jail import JAIL_ROOT, Jailer, python_jail
 from ember.vmm.ksm import HostKsm
-from ember.vmm.memory import MemoryImages
+from ember.vmm.memory import MemoryImages, VmStarts
 from ember.vmm.qemu import QemuVM, kernel_args
 from ember.vmm.uids import UidRange
 
@@ -55,7 +55,9 @@ class QemuDriver:
         self.tsc_khz = clock.host_tsc_khz() if accel.kind == "tcg" else None
         self.kernel_args = " ".join(kernel_args(accel))
         self.jailer = Jailer()
-        self.memory = MemoryImages()
+        #: VMs starting now: the background work on memory images waits for them.
+        self.starts = VmStarts()
+        self.memory = MemoryImages(self.starts)
         self.ksm = HostKsm()
         self.uids = UidRange(*settings.uid_range, settings.instance)
         self.jail_root = JAIL_ROOT
