@@ -1,9 +1,10 @@
 """What the benchmark reads of this host, where the daemon runs: a sandbox's QEMU
-process, its CPU time and PSS, and the CPU every process of the host used."""
+process, its CPU time and PSS, the CPU every process of the host used, and KSM."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -48,3 +49,18 @@ def cpu_used_s() -> float:
     with open("/proc/stat") as stat:
         user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
     return (user + nice + system + irq + softirq + steal) * _TICK_S
+
+
+def ksm_settled(timeout_s: float = 600) -> float | None:
+    """When the host's ksmd runs: wait for two full scans from now (what is mergeable then
+    is merged); the seconds waited, or None when ksmd does not run."""
+    ksm = Path("/sys/kernel/mm/ksm")
+    try:
+        if (ksm / "run").read_text().strip() != "1":
+            return None
+        started, first = time.monotonic(), int((ksm / "full_scans").read_text())
+        while int((ksm / "full_scans").read_text()) < first + 2 and time.monotonic() - started < timeout_s:
+            time.sleep(1)
+    except OSError:
+        return None
+    return time.monotonic() - started

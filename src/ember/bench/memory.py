@@ -24,14 +24,14 @@ from ember.vmm.memory import MEMFD_PREFIX
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1 << 20
 
-TCG = "TCG translated code"
-HEAP = "QEMU heap"
-ANONYMOUS = "QEMU other anonymous (malloc arenas, large allocations, stacks)"
-RELOCATED = "QEMU and libraries: relocated data (private)"
-FILES = "QEMU and libraries: code and read-only data (shared)"
-WRITTEN = "guest RAM written since the restore (private)"
-IMAGE = "guest RAM read from the memory image (shared)"
-PAGE_TABLES = "page tables (kernel memory, besides PSS)"
+TCG = "TCG code"  # QEMU's translation of the guest code run so far
+HEAP = "QEMU heap"  # glibc's main arena
+ANONYMOUS = "QEMU other anonymous"  # malloc arenas of other threads, large allocations, stacks
+RELOCATED = "QEMU+libs relocated"  # private copies of library pages the dynamic loader wrote
+FILES = "QEMU+libs files (shared)"  # code and read-only data, shared with every QEMU
+WRITTEN = "guest RAM written"  # private copies of the pages the guest wrote since its restore
+IMAGE = "guest RAM image (shared)"  # the snapshot's pages the guest read, shared by its restores
+PAGE_TABLES = "page tables"  # kernel memory, besides PSS
 CATEGORIES = (TCG, HEAP, ANONYMOUS, RELOCATED, FILES, WRITTEN, IMAGE, PAGE_TABLES)
 
 _PRESENT, _FILE_OR_SHARED = 1 << 63, 1 << 61

@@ -349,8 +349,14 @@ class Suite:
             self._idle_pss(f"PSS per idle fork ({count})", forks)
 
     def _idle_pss(self, name: str, sandboxes: list[Sandbox], note: str = "") -> None:
-        """PSS per sandbox of ``sandboxes`` after 2 s idle, their total, and what the pages hold."""
+        """PSS per sandbox of ``sandboxes`` after 2 s idle (and, when the host's KSM runs, two
+        of its scans), their total, and what the pages hold."""
         time.sleep(2)
+        merged = host.ksm_settled()
+        if merged is not None:
+            note = "; ".join(
+                filter(None, (note, f"KSM on: measured after two of its scans ({merged:.0f} s)"))
+            )
         processes = [host.qemu_process(s.id) for s in sandboxes]
         pss = [host.pss_mib(p) for p in processes]
         if None in pss:
