@@ -326,10 +326,16 @@ class Suite:
         self._add(boot)
 
     def _density(self) -> None:
+        """Idle sandboxes as users get them: from the warm pool when the daemon pools
+        ``base`` (each create waits for a ready one), restored on the spot otherwise."""
         for count in self.plan.idle_counts:
             before = self._pool_use()
             with ExitStack() as stack:
-                sandboxes = [stack.enter_context(self._sandbox()) for _ in range(count)]
+                sandboxes = []
+                for _ in range(count):
+                    if self.pooled:
+                        self._wait_for_pool()
+                    sandboxes.append(stack.enter_context(self._sandbox()))
                 hits, misses = (now - then for now, then in zip(self._pool_use(), before, strict=True))
                 self._idle_pss(
                     f"PSS per idle sandbox ({count})",
