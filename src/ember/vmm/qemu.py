@@ -42,7 +42,9 @@ Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
   on its TCG code buffer, where a 2 MiB page of a VM that translated little is
   mostly zeros (~0.7 MiB per idle restored VM, measured), and the guest RAM of a
   restored VM is a private file mapping, whose written pages are small anyway.
-  Its environment is its own: ``MALLOC_ARENA_MAX=2`` (glibc otherwise gives each
+  Its guest RAM is offered to KSM only when the daemon runs it (``mem-merge``,
+  ``ember.vmm.ksm``): QEMU's default would let a ksmd started for anything else
+  merge guests' pages. Its environment is its own: ``MALLOC_ARENA_MAX=2`` (glibc otherwise gives each
   thread that allocates an arena of its own, and QEMU's passing I/O workers
   leave theirs behind).
 Every QEMU runs jailed (``ember.vmm.jail``): its own uid, no capabilities,
@@ -193,10 +195,11 @@ class QemuVM(VirtualMachine):
         memory = f"{spec.memory_mib}M"
         # A restore maps its snapshot's sealed memfd (ember.vmm.memory), passed as fd 3.
         mem_path = spec.memory_file if spec.restore is None else f"/proc/self/fd/{_MEMORY_FD}"
+        merge = "on" if self._driver.ksm.active else "off"
         return [
             self._driver.qemu_path,
             "-name", f"ember,process=ember-{spec.run_dir.name}",
-            "-M", "microvm,acpi=off,memory-backend=mem",
+            "-M", f"microvm,acpi=off,memory-backend=mem,mem-merge={merge}",
             "-rtc", "clock=vm",
             "-accel", accel,
             "-cpu", cpu,
