@@ -13,7 +13,6 @@ from ember import errors
 from ember.engine import Sandbox, SandboxManager, SandboxState
 from ember.settings import Settings
 from ember.vmm import cgroups
-from ember.vmm.ksm import HostKsm
 from jails import assert_jailed, inspect
 from leaks import qemu_pids_under
 
@@ -141,19 +140,6 @@ async def test_the_balloon_works_under_seccomp_and_never_touches_the_snapshot(sa
         assert filecmp.cmp(image, snapshot.memory_file, shallow=False)
     finally:
         await manager.delete_snapshot(snapshot.id)
-
-
-async def test_with_ksm_asked_for_every_vmm_offers_its_memory_for_merging(sandbox_factory, manager, tmp_path):
-    for name, value in (("run", "0"), ("pages_to_scan", "100"), ("sleep_millisecs", "20")):
-        (tmp_path / name).write_text(f"{value}\n")
-    manager.driver.ksm = HostKsm(tmp_path)  # not the host's own: a test does not start its ksmd
-    manager.driver.ksm.start()
-    sandbox = await sandbox_factory()
-    assert "ksm_merge_any: yes" in Path(f"/proc/{sandbox.vm.pid}/ksm_stat").read_text().splitlines()
-    assert_jailed(sandbox)  # set before the jail dropped the capability it needs, and jailed all the same
-    assert (await sandbox.code.run("print(6 * 7)")).stdout == "42\n"
-    manager.driver.ksm.stop()  # as the daemon's end does
-    assert (tmp_path / "run").read_text() == "0\n"
 
 
 DNS_QUERY = """
