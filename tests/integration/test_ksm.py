@@ -14,6 +14,7 @@ import pytest
 
 from ember.engine import SandboxManager
 from ember.vmm.ksm import SYSFS
+from ember.vmm.memory import MEMFD_PREFIX
 from jails import assert_jailed
 
 pytestmark = pytest.mark.integration
@@ -37,6 +38,17 @@ def merging_pages(pid: int) -> int:
     return int(Path(f"/proc/{pid}/ksm_merging_pages").read_text())
 
 
+def guest_ram_mergeable(pid: int) -> bool:
+    """Whether the VMM's mapping of its snapshot's memory image is offered to KSM (``mg``)."""
+    mapping = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if not line[0].isupper():  # a mapping's first line: its addresses
+            mapping = line
+        elif line.startswith("VmFlags:") and mapping is not None and MEMFD_PREFIX in mapping:
+            return "mg" in line.split()[1:]
+    raise AssertionError(f"QEMU {pid} maps no memory image")
+
+
 @pytest.fixture
 def fast_ksmd() -> Iterator[None]:
     """ksmd scanning faster while the test runs, then as it was."""
@@ -52,17 +64,24 @@ def fast_ksmd() -> Iterator[None]:
 @pytest.mark.skipif(not (SYSFS / "run").exists(), reason="this kernel has no KSM")
 async def test_pages_two_sandboxes_hold_alike_are_merged(fast_ksmd, sandbox_factory, manager: SandboxManager):
     was = (SYSFS / "run").read_text()
+    source = await sandbox_factory()
+    # Off (the default), a restored guest's RAM is offered to no ksmd, whoever runs it.
+    (unmerged,) = await manager.fork(source.id, 1)
+    try:
+        assert not guest_ram_mergeable(unmerged.vm.pid)  # type: ignore[arg-type]
+    finally:
+        await manager.destroy(unmerged.id)
     driver = manager.driver
     driver.settings = dataclasses.replace(driver.settings, ksm=True)
     driver.start()  # as the daemon's start does with EMBER_KSM=on
     assert driver.ksm.active and (SYSFS / "run").read_text() == "1\n"
-    source = await sandbox_factory()
     # Forks map their snapshot's image privately: what each guest writes is its own copy.
     forks = await manager.fork(source.id, 2)
     try:
         pids = [fork.vm.pid for fork in forks]
         for fork, pid in zip(forks, pids, strict=True):
             assert "ksm_merge_any: yes" in Path(f"/proc/{pid}/ksm_stat").read_text().splitlines()
+            assert guest_ram_mergeable(pid)  # type: ignore[arg-type]
             assert_jailed(fork)  # made mergeable before the jail dropped what that needs
         before = [merging_pages(pid) for pid in pids]  # type: ignore[arg-type]
         for fork in forks:
