@@ -24,6 +24,8 @@ class JailedProcess:
     net_namespace: str
     mount_namespace: str
     files: frozenset[str]  # every regular file the process can see, outside SYSTEM
+    environment: dict[str, str]
+    huge_pages: int  # THP_enabled
 
 
 def inspect(pid: int) -> JailedProcess:
@@ -40,6 +42,10 @@ def inspect(pid: int) -> JailedProcess:
         net_namespace=os.readlink(f"/proc/{pid}/ns/net"),
         mount_namespace=os.readlink(f"/proc/{pid}/ns/mnt"),
         files=frozenset(visible_files(pid)),
+        environment=dict(
+            entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ").read_text().split("\0") if entry
+        ),
+        huge_pages=int(status["THP_enabled"]),
     )
 
 
@@ -88,6 +94,8 @@ def assert_jailed(sandbox: Sandbox) -> None:
     assert seen.seccomp == 2, "QEMU's seccomp filter is in place"
     assert seen.net_namespace != os.readlink("/proc/self/ns/net"), "the VMM has no host network"
     assert seen.mount_namespace != os.readlink("/proc/self/ns/mnt")
+    assert seen.environment == {"MALLOC_ARENA_MAX": "2"}, "nothing of the daemon's environment"
+    assert seen.huge_pages == 0, "no transparent huge pages (ember.vmm.qemu says why)"
     run_dir = str(sandbox.vm.spec.run_dir)
     # Besides its own files it sees those of its run directory (logs, its pid file, its
     # RAM if booted), and nothing else: no other sandbox's, no state database, no keys.

@@ -64,6 +64,9 @@ class Settings:
     image_max_mib: int = 16384
     #: Registries reached over plain HTTP (EMBER_INSECURE_REGISTRIES="host:port,..."); loopback always is.
     insecure_registries: tuple[str, ...] = ()
+    #: Identical pages of VMMs merged by the kernel (EMBER_KSM=on): less memory per sandbox, but
+    #: a side channel between sandboxes (``ember.vmm.ksm``); for sandboxes that trust each other.
+    ksm: bool = False
 
     @property
     def images_dir(self) -> Path:
@@ -117,6 +120,8 @@ class Settings:
             kwargs["vmm_overhead_mib"] = int(env["EMBER_VMM_OVERHEAD_MIB"])
         if "EMBER_IMAGE_MAX_MIB" in env:
             kwargs["image_max_mib"] = int(env["EMBER_IMAGE_MAX_MIB"])
+        if "EMBER_KSM" in env:
+            kwargs["ksm"] = parse_switch("EMBER_KSM", env["EMBER_KSM"])
         if "EMBER_INSECURE_REGISTRIES" in env:
             names = (name.strip() for name in env["EMBER_INSECURE_REGISTRIES"].split(","))
             kwargs["insecure_registries"] = tuple(name for name in names if name)

@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from ember.errors import VmmError
-from ember.vmm.jail import Jail, Jailer
+from ember.vmm.jail import Jail, Jailer, Process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building a jail needs root")
 
 UID = 299_950
 
 
-async def run_jailed(tmp_path: Path, script: str, **jail: object) -> tuple[int, str]:
+async def run_jailed(
+    tmp_path: Path, script: str, process: Process | None = None, **jail: object
+) -> tuple[int, str]:
     """Run ``sh -c script`` jailed with ``tmp_path/own`` bound writable; its exit status and output."""
     own = tmp_path / "own"
     own.mkdir(exist_ok=True)
@@ -28,7 +30,8 @@ async def run_jailed(tmp_path: Path, script: str, **jail: object) -> tuple[int, 
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     jailer = Jailer()
     try:
-        pid = await jailer.spawn(["/bin/sh", "-c", script], [fd, fd], Jail(**settings))  # type: ignore[arg-type]
+        argv = ["/bin/sh", "-c", script]
+        pid = await jailer.spawn(argv, [fd, fd], Jail(**settings), process)  # type: ignore[arg-type]
         os.close(fd)
         _exited(pid)
         status = await jailer.exit_status(pid)
@@ -71,3 +74,21 @@ async def test_a_jail_that_cannot_be_built_says_which_step_failed(tmp_path):
     with pytest.raises(VmmError, match=r"in its jail: mount .*missing.*No such file"):
         await run_jailed(tmp_path, "true", binds=((tmp_path / "missing", False),))
     assert not list((tmp_path / "root").iterdir()), "nothing of the failed jail is left on the host"
+
+
+async def test_a_process_gets_its_environment_and_memory_settings_and_nothing_of_the_daemons(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EMBER_SECRET", "the daemon's")
+    script = "env | sort; grep THP_enabled /proc/self/status; grep merge_any /proc/self/ksm_stat"
+    status, output = await run_jailed(tmp_path, script)
+    assert status == 0, output
+    lines = output.splitlines()
+    assert "EMBER_SECRET" not in output, output
+    assert "THP_enabled:\t1" in lines and "ksm_merge_any: no" in lines, output
+    process = Process(env={"MALLOC_ARENA_MAX": "2"}, huge_pages=False, merge=True)
+    status, output = await run_jailed(tmp_path, script, process)
+    assert status == 0, output
+    lines = output.splitlines()
+    assert lines[0] == "MALLOC_ARENA_MAX=2" and "EMBER_SECRET" not in output, output
+    assert "THP_enabled:\t0" in lines and "ksm_merge_any: yes" in lines, output

@@ -9,6 +9,7 @@ so when it is missing. Every sandbox the suite makes is closed before it ends.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -16,11 +17,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
-from ember.bench import baselines
+from ember.bench import baselines, host, memory
+from ember.bench.forkbound import ForkRun, fork_once
 from ember.bench.stats import Row, timed
 from ember.client import Sandbox
 from ember.client._config import resolve_config
@@ -50,8 +51,8 @@ QUICK = Plan(
     fast=5, creates=2, forks=1, boots=1, transfer_mb=4, fork_counts=(1, 2), idle_counts=(1, 2), clients=2
 )
 FULL = Plan(
-    fast=100, creates=20, forks=6, boots=3, transfer_mb=100, fork_counts=(1, 4, 8), idle_counts=(1, 10, 50),
-    clients=16,
+    fast=100, creates=20, forks=6, boots=3, transfer_mb=100, fork_counts=(1, 4, 8),
+    idle_counts=(1, 10, 50, 100), clients=16,
 )  # fmt: skip
 
 
@@ -117,11 +118,12 @@ class Suite:
     def _pools(self) -> list:
         return Sandbox.pool_stats(base_url=self.url, api_key=self.key)
 
-    def _wait_for_pool(self, timeout_s: float = 120) -> None:
-        """Untimed: let the pool refill, so that each create measures a hit, not a miss."""
+    def _wait_for_pool(self, timeout_s: float = 120, full: bool = False) -> None:
+        """Untimed: let the pool refill, so that each create measures a hit, not a miss
+        (``full``: so that no refill runs beside what is measured next)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if any(p.template == "base" and p.ready >= 1 for p in self._pools()):
+            if any(p.template == "base" and p.ready >= (p.target if full else 1) for p in self._pools()):
                 return
             time.sleep(0.05)
 
@@ -174,10 +176,10 @@ class Suite:
             noisy.files.write("/tmp/hog.py", hog.encode())
             noisy.commands.run("python3 /tmp/hog.py", background=True)
             time.sleep(2)  # its memory filled, every vCPU busy
-            before = _qemu_cpu_s(noisy.id), time.perf_counter()
+            before = host.qemu_cpu_s(noisy.id), time.perf_counter()
             row = Row("run_code 1+1 beside a noisy neighbour", baseline="run_code 1+1")
             self._add(timed(lambda: quiet.run_code("1+1"), self.plan.fast, row))
-            used, wall = _qemu_cpu_s(noisy.id), time.perf_counter()
+            used, wall = host.qemu_cpu_s(noisy.id), time.perf_counter()
             if used is None or before[0] is None:
                 self._add(Row("noisy neighbour's CPU", note="n/a: the daemon runs on another host"))
             else:
@@ -215,10 +217,12 @@ class Suite:
             self._add(restore)
         finally:
             Sandbox.delete_snapshot(snapshot.id, base_url=self.url, api_key=self.key)
+        runs = {}
         for count in self.plan.fork_counts:
-            self._add(
-                self._forks(source, count, Row(f"fork({count})", baseline="fork(1)" if count > 1 else None))
-            )
+            row = Row(f"fork({count})", baseline=_bound_name(count) if count > 1 else None)
+            runs[count] = self._forks(source, count, row)
+            self._add(row)
+        self._fork_bounds(runs)
         self._add(
             self._source_during_fork(
                 source, Row("source run_code during a fork (worst)", baseline="run_code 1+1")
@@ -230,21 +234,48 @@ class Suite:
         """The same fork once the transfers went through the guest: a snapshot reads
         (in the pause) and writes every page the guest wrote since its restore."""
         name = f"after {self.plan.transfer_mb} MB each way"
-        self._add(self._forks(source, 1, Row(f"fork(1) {name}", baseline="fork(1)")))
+        row = Row(f"fork(1) {name}", baseline="fork(1)")
+        self._forks(source, 1, row)
+        self._add(row)
         self._add(
             self._source_during_fork(
                 source, Row(f"source run_code during a fork {name}", baseline="run_code 1+1")
             )
         )
 
-    def _forks(self, source: Sandbox, count: int, row: Row) -> Row:
+    def _forks(self, source: Sandbox, count: int, row: Row) -> list[ForkRun]:
+        """fork(count) ``plan.forks`` times: each one's time into ``row``, and how it went."""
+        runs = []
         for _ in range(self.plan.forks):
-            started = time.perf_counter()
-            forks = source.fork(count)
-            row.samples.append(time.perf_counter() - started)
-            for fork in forks:
-                fork.close()
-        return row
+            self._wait_for_pool(full=True)
+            run, children = fork_once(self.http, self.key, source.id, count)
+            row.samples.append(run.wall_s)
+            runs.append(run)
+            for child in children:
+                Sandbox.connect(child, base_url=self.url, api_key=self.key).kill()
+        return runs
+
+    def _fork_bounds(self, runs: dict[int, list[ForkRun]]) -> None:
+        """T, C and each fork(n)'s bound ``T + n·C / cores`` (the ratio column of fork(n))."""
+        if 1 not in runs:
+            return
+        single = runs[1]
+        if any(r.child_cpu_s is None for rs in runs.values() for r in rs):
+            self._add(Row("fork bounds", note="n/a: the daemon runs on another host"))
+            return
+        self._add(Row("T: a fork's snapshot, before any child starts", [r.snapshot_s for r in single]))
+        self._add(Row("C: one fork child's CPU (its QEMU and the daemon)", [r.child_cpu_s for r in single]))
+        cores = os.cpu_count() or 1
+        for count, measured in runs.items():
+            if count > 1:
+                others = statistics.median(r.others_cores for r in measured)
+                left = ForkRun.bound_s(measured, single, max(cores - others, 0.1))
+                note = (
+                    f"meanwhile the host's other processes used {others:.1f} of its {cores} cores; "
+                    f"with the CPU they left: {left * 1000:.0f} ms"
+                )
+                bound = ForkRun.bound_s(measured, single, cores)
+                self._add(Row(_bound_name(count, cores), [bound], note=note))
 
     @staticmethod
     def _source_during_fork(source: Sandbox, row: Row) -> Row:
@@ -295,16 +326,57 @@ class Suite:
         self._add(boot)
 
     def _density(self) -> None:
+        """Idle sandboxes as users get them: from the warm pool when the daemon pools
+        ``base`` (each create waits for a ready one), restored on the spot otherwise."""
         for count in self.plan.idle_counts:
+            before = self._pool_use()
             with ExitStack() as stack:
-                sandboxes = [stack.enter_context(self._sandbox()) for _ in range(count)]
-                self._add(_idle_pss(f"PSS per idle sandbox ({count})", sandboxes))
+                sandboxes = []
+                for _ in range(count):
+                    if self.pooled:
+                        self._wait_for_pool()
+                    sandboxes.append(stack.enter_context(self._sandbox()))
+                hits, misses = (now - then for now, then in zip(self._pool_use(), before, strict=True))
+                self._idle_pss(
+                    f"PSS per idle sandbox ({count})",
+                    sandboxes,
+                    f"{hits} from the warm pool, {misses} restored on the spot",
+                )
+
+    def _pool_use(self) -> tuple[int, int]:
+        """Hits and misses of template base's pool so far."""
+        pool = next((p for p in self._pools() if p.template == "base"), None)
+        return (pool.hits, pool.misses) if pool is not None else (0, 0)
 
     def _fork_density(self, source: Sandbox) -> None:
         count = max(self.plan.fork_counts)
         with ExitStack() as stack:
             forks = [stack.enter_context(fork) for fork in source.fork(count)]
-            self._add(_idle_pss(f"PSS per idle fork ({count})", forks))
+            self._idle_pss(f"PSS per idle fork ({count})", forks)
+
+    def _idle_pss(self, name: str, sandboxes: list[Sandbox], note: str = "") -> None:
+        """PSS per sandbox of ``sandboxes`` after 2 s idle (and, when the host's KSM runs, two
+        of its scans), their total, and what the pages hold."""
+        time.sleep(2)
+        merged = host.ksm_settled()
+        if merged is not None:
+            note = "; ".join(
+                filter(None, (note, f"KSM on: measured after two of its scans ({merged:.0f} s)"))
+            )
+        processes = [host.qemu_process(s.id) for s in sandboxes]
+        pss = [host.pss_mib(p) for p in processes]
+        if None in pss:
+            self._add(Row(name, note="n/a: the daemon runs on another host"))
+            return
+        total = sum(p for p in pss if p is not None)
+        note = f"total {total:.0f} MiB" + (f"; {note}" if note else "")
+        self._add(Row(name, [total / len(sandboxes)], unit="MiB", note=note))
+        split = memory.breakdown(int(p.name) for p in processes if p is not None)
+        if split is None:
+            self._add(Row(f"{name}: by category", note="n/a: reading page frames needs root"))
+            return
+        for category, mib in split.items():
+            self._add(Row(f"{name}: {category}", [mib], unit="MiB"))
 
     def _capacity(self, limit: int) -> None:
         """Idle sandboxes held at once until a create fails (cleanly, with an error code) or ``limit``."""
@@ -348,45 +420,5 @@ class Suite:
         self._add(Row(f"throughput with {clients} clients", [clients / wall], unit="sandboxes/s"))
 
 
-def _idle_pss(name: str, sandboxes: list[Sandbox]) -> Row:
-    """PSS per sandbox of ``sandboxes`` after 2 s idle, and their total."""
-    time.sleep(2)
-    pss = [_qemu_pss_mib(s.id) for s in sandboxes]
-    if None in pss:
-        return Row(name, note="n/a: the daemon runs on another host")
-    total = sum(p for p in pss if p is not None)
-    return Row(name, [total / len(sandboxes)], unit="MiB", note=f"total {total:.0f} MiB")
-
-
-def _qemu_pss_mib(sandbox_id: str) -> float | None:
-    """PSS of the sandbox's QEMU process, when it runs on this host."""
-    process = _qemu_process(sandbox_id)
-    try:
-        for line in (process / "smaps_rollup").read_text().splitlines() if process else ():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _qemu_cpu_s(sandbox_id: str) -> float | None:
-    """CPU time the sandbox's QEMU process has used, when it runs on this host."""
-    process = _qemu_process(sandbox_id)
-    try:
-        fields = (process / "stat").read_text().rsplit(")", 1)[1].split() if process else None
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
-
-
-def _qemu_process(sandbox_id: str) -> Path | None:
-    """``/proc/PID`` of the sandbox's QEMU, when it runs on this host."""
-    marker = f"process=ember-{sandbox_id}".encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
-                return entry
-        except OSError:
-            continue
-    return None
+def _bound_name(count: int, cores: int | None = None) -> str:
+    return f"fork({count}) bound: T + {count}·C / {cores or os.cpu_count() or 1} cores"

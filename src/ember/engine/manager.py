@@ -88,6 +88,7 @@ class SandboxManager:
 
     async def start(self) -> None:
         """Recover what a previous daemon left, then start ending expired sandboxes."""
+        self.driver.start()
         self._sandboxes.update(
             await recover(self.settings, self.store, self.driver, self.networks, self.snapshots)
         )
@@ -285,7 +286,8 @@ class SandboxManager:
         if reservation is not None:
             reservation.release()
         try:
-            await sandbox.boot()
+            with self.driver.starts.starting():
+                await sandbox.boot()
         finally:
             if sandbox.state is not SandboxState.RUNNING:
                 self._sandboxes.pop(sandbox_id, None)
@@ -341,8 +343,10 @@ class SandboxManager:
         await self.registry.saved()
         return snapshot
 
-    async def fork(self, sandbox_id: str, count: int, owner: str | None = None) -> list[Sandbox]:
-        return await forks.fork(self, sandbox_id, count, owner)
+    async def fork(
+        self, sandbox_id: str, count: int, owner: str | None = None, timing: forks.ForkTiming | None = None
+    ) -> list[Sandbox]:
+        return await forks.fork(self, sandbox_id, count, owner, timing)
 
     async def pause(self, sandbox_id: str, owner: str | None = None) -> SnapshotRecord:
         snapshot = await pauses.pause(self, sandbox_id, owner)

@@ -67,7 +67,7 @@ class Snapshots:
         self.driver = driver
         self.directory = settings.data_dir / "snapshots"
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.spares = MemorySpares()
+        self.spares = MemorySpares(driver.starts)
 
     # ------------------------------------------------------------ taking
 

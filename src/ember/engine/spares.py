@@ -4,8 +4,9 @@ A snapshot's memory image (``ember.vmm.memory``) of a restored sandbox starts as
 a copy of the image the sandbox maps: about 30 ms for a template's 84 MB of
 data, all of it on the clock of a fork. That image never changes, so after one
 snapshot of a sandbox the next copy is
-made in the background, in a thread at the lowest CPU priority (it yields to
-the children a fork is starting), and the next snapshot takes it at once. At
+made in the background, in a thread at the lowest CPU priority, once the
+children a fork is starting are up (``ember.vmm.memory.Background``), and the
+next snapshot takes it at once. At
 most one spare per image: the cost is one more copy of the data of each image
 whose sandboxes are being snapshotted. Spares are a cache: a failed one is made afresh, and they go
 when their source does and when the daemon stops.
@@ -16,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
-from ember.vmm.memory import close_when_done, lowest_priority_executor
+from ember.vmm.memory import Background, VmStarts, close_when_done
 
 log = logging.getLogger("ember.engine")
 
@@ -28,9 +28,10 @@ Make = Callable[[], int]
 class MemorySpares:
     """One ready image (an open memfd) per source key, made in the background."""
 
-    def __init__(self) -> None:
+    def __init__(self, starts: VmStarts) -> None:
         self._spares: dict[str, asyncio.Future[int]] = {}
-        self._executor: ThreadPoolExecutor | None = None
+        self._starts = starts
+        self._background: Background | None = None
         #: Snapshots that took a spare instead of making their image on the spot.
         self.taken = 0
 
@@ -52,9 +53,9 @@ class MemorySpares:
         """Start making the next image of ``key``, unless one is on its way."""
         if key in self._spares:
             return
-        if self._executor is None:
-            self._executor = lowest_priority_executor("ember-spare")
-        making = asyncio.get_running_loop().run_in_executor(self._executor, make)
+        if self._background is None:
+            self._background = Background("ember-spare", self._starts)
+        making = asyncio.wrap_future(self._background.submit(make))
         making.add_done_callback(_log_failure)
         self._spares[key] = making
 
@@ -73,9 +74,9 @@ class MemorySpares:
 
     def close(self) -> None:
         """Wait out an image in the making and close every spare."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._background is not None:
+            self._background.shutdown()
+            self._background = None
         self.forget(set())
 
 

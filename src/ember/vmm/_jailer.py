@@ -2,9 +2,10 @@
 
 Run by the daemon as ``python -S -I _jailer.py`` with a SOCK_SEQPACKET socket
 on fd 3 (``ember.vmm.jail.Jailer`` is the other end). Each request is one JSON
-message (``argv``, ``jail`` or null, ``fds``) carrying its file descriptors
-(SCM_RIGHTS); the jailer forks, the child builds the jail and executes the VMM
-with those descriptors as its 1, 2, 3, ..., and the jailer answers with the
+message (``argv``, ``jail`` or null, the process's ``env``, ``huge_pages`` and
+``merge``) carrying its file descriptors (SCM_RIGHTS); the jailer forks, the
+child sets how the kernel treats its memory, builds the jail and executes the
+VMM with those descriptors as its 1, 2, 3, ..., and the jailer answers with the
 pid, or with what went wrong. When a VMM exits the jailer reaps it and says
 so. It never kills a VMM: when the daemon goes away (end of file on the
 socket) the jailer exits and its VMMs run on, for the next daemon to adopt.
@@ -53,6 +54,7 @@ _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
 _MNT_DETACH = 2
 _PR_CAPBSET_DROP, _PR_SET_NO_NEW_PRIVS, _PR_CAP_AMBIENT = 24, 38, 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_THP_DISABLE, _PR_SET_MEMORY_MERGE = 41, 67
 _SYS_PIVOT_ROOT = 155  # x86_64
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -146,6 +148,15 @@ def _enter(jail: dict) -> None:
     _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
 
 
+def _set_memory(request: dict) -> None:
+    """How the kernel treats the VMM's memory; both settings outlive the exec. Before the
+    jail: marking memory mergeable needs CAP_SYS_RESOURCE."""
+    if not request.get("huge_pages", True):
+        _check(_libc.prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0), "turn off transparent huge pages")
+    if request.get("merge"):
+        _check(_libc.prctl(_PR_SET_MEMORY_MERGE, 1, 0, 0, 0), "make its memory mergeable (KSM)")
+
+
 def _place_fds(fds: list[int], errors: int) -> int:
     """Make ``fds`` the child's 1, 2, 3, ... and close every other descriptor but the
     error pipe, which moves above them (close-on-exec) and is returned."""
@@ -166,6 +177,7 @@ def _child(request: dict, fds: list[int], errors: int) -> None:
         os.umask(0o022)  # the jail's own directories: traversable by the VMM
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         errors = _place_fds(fds, errors)
+        _set_memory(request)
         if request.get("jail") is not None:
             _enter(request["jail"])
         os.umask(0o077)  # what the VMM creates is its own

@@ -70,6 +70,21 @@ class Jail:
         }
 
 
+@dataclass(frozen=True)
+class Process:
+    """How a spawned program runs, jailed or not: its environment (nothing of the
+    daemon's) and how the kernel treats its memory."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    #: Transparent huge pages allowed in it (off: ``PR_SET_THP_DISABLE``, kept across exec).
+    huge_pages: bool = True
+    #: All its private memory a candidate for KSM (``PR_SET_MEMORY_MERGE``, kept across exec).
+    merge: bool = False
+
+    def to_wire(self) -> dict[str, object]:
+        return {"env": dict(self.env), "huge_pages": self.huge_pages, "merge": self.merge}
+
+
 def python_jail(uid: int, root: Path) -> Jail:
     """A jail for this very Python (its interpreter, its packages, Ember) in the host's
     network namespace: for the daemon's helpers that parse what guests send."""
@@ -104,14 +119,21 @@ class Jailer:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._lock = asyncio.Lock()
 
-    async def spawn(self, argv: list[str], fds: list[int], jail: Jail | None) -> int:
+    async def spawn(
+        self, argv: list[str], fds: list[int], jail: Jail | None, process: Process | None = None
+    ) -> int:
         """Start ``argv`` (absolute path first) with ``fds`` as its 1, 2, 3, ...; returns its pid."""
         async with self._lock:
             control = self._ensure_started()
             request_id, self._next_id = self._next_id, self._next_id + 1
             reply: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
             self._replies[request_id] = reply
-            message = {"id": request_id, "argv": argv, "jail": jail.to_wire() if jail else None}
+            message = {
+                "id": request_id,
+                "argv": argv,
+                "jail": jail.to_wire() if jail else None,
+                **(process or Process()).to_wire(),
+            }
             try:
                 socket.send_fds(control, [json.dumps(message).encode()], fds)
                 answer = await reply

@@ -17,8 +17,9 @@ a zeroed page into the memfd, charged to the VMM that faulted, and a restored
 guest filling its memory would be charged twice its RAM (its cgroup ended one
 copying a 315 MB file in, measured). So every new image is filled, every page
 allocated by the daemon, in the background (``fill``: ~70 ms of a low-priority
-thread for 512 MiB, two seconds after the image is made): the first restores of
-it start at once and may be charged a few such pages meanwhile. An image costs
+thread for 512 MiB, two seconds after the image is made, once no VM is starting:
+``Background``): the first restores of it start at once and may be charged a few
+such pages meanwhile. An image costs
 the host its guest's RAM once, shared by every restore of it; the pages only
 allocated stay holes to ``SEEK_DATA``, so copies and saves of an image move only
 what its guest wrote.
@@ -27,13 +28,16 @@ what its guest wrote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ember.sparse import copy_data
 
@@ -46,15 +50,67 @@ MEMFD_PREFIX = "ember-memory-"
 #: goes with its children within that time.
 FILL_DELAY_S = 2.0
 _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+#: Background work waits at most this long for the VMs starting to be up.
+BACKGROUND_WAIT_S = 30.0
+
+
+class VmStarts:
+    """How many VMs are starting (booting or restoring, until their agent answered): the
+    daemon's background work waits for none to be (``Background``)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        with self._changed:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def wait_none(self, timeout_s: float) -> bool:
+        """Block until no VM is starting, or ``timeout_s``; whether none is."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout_s)
+
+
+class Background:
+    """One thread at the lowest CPU priority, for work that must yield to VMs starting
+    (filling images, spare copies): each job first waits until none is (at most
+    ``BACKGROUND_WAIT_S``). The priority alone does not make it yield: each VMM runs in a
+    cgroup of its own, and the scheduler weighs the daemon's group (a session's autogroup,
+    say) against each VMM's whatever its threads' nice values; measured, a fork(8)'s image
+    was filled while its children started, 140 ms of CPU of theirs."""
+
+    def __init__(self, name: str, starts: VmStarts) -> None:
+        self._executor = ThreadPoolExecutor(1, name, initializer=_lowest_priority)
+        self._starts = starts
+
+    def submit(self, job: Callable[..., Any], *args: object) -> Future[Any]:
+        return self._executor.submit(self._run, job, args)
+
+    def _run(self, job: Callable[..., Any], args: tuple[object, ...]) -> Any:
+        self._starts.wait_none(BACKGROUND_WAIT_S)
+        return job(*args)
+
+    def shutdown(self) -> None:
+        """Drop the jobs not started; wait for the one running."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class MemoryImages:
     """The images of this daemon's snapshots, by the path of their memory file."""
 
-    def __init__(self, spare_bytes: int | None = None) -> None:
+    def __init__(self, starts: VmStarts, spare_bytes: int | None = None) -> None:
         self._images: dict[Path, asyncio.Future[int]] = {}
         self._used: dict[Path, float] = {}
-        self._filler: ThreadPoolExecutor | None = None
+        self._starts = starts
+        self._filler: Background | None = None
         #: Images that no sandbox maps are kept, most recently used first, up to this much.
         self.spare_bytes = spare_bytes if spare_bytes is not None else _default_spare_bytes()
 
@@ -108,7 +164,7 @@ class MemoryImages:
 
     def close(self) -> None:
         if self._filler is not None:
-            self._filler.shutdown(wait=True)
+            self._filler.shutdown()
             self._filler = None
         self.forget(set())
 
@@ -121,7 +177,7 @@ class MemoryImages:
         if image not in self._images.values():
             return  # forgotten: nothing maps it any more
         if self._filler is None:
-            self._filler = lowest_priority_executor("ember-fill")
+            self._filler = Background("ember-fill", self._starts)
         # A duplicate: the image may be forgotten (and closed) while it is filled.
         self._filler.submit(_fill, os.dup(image.result()))
 
@@ -178,11 +234,6 @@ def _is_memfd(fd: int) -> bool:
     return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
 
 
-def lowest_priority_executor(name: str) -> ThreadPoolExecutor:
-    """One thread at the lowest CPU priority, for work that must yield to VMs starting."""
-    return ThreadPoolExecutor(1, name, initializer=_lowest_priority)
-
-
 def _lowest_priority() -> None:
     # Given a thread id, Linux sets that thread's priority only.
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -213,5 +264,12 @@ def close_when_done(image: asyncio.Future[int]) -> None:
 
 
 def _close(image: asyncio.Future[int]) -> None:
-    if not image.cancelled() and image.exception() is None:
+    if image.cancelled() or image.exception() is not None:
+        return
+    try:
+        # The last close of an image frees its pages: ~0.1 s for a filled 512 MiB, which
+        # on the event loop held up every sandbox's calls (measured with py-spy). The
+        # loop's executor is waited for when the loop ends.
+        asyncio.get_running_loop().run_in_executor(None, os.close, image.result())
+    except RuntimeError:  # no loop (or it is ending): here and now
         os.close(image.result())

@@ -38,6 +38,15 @@ Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
   ``/proc/self/fd/3``. ``dump=off``: guest RAM never lands in a core dump.
 - a jailed VM writes its disk layer past the host's page cache
   (``QemuDriver.disk_cache``).
+- QEMU runs without transparent huge pages (``_vmm_process``): it asks for them
+  on its TCG code buffer, where a 2 MiB page of a VM that translated little is
+  mostly zeros (~0.7 MiB per idle restored VM, measured), and the guest RAM of a
+  restored VM is a private file mapping, whose written pages are small anyway.
+  Its guest RAM is offered to KSM only when the daemon runs it (``mem-merge``,
+  ``ember.vmm.ksm``): QEMU's default would let a ksmd started for anything else
+  merge guests' pages. Its environment is its own: ``MALLOC_ARENA_MAX=2`` (glibc otherwise gives each
+  thread that allocates an arena of its own, and QEMU's passing I/O workers
+  leave theirs behind).
 Every QEMU runs jailed (``ember.vmm.jail``): its own uid, no capabilities,
 ``no_new_privs``, a root holding only its sandbox's files, no network, and a
 cgroup bounding its CPU, memory and threads (``ember.vmm.cgroups``). It runs in
@@ -64,7 +73,7 @@ from ember.vmm import ram
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
 from ember.vmm.cgroups import Cgroup, Limits
-from ember.vmm.jail import Jail
+from ember.vmm.jail import Jail, Process
 from ember.vmm.memory import MEMFD_PREFIX
 
 if TYPE_CHECKING:
@@ -92,6 +101,7 @@ VMM_OVERHEAD_MIB = {"tcg": 192, "kvm": 96}
 #: A QEMU's threads: main loop, RCU, one per vCPU, and up to 64 block I/O workers.
 VMM_MAX_THREADS = 128
 _VMM_RLIMITS = {"RLIMIT_CORE": 0, "RLIMIT_NOFILE": 4096, "RLIMIT_NPROC": VMM_MAX_THREADS}
+_VMM_ENV = {"MALLOC_ARENA_MAX": "2"}
 _NIC_PORT, _UPLINK, _UPLINK_PORT = "nic0", "uplink0", "uplink0port"
 #: Every guest's MAC: each sandbox's link is its own (a tap in its own namespace).
 GUEST_MAC = "02:e0:00:00:00:02"
@@ -185,10 +195,11 @@ class QemuVM(VirtualMachine):
         memory = f"{spec.memory_mib}M"
         # A restore maps its snapshot's sealed memfd (ember.vmm.memory), passed as fd 3.
         mem_path = spec.memory_file if spec.restore is None else f"/proc/self/fd/{_MEMORY_FD}"
+        merge = "on" if self._driver.ksm.active else "off"
         return [
             self._driver.qemu_path,
             "-name", f"ember,process=ember-{spec.run_dir.name}",
-            "-M", "microvm,acpi=off,memory-backend=mem",
+            "-M", f"microvm,acpi=off,memory-backend=mem,mem-merge={merge}",
             "-rtc", "clock=vm",
             "-accel", accel,
             "-cpu", cpu,
@@ -272,7 +283,7 @@ class QemuVM(VirtualMachine):
             if spec.restore is not None:
                 fds.append(await driver.memory.open(spec.memory_file))
                 fds.append(os.open(spec.restore.state, os.O_RDONLY | os.O_CLOEXEC))
-            self._pid = await driver.jailer.spawn(self.command_line(), fds, jail)
+            self._pid = await driver.jailer.spawn(self.command_line(), fds, jail, self._vmm_process())
         except BaseException:
             self.state = VmState.STOPPED
             await self._release()
@@ -281,6 +292,10 @@ class QemuVM(VirtualMachine):
             for fd in {fds[0], *fds[3:]} if fds else ():
                 os.close(fd)  # the memfd (fds[2]) belongs to the driver's images
         await self._take_control()
+
+    def _vmm_process(self) -> Process:
+        """QEMU's environment and memory settings (see the module docstring)."""
+        return Process(env=_VMM_ENV, huge_pages=False, merge=self._driver.ksm.active)
 
     def _limits(self) -> Limits:
         overhead = self._settings.vmm_overhead_mib

@@ -3,14 +3,17 @@
 It chooses once, at start, how VMMs run here: the acceleration (``ember.vmm.accel``),
 the guest clock rate under TCG, and the jail (``ember.vmm.jail``): the jailer process,
 the uid range, the cgroup hierarchies (``ember.vmm.cgroups``) and the memory images
-restored VMs map (``ember.vmm.memory``). What this host cannot give is said at start
-(``protections``) and refused at create (``check_isolation``), never skipped silently.
+restored VMs map (``ember.vmm.memory``); and, when asked for, the host's KSM
+(``ember.vmm.ksm``), run from ``start`` to ``close``. What this host cannot give
+is said at start (``protections``) and refused at create (``check_isolation``),
+never skipped silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -23,9 +26,12 @@ from ember.vmm.accel import Acceleration
 from ember.vmm.base import VmSpec
 from ember.vmm.cgroups import CgroupHost, CgroupsUnavailable
 from ember.vmm.jail import JAIL_ROOT, Jailer, python_jail
-from ember.vmm.memory import MemoryImages
+from ember.vmm.ksm import HostKsm
+from ember.vmm.memory import MemoryImages, VmStarts
 from ember.vmm.qemu import QemuVM, kernel_args
 from ember.vmm.uids import UidRange
+
+log = logging.getLogger("ember.vmm")
 
 #: The holder of the uid claim of the daemon's helpers (``spawn_helper``).
 HELPERS = "helpers"
@@ -49,7 +55,10 @@ class QemuDriver:
         self.tsc_khz = clock.host_tsc_khz() if accel.kind == "tcg" else None
         self.kernel_args = " ".join(kernel_args(accel))
         self.jailer = Jailer()
-        self.memory = MemoryImages()
+        #: VMs starting now: the background work on memory images waits for them.
+        self.starts = VmStarts()
+        self.memory = MemoryImages(self.starts)
+        self.ksm = HostKsm()
         self.uids = UidRange(*settings.uid_range, settings.instance)
         self.jail_root = JAIL_ROOT
         self.cgroups: CgroupHost | None = None
@@ -95,6 +104,12 @@ class QemuDriver:
             self._disk_cache = "cache.direct=on,cache.no-flush=on" if direct else "cache=unsafe"
         return self._disk_cache
 
+    def start(self) -> None:
+        """Set up what the daemon runs on this host while it runs (KSM, when asked for)."""
+        if self.settings.ksm:
+            self.ksm.start()
+            log.info("%s", self.ksm.describe())
+
     def check_isolation(self) -> None:
         """Refuse to start a VMM that cannot be jailed as configured."""
         if self._missing:
@@ -107,15 +122,16 @@ class QemuDriver:
 
     def protections(self) -> str:
         """What this host gives every sandbox's VMM, for the daemon to say at start."""
+        ksm = f", {self.ksm.describe()}" if self.ksm.active else ""
         if not self.jailed:
-            return "jail OFF (EMBER_JAIL=off: VMMs run unconfined, as the daemon's user), seccomp on"
+            return f"jail OFF (EMBER_JAIL=off: VMMs run unconfined, as the daemon's user), seccomp on{ksm}"
         if self._missing:
             return f"jail UNAVAILABLE, creates will fail: {'; '.join(self._missing)}"
         first, last = self.settings.uid_range
         assert self.cgroups is not None
         return (
             f"jail on (uid per sandbox from {first}-{last}, no capabilities, no_new_privs, "
-            f"own mount/network/IPC/UTS namespaces, pivot_root), seccomp on, {self.cgroups.describe()}"
+            f"own mount/network/IPC/UTS namespaces, pivot_root), seccomp on, {self.cgroups.describe()}{ksm}"
         )
 
     def create(self, spec: VmSpec) -> QemuVM:
@@ -155,6 +171,7 @@ class QemuDriver:
     async def close(self) -> None:
         await self.jailer.close()
         self.memory.close()
+        self.ksm.stop()
         if self._helper_uid is not None:
             self.uids.release(self._helper_uid)
             self._helper_uid = None
