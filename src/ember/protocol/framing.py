@@ -44,6 +44,9 @@ HOST_SYNC_MAGIC = hashlib.sha256(b"ember host sync v1").digest()[:16]
 AGENT_SYNC_MAGIC = hashlib.sha256(b"ember agent sync v1").digest()[:16]
 NONCE_BYTES = 16
 SYNC_BYTES = len(HOST_SYNC_MAGIC) + NONCE_BYTES
+#: A second virtio-serial port beside the agent's, for measuring the channel itself
+#: (``ember bench``): bytes with no framing between a guest command and its socket.
+PROBE_PORT_NAME = "ember.probe"
 
 
 class FrameKind(enum.IntEnum):

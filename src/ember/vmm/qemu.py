@@ -14,7 +14,9 @@ Decisions the command line encodes (measured in notes/qemu-tcg-facts.md):
 - the base image is attached read-only and shared by every VM; the per-VM disk
   is the overlay's upper layer.
 - the agent channel is a virtio-serial port named ``ember.agent`` on a unix
-  socket; the console goes to a log file read back for error messages.
+  socket; the console goes to a log file read back for error messages. A
+  second port, ``ember.probe``, only serves ``ember bench`` to measure the
+  channel's own ceiling (a port costs the guest 512 KiB of receive buffers).
 - a third disk, the transfer disk (``ember.protocol.extents``), carries files'
   bytes: a sparse file in the run directory, made empty at every start (a restored
   VM gets its own), that the daemon reads and writes beside QEMU. It is last on the
@@ -79,6 +81,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from ember.errors import BootFailedError, VmmError
 from ember.protocol.extents import TRANSFER_DISK_BYTES, TRANSFER_DISK_SERIAL
+from ember.protocol.framing import PROBE_PORT_NAME
 from ember.vmm import ram
 from ember.vmm.accel import Acceleration
 from ember.vmm.base import AGENT_PORT_NAME, VirtualMachine, VmSpec, VmState
@@ -235,6 +238,8 @@ class QemuVM(VirtualMachine):
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,path={self.agent_socket},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+            "-chardev", f"socket,id=probe,path={spec.run_dir / 'probe.sock'},server=on,wait=off",
+            "-device", f"virtserialport,chardev=probe,name={PROBE_PORT_NAME}",
             # The NIC is always there (a restored VM needs the device set it was saved
             # with) but plugged into an empty hub: a network is a tap added at run time.
             "-netdev", f"hubport,id={_NIC_PORT},hubid=0",
