@@ -650,7 +650,9 @@ class AgentClient:
                 lane.release()
             return
         if len(self._cancelled) >= _MAX_CANCELLED:  # the oldest are long over
-            del self._cancelled[next(iter(self._cancelled))]
+            oldest = self._cancelled.pop(next(iter(self._cancelled)))
+            if oldest.lane is not None:
+                oldest.lane.release()
         self._cancelled[call.stream_id] = _Allowance(
             _CANCELLED_ALLOWANCE_BYTES, _CANCELLED_ALLOWANCE_FRAMES, lane
         )
