@@ -405,6 +405,18 @@ async def test_a_cancelled_request_answers_cancelled_and_the_process_runs_on(raw
     assert (await raw_host.answer(m.ProcAttach(pid=pid)))["result"]["signal"] == signal.SIGKILL
 
 
+async def test_a_request_cancelled_before_it_ran_answers_cancelled_and_frees_its_stream(raw_host):
+    # Both frames in one write: the agent reads them together, before the request's task runs.
+    raw_host._next_stream += 1
+    stream_id = raw_host._next_stream
+    request = encode_message(stream_id, m.Exec(argv=["true"]).to_message())
+    raw_host.write(request + encode_frame(FrameKind.CANCEL, stream_id))
+    answer = await raw_host.message(stream_id)
+    assert answer["type"] == "error" and answer["code"] == ErrorCode.CANCELLED
+    raw_host.write(encode_message(stream_id, m.Ping().to_message()))  # the stream id is free again
+    assert (await raw_host.message(stream_id))["type"] == "result"
+
+
 async def test_a_process_outlives_its_host_and_a_new_host_replays_its_output(running_agent):
     first = await connected(running_agent)
     call = first.start(m.Exec(argv=["cat"], stdin=True))

@@ -254,6 +254,19 @@ class Session:
         context = RequestContext(self, stream_id, request.has_body, request.bulk)
         self._requests[stream_id] = context
         context.task = asyncio.create_task(self._serve(context, request), name=f"req-{request.op}")
+        context.task.add_done_callback(lambda task: self._cancelled_unstarted(context, task))
+
+    def _cancelled_unstarted(self, context: RequestContext, task: asyncio.Task[None]) -> None:
+        """A request cancelled before its task first ran never entered ``_serve``, which answers
+        every other one: the host still gets its answer (until then it keeps the call's
+        transfer lane from other calls)."""
+        if not task.cancelled():
+            return
+        context._send(
+            encode_message(context.stream_id, error_message(ErrorCode.CANCELLED, "request cancelled"))
+        )
+        if self._requests.get(context.stream_id) is context:
+            del self._requests[context.stream_id]
 
     async def _serve(self, context: RequestContext, request: Request) -> None:
         try:
