@@ -624,6 +624,40 @@ async def test_small_files_and_busy_lanes_go_through_the_channel(running_agent):
         await host.close()
 
 
+@pytest.mark.parametrize("on_disk", [False, True], ids=["channel", "transfer_disk"])
+@pytest.mark.parametrize("change", ["grows", "shrinks"])
+async def test_a_download_gives_the_size_seen_at_open_or_io_error_if_the_file_shrank(
+    running_agent, change, on_disk
+):
+    content = os.urandom(16 * MIB)
+    target = running_agent.workdir / f"changing-{change}-{on_disk}.bin"
+    target.write_bytes(content)
+    host = await connected(running_agent, transfer_disk=on_disk)
+    try:
+        lane = host.transfer_lane()
+        call = host.start(m.FileRead(path=target.name, extents=lane is not None), lane)
+        # The agent runs at most a window (4 MiB) or a lane (8 MiB) ahead of this reader.
+        first = b""
+        while not first:
+            item = await asyncio.wait_for(anext(aiter(call)), 10)
+            first = item.data if isinstance(item, Chunk) else b""
+        with target.open("r+b") as file:
+            if change == "grows":
+                file.seek(0, os.SEEK_END)
+                file.write(b"written after the download began")
+            else:
+                file.truncate(12 * MIB)
+        if change == "grows":
+            outcome = await asyncio.wait_for(finish(call), 30)
+            assert first + outcome.out("data") == content
+        else:
+            with pytest.raises(errors.IOError, match="shrank while it was read"):
+                await asyncio.wait_for(finish(call), 30)
+        assert await run(host, m.Ping())  # the connection serves on
+    finally:
+        await host.close()
+
+
 async def test_a_replaced_file_keeps_its_mode(agent, running_agent):
     target = running_agent.workdir / "keeps-mode.sh"
     target.write_bytes(b"old")

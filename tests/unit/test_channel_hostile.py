@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from ember import errors
 from ember.engine import _reader
-from ember.engine.channel import AgentCall, AgentClient, Chunk
+from ember.engine.channel import _MAX_CANCELLED, AgentCall, AgentClient, Chunk
 from ember.protocol.extents import SLOT_BYTES, TRANSFER_DISK_BYTES
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
@@ -49,7 +49,7 @@ from ember.protocol.framing import (
     encode_frame,
     encode_message,
 )
-from ember.protocol.messages import FileRead, Ping
+from ember.protocol.messages import FileRead, FileWrite, Ping
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -366,6 +366,59 @@ async def test_a_download_holds_its_lane_and_reads_each_extent_once_consumed(cha
     assert len(lent_extents(channel, call.stream_id, 8)) == 8  # each lent again once read
     channel.guest.write(given + given)
     await fails_with_protocol_error(call.result())
+
+
+async def test_a_guest_that_gives_back_another_calls_extent_loses_its_channel_and_the_disk_is_emptied(
+    channels,
+):
+    channel = await channels(answer=False)
+    first = channel.client.start(FileRead(path="/a", extents=True), channel.client.transfer_lane())
+    second = channel.client.start(FileRead(path="/b", extents=True), channel.client.transfer_lane())
+    theirs = lent_extents(channel, second.stream_id, 8)
+    with open(channel.disk, "r+b") as disk:
+        disk.seek(theirs[0][0])
+        disk.write(b"second's output" * 1000)
+    channel.guest.write(encode_extent(first.stream_id, theirs[0][0], 100))
+    error = await fails_with_protocol_error(first.result())
+    assert "that it did not hold" in error.message
+    await fails_with_protocol_error(second.result())
+    assert channel.violations and not channel.client.connected
+    assert os.stat(channel.disk).st_blocks == 0  # nothing the guest wrote there is kept
+
+
+async def test_an_upload_extent_the_guest_gives_back_twice_is_a_protocol_error(channels):
+    channel = await channels(answer=False)
+    lane = channel.client.transfer_lane()
+    call = channel.client.start(FileWrite(path="/x"), lane)
+    body = os.urandom(2 * SLOT_BYTES)
+    await call.send_body(body)
+    lent = lent_extents(channel, call.stream_id, 2)
+    with open(channel.disk, "rb") as disk:
+        disk.seek(lent[0][0])
+        assert disk.read(SLOT_BYTES) == body[:SLOT_BYTES]  # what the guest reads is the body
+    channel.guest.write(encode_extent(call.stream_id, *lent[0]) * 2)
+    error = await fails_with_protocol_error(call.result())
+    assert "that it did not hold" in error.message and lane.released
+
+
+async def test_a_cancelled_calls_lane_waits_for_the_guests_answer_or_until_the_call_is_forgotten(channels):
+    channel = await channels(answer=False)
+    answered, silent = channel.client.transfer_lane(), channel.client.transfer_lane()
+    first = channel.client.start(FileRead(path="/a", extents=True), answered)
+    second = channel.client.start(FileRead(path="/b", extents=True), silent)
+    await first.cancel()
+    await second.cancel()
+    assert not answered.released and not silent.released  # the guest may still write their extents
+    channel.guest.write(
+        encode_message(first.stream_id, {"type": "error", "code": "cancelled", "message": ""})
+    )
+    deadline = time.monotonic() + 10
+    while not answered.released:
+        assert time.monotonic() < deadline, "the guest's answer did not give the lane back"
+        await asyncio.sleep(0.01)
+    for _ in range(_MAX_CANCELLED):  # a guest that never answers: its call is forgotten in the end
+        await channel.client.start(Ping()).cancel()
+    assert silent.released and channel.client.connected
 
 
 # ------------------------------------------------------------ floods

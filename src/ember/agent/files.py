@@ -154,7 +154,13 @@ async def read(
 ) -> FileInfo:
     """Send the file's bytes from ``offset`` (``length`` of them, or to its end): into the
     extents the host lends (``lent``, each given back by ``filled``) for a large regular
-    file, else as DATA frames (``send``)."""
+    file, else as DATA frames (``send``).
+
+    A regular file is read for the size its ``FileInfo`` says (what it held when it was
+    opened): bytes written past it meanwhile are not sent, and a file that shrank under
+    the read is an ``io_error`` once what was there has gone. Files whose size says
+    nothing (procfs's, pipes) are read to their end.
+    """
     path = resolve(path)
     if offset < 0 or (length is not None and length < 0):
         raise AgentError(ErrorCode.INVALID_REQUEST, "offset and length must not be negative")
@@ -168,50 +174,66 @@ async def read(
             raise AgentError(ErrorCode.IS_A_DIRECTORY, f"{path} is a directory")
         file_info = info(path, st)
         send_info(file_info)
-        remaining = length
-        wanted = st.st_size - offset if length is None else min(length, st.st_size - offset)
-        if lent is not None and stat.S_ISREG(st.st_mode) and wanted >= MIN_EXTENT_BODY_BYTES:
-            await _read_extents(path, fd, offset, length, lent, filled)
-            return file_info
-        os.lseek(fd, offset, os.SEEK_SET)
-        while remaining is None or remaining > 0:
-            size = DATA_CHUNK_BYTES if remaining is None else min(DATA_CHUNK_BYTES, remaining)
-            chunk = os.read(fd, size)
-            if not chunk:
-                break
-            if remaining is not None:
-                remaining -= len(chunk)
-            await send(chunk)
+        sized = stat.S_ISREG(st.st_mode) and st.st_size > 0
+        if sized:
+            length = max(0, st.st_size - offset if length is None else min(length, st.st_size - offset))
+        if lent is not None and sized and length is not None and length >= MIN_EXTENT_BODY_BYTES:
+            sent = await _read_extents(path, fd, offset, length, lent, filled)
+        else:
+            sent = await _read_chunks(fd, offset, length, send)
     except OSError as exc:
         raise from_os_error(exc, path) from exc
     finally:
         os.close(fd)
+    if sized and length is not None and sent < length:
+        raise AgentError(
+            ErrorCode.IO_ERROR,
+            f"{path} shrank while it was read: it ended {sent} of {length} bytes after offset {offset} "
+            f"(it had {st.st_size} bytes when opened); read it again",
+        )
     return file_info
+
+
+async def _read_chunks(
+    fd: int, offset: int, length: int | None, send: Callable[[bytes], Awaitable[None]]
+) -> int:
+    """Up to ``length`` bytes (None: to the end) as DATA frames; how many were sent."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    sent = 0
+    while length is None or sent < length:
+        chunk = os.read(fd, DATA_CHUNK_BYTES if length is None else min(DATA_CHUNK_BYTES, length - sent))
+        if not chunk:
+            break
+        sent += len(chunk)
+        await send(chunk)
+    return sent
 
 
 async def _read_extents(
     path: str,
     fd: int,
     offset: int,
-    length: int | None,
+    length: int,
     lent: Callable[[], Awaitable[Extent]],
     filled: Callable[[Extent, int], None],
-) -> None:
+) -> int:
+    """Up to ``length`` bytes into the extents the host lends; how many were sent."""
     reader = extents.FileReader(path, fd, offset)
     buffer = extents.Buffer()
+    sent = 0
     try:
-        while length is None or reader.position - offset < length:
+        while sent < length:
             extent = await lent()
-            size = min(extent.length, SLOT_BYTES)
-            if length is not None:
-                size = min(size, length - (reader.position - offset))
+            size = min(extent.length, SLOT_BYTES, length - sent)
             read = await extents.run_io(_read_extent, reader, buffer, extent, size)
             if not read:
                 break
             filled(extent, read)
+            sent += read
     finally:
         reader.close()
         buffer.close()
+    return sent
 
 
 def _read_extent(reader: extents.FileReader, buffer: extents.Buffer, extent: Extent, size: int) -> int:

@@ -339,7 +339,8 @@ class FileWrite(Request):
 @dataclass
 class FileRead(Request):
     """Answers with a ``FileInfo`` event, the bytes as DATA frames (or, with ``extents``, in the
-    transfer disk's extents the host lends), then the result."""
+    transfer disk's extents the host lends), then the result. A regular file gives the
+    size its ``FileInfo`` says, or ends in ``io_error`` if it shrank under the read."""
 
     op: ClassVar[str] = "file_read"
     bulk: ClassVar[bool] = True
