@@ -590,8 +590,16 @@ class AgentClient:
 
         With a ``lane`` (``transfer_lane``), the request's body, or its output when it
         has none, moves on the transfer disk: for output, the lane's slots are lent to
-        the guest at once.
+        the guest at once. The lane is given back if the request cannot be sent.
         """
+        try:
+            return self._start(request, lane)
+        except BaseException:
+            if lane is not None:
+                lane.release()
+            raise
+
+    def _start(self, request: Request, lane: Lane | None) -> AgentCall:
         self._require(ChannelState.CONNECTED)
         stream_id = self._next_id
         try:
@@ -622,12 +630,7 @@ class AgentClient:
         if request.has_body and request.bulk and body is not None:
             body, large = await _measure(body, MIN_EXTENT_BODY_BYTES)
             lane = self.transfer_lane() if large else None
-        try:
-            call = self.start(request, lane)
-        except BaseException:
-            if lane is not None:
-                lane.release()
-            raise
+        call = self.start(request, lane)
         try:
             if request.has_body:
                 if body is not None:

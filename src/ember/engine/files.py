@@ -46,12 +46,7 @@ class Files:
         async with self._sandbox.agent_call() as agent:
             lane = agent.transfer_lane()
             request = m.FileRead(path=path, offset=offset, length=length, extents=lane is not None)
-            try:
-                call = agent.start(request, lane)
-            except BaseException:
-                if lane is not None:
-                    lane.release()
-                raise
+            call = agent.start(request, lane)
             try:
                 async for item in call:
                     if isinstance(item, Chunk):
