@@ -17,6 +17,7 @@ from ember.bench.lab import Lab
 from ember.bench.soak import soak
 from ember.client import Sandbox
 from ember.engine.store import Store
+from ember.protocol.extents import TRANSFER_DISK_SERIAL
 from leaks import qemu_pids_under
 
 #: A handful of the kill points (``ember bench --crash`` runs them all): the ones that
@@ -68,6 +69,12 @@ def test_a_sandbox_left_in_a_snapshots_pause_runs_on_where_it_was(lab: Lab) -> N
         assert again.run_code("print(kept)").stdout == "yes\n"
         assert again.files.read("/app/before.txt") == b"written before"
         again.files.write("/app/after.txt", "written after")
+        # Its transfer disk serves the new daemon too: a large file moves on it both ways.
+        big = os.urandom(3 << 20)
+        before = _transfer_disk_sectors_read(again)
+        again.files.write("/app/big.bin", big)
+        assert again.files.read("/app/big.bin") == big
+        assert _transfer_disk_sectors_read(again) - before >= len(big) // 512
         with lab.sandbox(snapshot=again.snapshot().id) as restored:
             assert restored.files.read("/app/after.txt") == b"written after"
         assert "in a snapshot's pause" in lab.log_tail(20_000)
@@ -76,6 +83,13 @@ def test_a_sandbox_left_in_a_snapshots_pause_runs_on_where_it_was(lab: Lab) -> N
         lab.clear()
     finally:
         lab.stop()
+
+
+def _transfer_disk_sectors_read(sandbox: Sandbox) -> int:
+    script = (
+        f'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = {TRANSFER_DISK_SERIAL} ] && cat $d/stat; done'
+    )
+    return int(sandbox.commands.run(script).stdout.split()[2])
 
 
 async def _qmp(socket: Path, command: str) -> None:

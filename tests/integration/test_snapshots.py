@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
@@ -90,6 +91,27 @@ async def test_fork_gives_independent_copies_with_fresh_identity(sandbox_factory
     # The snapshot taken for the fork goes with its last fork.
     assert manager.snapshots.list(kind="fork") == []
     assert not any(s.kind == "fork" for s in manager.store.snapshots(include_deleted=True))
+
+
+async def test_restores_and_forks_after_a_large_transfer_move_files_on_their_own_transfer_disks(
+    sandbox_factory, manager
+):
+    source = await sandbox_factory()
+    data = os.urandom(12 * 1024 * 1024)
+    await source.files.write("/app/big.bin", data)
+    assert await source.files.read("/app/big.bin") == data
+    snapshot = await manager.snapshot(source.id)
+    restored = await sandbox_factory(snapshot=snapshot.id)
+    (fork,) = await manager.fork(source.id, 1)
+    try:
+        for sandbox in (restored, fork, source):
+            assert sandbox.vm.transfer_disk != source.vm.transfer_disk or sandbox is source
+            assert await sandbox.files.read("/app/big.bin") == data
+            own = os.urandom(5 * 1024 * 1024)
+            await sandbox.files.write("/app/own.bin", own)
+            assert await sandbox.files.read("/app/own.bin") == own
+    finally:
+        await manager.destroy(fork.id)
 
 
 async def test_a_restored_sandbox_can_be_snapshotted_and_forked_again(sandbox_factory, manager):

@@ -38,6 +38,7 @@ from ember.agent.processes import EXIT_DRAIN_S, OUTPUT_BUFFER_BYTES, ManagedProc
 from ember.engine.channel import AgentCall, AgentClient, ChannelState, Chunk, Event
 from ember.protocol import messages as m
 from ember.protocol.codes import ErrorCode
+from ember.protocol.extents import LANES, SLOT_BYTES, TRANSFER_DISK_BYTES
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
     DATA_CHUNK_BYTES,
@@ -66,6 +67,8 @@ MIB = 1024 * 1024
 class RunningAgent:
     socket_path: str
     workdir: Path
+    #: The file the agent uses as its transfer disk (``EMBER_AGENT_TRANSFER_DISK``).
+    transfer_disk: Path
 
 
 def _marked_processes(marker: str) -> dict[int, str]:
@@ -92,11 +95,15 @@ def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
     marker = secrets.token_hex(8)
     image = base / "image.json"
     image.write_text(json.dumps({"env": {MARKER: marker}}))
+    transfer_disk = base / "transfer.disk"
+    with transfer_disk.open("wb") as disk:
+        disk.truncate(TRANSFER_DISK_BYTES)
     environment = {
         **os.environ,
         "EMBER_AGENT_WORKDIR": str(workdir),
         "EMBER_AGENT_STATE_DIR": str(state),
         "EMBER_AGENT_IMAGE": str(image),
+        "EMBER_AGENT_TRANSFER_DISK": str(transfer_disk),
     }
     socket_path, log = base / "agent.sock", base / "agent.log"
     with log.open("wb") as log_file:
@@ -114,7 +121,7 @@ def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
             assert agent.poll() is None, f"the agent exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"the agent did not start:\n{log.read_text()}"
             time.sleep(0.01)
-        yield RunningAgent(str(socket_path), workdir)
+        yield RunningAgent(str(socket_path), workdir, transfer_disk)
     finally:
         left = _marked_processes(marker)
         for pid in left:
@@ -125,8 +132,10 @@ def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningA
     assert not left, f"processes the tests started outlived them: {left}"
 
 
-async def connected(running_agent: RunningAgent) -> AgentClient:
-    client = AgentClient("test agent")
+async def connected(running_agent: RunningAgent, transfer_disk: bool = False) -> AgentClient:
+    """A host connection; with ``transfer_disk``, one that moves large files on it."""
+    disk = running_agent.transfer_disk if transfer_disk else None
+    client = AgentClient("test agent", transfer_disk=disk)
     await asyncio.wait_for(client.connect(running_agent.socket_path), 10)
     return client
 
@@ -396,6 +405,18 @@ async def test_a_cancelled_request_answers_cancelled_and_the_process_runs_on(raw
     assert (await raw_host.answer(m.ProcAttach(pid=pid)))["result"]["signal"] == signal.SIGKILL
 
 
+async def test_a_request_cancelled_before_it_ran_answers_cancelled_and_frees_its_stream(raw_host):
+    # Both frames in one write: the agent reads them together, before the request's task runs.
+    raw_host._next_stream += 1
+    stream_id = raw_host._next_stream
+    request = encode_message(stream_id, m.Exec(argv=["true"]).to_message())
+    raw_host.write(request + encode_frame(FrameKind.CANCEL, stream_id))
+    answer = await raw_host.message(stream_id)
+    assert answer["type"] == "error" and answer["code"] == ErrorCode.CANCELLED
+    raw_host.write(encode_message(stream_id, m.Ping().to_message()))  # the stream id is free again
+    assert (await raw_host.message(stream_id))["type"] == "result"
+
+
 async def test_a_process_outlives_its_host_and_a_new_host_replays_its_output(running_agent):
     first = await connected(running_agent)
     call = first.start(m.Exec(argv=["cat"], stdin=True))
@@ -552,6 +573,91 @@ async def test_a_file_is_written_and_read_back_streamed_across_many_windows(agen
     assert (running_agent.workdir / "streamed" / "blob.bin").read_bytes() == content + b"tail"
 
 
+async def read_all(client: AgentClient, request: m.FileRead) -> bytes:
+    lane = client.transfer_lane()
+    request.extents = lane is not None
+    outcome = await asyncio.wait_for(finish(client.start(request, lane)), 30)
+    return outcome.out("data")
+
+
+async def test_a_large_file_moves_on_the_transfer_disk_both_ways_which_ends_empty(running_agent):
+    content = os.urandom(3 * SLOT_BYTES + 12345)  # full extents and a short last one
+    host = await connected(running_agent, transfer_disk=True)
+    try:
+        frames: list[FrameKind] = []
+        write = host._write_nowait
+        host._write_nowait = lambda frame: frames.append(FrameKind(frame[4])) or write(frame)  # type: ignore[method-assign]
+        await host.request(m.FileWrite(path="disk/blob.bin"), body=content)
+        assert FrameKind.EXTENT in frames and FrameKind.DATA not in frames
+        assert (running_agent.workdir / "disk" / "blob.bin").read_bytes() == content
+        assert await read_all(host, m.FileRead(path="disk/blob.bin")) == content
+        part = await read_all(host, m.FileRead(path="disk/blob.bin", offset=5000, length=2 * SLOT_BYTES))
+        assert part == content[5000 : 5000 + 2 * SLOT_BYTES]
+        # A streamed body, and an append (which goes through the page cache).
+        chunks = [content[i : i + 65536] for i in range(0, len(content), 65536)]
+
+        async def stream():
+            for chunk in chunks:
+                yield chunk
+
+        await host.request(m.FileWrite(path="disk/blob.bin", append=True), body=stream())
+        assert await read_all(host, m.FileRead(path="disk/blob.bin")) == content * 2
+        # Every lane is free again, and the disk's pages were given back.
+        assert [host.transfer_lane() for _ in range(LANES + 1)][-1] is None
+        assert os.stat(running_agent.transfer_disk).st_blocks == 0
+    finally:
+        await host.close()
+
+
+async def test_small_files_and_busy_lanes_go_through_the_channel(running_agent):
+    host = await connected(running_agent, transfer_disk=True)
+    try:
+        lanes = [host.transfer_lane() for _ in range(LANES)]  # every lane taken
+        content = os.urandom(2 * SLOT_BYTES)
+        await host.request(m.FileWrite(path="busy.bin"), body=content)
+        assert await read_all(host, m.FileRead(path="busy.bin")) == content
+        for lane in lanes:
+            lane.release()
+        await host.request(m.FileWrite(path="small.bin"), body=b"small")
+        assert await read_all(host, m.FileRead(path="small.bin")) == b"small"
+    finally:
+        await host.close()
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["channel", "transfer_disk"])
+@pytest.mark.parametrize("change", ["grows", "shrinks"])
+async def test_a_download_gives_the_size_seen_at_open_or_io_error_if_the_file_shrank(
+    running_agent, change, on_disk
+):
+    content = os.urandom(16 * MIB)
+    target = running_agent.workdir / f"changing-{change}-{on_disk}.bin"
+    target.write_bytes(content)
+    host = await connected(running_agent, transfer_disk=on_disk)
+    try:
+        lane = host.transfer_lane()
+        call = host.start(m.FileRead(path=target.name, extents=lane is not None), lane)
+        # The agent runs at most a window (4 MiB) or a lane (8 MiB) ahead of this reader.
+        first = b""
+        while not first:
+            item = await asyncio.wait_for(anext(aiter(call)), 10)
+            first = item.data if isinstance(item, Chunk) else b""
+        with target.open("r+b") as file:
+            if change == "grows":
+                file.seek(0, os.SEEK_END)
+                file.write(b"written after the download began")
+            else:
+                file.truncate(12 * MIB)
+        if change == "grows":
+            outcome = await asyncio.wait_for(finish(call), 30)
+            assert first + outcome.out("data") == content
+        else:
+            with pytest.raises(errors.IOError, match="shrank while it was read"):
+                await asyncio.wait_for(finish(call), 30)
+        assert await run(host, m.Ping())  # the connection serves on
+    finally:
+        await host.close()
+
+
 async def test_a_replaced_file_keeps_its_mode(agent, running_agent):
     target = running_agent.workdir / "keeps-mode.sh"
     target.write_bytes(b"old")
@@ -564,15 +670,16 @@ def _upload_leftovers(directory: Path, name: str) -> list[str]:
     return [entry for entry in os.listdir(directory) if entry.startswith(f".{name}.ember-")]
 
 
+@pytest.mark.parametrize("on_disk", [False, True], ids=["channel", "transfer_disk"])
 @pytest.mark.parametrize("cut", ["cancelled", "host_left"])
-async def test_an_upload_cut_short_keeps_the_old_content_and_no_temporary_file(running_agent, cut):
-    name = f"{cut}.txt"
+async def test_an_upload_cut_short_keeps_the_old_content_and_no_temporary_file(running_agent, cut, on_disk):
+    name = f"{cut}-{on_disk}.txt"
     target = running_agent.workdir / name
     target.write_bytes(b"old content")
-    host = await connected(running_agent)
+    host = await connected(running_agent, transfer_disk=on_disk)
     try:
-        call = host.start(m.FileWrite(path=name))
-        await call.send(b"new" * 100_000)
+        call = host.start(m.FileWrite(path=name), host.transfer_lane())
+        await call.send_body(b"new" * 1_000_000)
         await eventually(lambda: _upload_leftovers(running_agent.workdir, name), "the upload began")
         await (call.cancel() if cut == "cancelled" else host.close())
         await eventually(lambda: not _upload_leftovers(running_agent.workdir, name), "it was removed")

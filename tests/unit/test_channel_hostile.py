@@ -21,6 +21,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +29,8 @@ from hypothesis import strategies as st
 
 from ember import errors
 from ember.engine import _reader
-from ember.engine.channel import AgentCall, AgentClient, Chunk
+from ember.engine.channel import _MAX_CANCELLED, AgentCall, AgentClient, Chunk
+from ember.protocol.extents import SLOT_BYTES, TRANSFER_DISK_BYTES
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
     DATA_CHUNK_BYTES,
@@ -43,10 +45,11 @@ from ember.protocol.framing import (
     FrameKind,
     SyncScanner,
     encode_credit,
+    encode_extent,
     encode_frame,
     encode_message,
 )
-from ember.protocol.messages import Ping
+from ember.protocol.messages import FileRead, FileWrite, Ping
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,6 +67,7 @@ class FakeGuest:
         self._sync = sync
         self.requests: queue.Queue[Frame] = queue.Queue()
         self.cancels: list[int] = []
+        self.extents: queue.Queue[list[Frame]] = queue.Queue()
         self.synced = threading.Event()
         self.closed = threading.Event()
         self._lock = threading.Lock()
@@ -147,6 +151,8 @@ class FakeGuest:
                         self.send(encode_message(frame.stream_id, RESULT))
                 elif frame.kind == FrameKind.CANCEL:
                     self.cancels.append(frame.stream_id)
+                elif frame.kind == FrameKind.EXTENT:
+                    self.extents.put([frame])
 
 
 @pytest.fixture
@@ -157,12 +163,18 @@ def socket_dir() -> Iterator[str]:
 
 
 class Channel:
-    """A fake guest and the host's client for it, with the violations the client reported."""
+    """A fake guest and the host's client for it (with a transfer disk), with the violations
+    the client reported."""
 
     def __init__(self, guest: FakeGuest) -> None:
         self.guest = guest
         self.violations: list[str] = []
-        self.client = AgentClient("sandbox test", on_violation=self.violations.append)
+        self.disk = Path(guest.path).with_suffix(".disk")
+        with self.disk.open("wb") as disk:
+            disk.truncate(TRANSFER_DISK_BYTES)
+        self.client = AgentClient(
+            "sandbox test", on_violation=self.violations.append, transfer_disk=self.disk
+        )
 
 
 @pytest.fixture
@@ -265,6 +277,9 @@ async def test_a_frame_in_progress_holds_one_frame_and_no_more(channels):
         (lambda sid: encode_credit(sid, 0), "credit"),
         (lambda sid: encode_credit(sid, 1), "credit"),
         (lambda sid: encode_frame(FrameKind.CANCEL, sid), "only the host may send"),
+        (lambda sid: encode_extent(sid, 0, SLOT_BYTES), "no transfer lane"),
+        (lambda sid: encode_extent(sid, 0, 0), "empty extent"),
+        (lambda sid: encode_frame(FrameKind.EXTENT, sid, b"short"), "exactly 12 bytes"),
         (lambda sid: encode_frame(FrameKind.END, sid), "only the host may send"),
         (lambda sid: encode_message(0, {"type": "error", "code": "x", "message": "y"}), "connection error"),
         (lambda sid: encode_frame(FrameKind.MESSAGE, sid, b"[" * 100_000), "nested too deeply"),
@@ -298,6 +313,112 @@ async def test_an_8_mib_result_of_nested_empty_objects_ends_only_its_call(channe
     assert len(result["a"]) > 2_000_000
     del result
     assert channel.client.connected
+
+
+# ------------------------------------------------------------ the transfer disk
+
+
+def lent_extents(channel: Channel, stream_id: int, count: int) -> list[tuple[int, int]]:
+    """The extents the host lent the guest for a download's output, as the guest read them."""
+    frames: list[Frame] = []
+    while len(frames) < count:
+        frames += [f for f in channel.guest.extents.get(timeout=10) if f.stream_id == stream_id]
+    return [frame.extent() for frame in frames]
+
+
+@pytest.mark.parametrize(
+    ("give_back", "what"),
+    [
+        (lambda lent: (lent[0][0] + 4096, 10), "that it did not hold"),
+        (lambda lent: (TRANSFER_DISK_BYTES + SLOT_BYTES, 10), "that it did not hold"),
+        (lambda lent: (lent[0][0], SLOT_BYTES + 1), "of a 1048576-byte extent"),
+    ],
+)
+async def test_a_guest_names_only_extents_it_was_lent(channels, give_back, what):
+    channel = await channels(answer=False)
+    lane = channel.client.transfer_lane()
+    call = channel.client.start(FileRead(path="/x", extents=True), lane)
+    lent = lent_extents(channel, call.stream_id, 8)
+    assert len({offset for offset, _ in lent}) == 8 and {length for _, length in lent} == {SLOT_BYTES}
+    channel.guest.write(encode_extent(call.stream_id, *give_back(lent)))
+    error = await fails_with_protocol_error(call.result())
+    assert what in error.message
+    assert lane.released
+
+
+async def test_a_download_holds_its_lane_and_reads_each_extent_once_consumed(channels):
+    channel = await channels(answer=False)
+    call = channel.client.start(FileRead(path="/x", extents=True), channel.client.transfer_lane())
+    lent = lent_extents(channel, call.stream_id, 8)
+    with open(channel.disk, "r+b") as disk:
+        for index, (offset, _) in enumerate(lent):
+            disk.seek(offset)
+            disk.write(bytes([index]) * 1000)
+    # All eight filled and given back at once, twice over: the second round was not lent.
+    given = b"".join(encode_extent(call.stream_id, offset, 1000) for offset, _ in lent)
+    channel.guest.write(given)
+    received = []
+    async for item in call:
+        received.append(item.data)
+        if len(received) == 8:
+            break
+    assert received == [bytes([index]) * 1000 for index in range(8)]
+    assert len(lent_extents(channel, call.stream_id, 8)) == 8  # each lent again once read
+    channel.guest.write(given + given)
+    await fails_with_protocol_error(call.result())
+
+
+async def test_a_guest_that_gives_back_another_calls_extent_loses_its_channel_and_the_disk_is_emptied(
+    channels,
+):
+    channel = await channels(answer=False)
+    first = channel.client.start(FileRead(path="/a", extents=True), channel.client.transfer_lane())
+    second = channel.client.start(FileRead(path="/b", extents=True), channel.client.transfer_lane())
+    theirs = lent_extents(channel, second.stream_id, 8)
+    with open(channel.disk, "r+b") as disk:
+        disk.seek(theirs[0][0])
+        disk.write(b"second's output" * 1000)
+    channel.guest.write(encode_extent(first.stream_id, theirs[0][0], 100))
+    error = await fails_with_protocol_error(first.result())
+    assert "that it did not hold" in error.message
+    await fails_with_protocol_error(second.result())
+    assert channel.violations and not channel.client.connected
+    assert os.stat(channel.disk).st_blocks == 0  # nothing the guest wrote there is kept
+
+
+async def test_an_upload_extent_the_guest_gives_back_twice_is_a_protocol_error(channels):
+    channel = await channels(answer=False)
+    lane = channel.client.transfer_lane()
+    call = channel.client.start(FileWrite(path="/x"), lane)
+    body = os.urandom(2 * SLOT_BYTES)
+    await call.send_body(body)
+    lent = lent_extents(channel, call.stream_id, 2)
+    with open(channel.disk, "rb") as disk:
+        disk.seek(lent[0][0])
+        assert disk.read(SLOT_BYTES) == body[:SLOT_BYTES]  # what the guest reads is the body
+    channel.guest.write(encode_extent(call.stream_id, *lent[0]) * 2)
+    error = await fails_with_protocol_error(call.result())
+    assert "that it did not hold" in error.message and lane.released
+
+
+async def test_a_cancelled_calls_lane_waits_for_the_guests_answer_or_until_the_call_is_forgotten(channels):
+    channel = await channels(answer=False)
+    answered, silent = channel.client.transfer_lane(), channel.client.transfer_lane()
+    first = channel.client.start(FileRead(path="/a", extents=True), answered)
+    second = channel.client.start(FileRead(path="/b", extents=True), silent)
+    await first.cancel()
+    await second.cancel()
+    assert not answered.released and not silent.released  # the guest may still write their extents
+    channel.guest.write(
+        encode_message(first.stream_id, {"type": "error", "code": "cancelled", "message": ""})
+    )
+    deadline = time.monotonic() + 10
+    while not answered.released:
+        assert time.monotonic() < deadline, "the guest's answer did not give the lane back"
+        await asyncio.sleep(0.01)
+    for _ in range(_MAX_CANCELLED):  # a guest that never answers: its call is forgotten in the end
+        await channel.client.start(Ping()).cancel()
+    assert silent.released and channel.client.connected
 
 
 # ------------------------------------------------------------ floods

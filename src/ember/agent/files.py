@@ -2,7 +2,9 @@
 
 Writes land in a temporary file beside the target and replace it only once the
 whole body has arrived, so an interrupted upload never leaves half a file where
-a good one was. Paths may be relative to the working directory /app.
+a good one was. Paths may be relative to the working directory /app. Large
+files' bytes come and go on the transfer disk when the host lends its extents
+(``ember.agent.extents``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import shutil
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from ember.agent import extents
 from ember.agent._errors import AgentError, from_os_error
 from ember.agent.paths import WORKDIR, as_text
 from ember.protocol.codes import ErrorCode
+from ember.protocol.extents import MIN_EXTENT_BODY_BYTES, SLOT_BYTES, Extent
 from ember.protocol.framing import DATA_CHUNK_BYTES
 from ember.protocol.messages import FileInfo
 
@@ -74,7 +78,7 @@ def info(path: str, st: os.stat_result | None = None) -> FileInfo:
 
 
 async def write(
-    path: str, body: AsyncIterator[bytes], mode: int | None, append: bool, make_parents: bool
+    path: str, body: AsyncIterator[bytes | Extent], mode: int | None, append: bool, make_parents: bool
 ) -> FileInfo:
     path = resolve(path)
     if mode is not None and not 0 <= mode <= 0o7777:
@@ -93,18 +97,25 @@ async def write(
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise from_os_error(exc, path) from exc
+    buffer: extents.Buffer | None = None
     try:
+        writer = extents.FileWriter(temp or path, fd, append)
         try:
             async for chunk in body:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                if isinstance(chunk, Extent):
+                    buffer = buffer or extents.Buffer()
+                    await extents.run_io(_write_extent, writer, chunk, buffer)
+                else:
+                    writer.write(memoryview(chunk))
             if temp is not None:
                 _keep_metadata(path, fd)
             if mode is not None:
                 os.fchmod(fd, mode)
         finally:
+            writer.close()
             os.close(fd)
+            if buffer is not None:
+                buffer.close()
         if temp is not None:
             os.rename(temp, path)
             temp = None
@@ -115,6 +126,10 @@ async def write(
             with contextlib.suppress(OSError):
                 os.unlink(temp)
     return info(path)
+
+
+def _write_extent(writer: extents.FileWriter, extent: Extent, buffer: extents.Buffer) -> None:
+    writer.write(extents.read_extent(extent, buffer), in_buffer=True)
 
 
 def _keep_metadata(path: str, fd: int) -> None:
@@ -134,7 +149,18 @@ async def read(
     length: int | None,
     send_info: Callable[[FileInfo], None],
     send: Callable[[bytes], Awaitable[None]],
+    lent: Callable[[], Awaitable[Extent]] | None = None,
+    filled: Callable[[Extent, int], None] = lambda extent, size: None,
 ) -> FileInfo:
+    """Send the file's bytes from ``offset`` (``length`` of them, or to its end): into the
+    extents the host lends (``lent``, each given back by ``filled``) for a large regular
+    file, else as DATA frames (``send``).
+
+    A regular file is read for the size its ``FileInfo`` says (what it held when it was
+    opened): bytes written past it meanwhile are not sent, and a file that shrank under
+    the read is an ``io_error`` once what was there has gone. Files whose size says
+    nothing (procfs's, pipes) are read to their end.
+    """
     path = resolve(path)
     if offset < 0 or (length is not None and length < 0):
         raise AgentError(ErrorCode.INVALID_REQUEST, "offset and length must not be negative")
@@ -148,21 +174,73 @@ async def read(
             raise AgentError(ErrorCode.IS_A_DIRECTORY, f"{path} is a directory")
         file_info = info(path, st)
         send_info(file_info)
-        remaining = length
-        os.lseek(fd, offset, os.SEEK_SET)
-        while remaining is None or remaining > 0:
-            size = DATA_CHUNK_BYTES if remaining is None else min(DATA_CHUNK_BYTES, remaining)
-            chunk = os.read(fd, size)
-            if not chunk:
-                break
-            if remaining is not None:
-                remaining -= len(chunk)
-            await send(chunk)
+        sized = stat.S_ISREG(st.st_mode) and st.st_size > 0
+        if sized:
+            length = max(0, st.st_size - offset if length is None else min(length, st.st_size - offset))
+        if lent is not None and sized and length is not None and length >= MIN_EXTENT_BODY_BYTES:
+            sent = await _read_extents(path, fd, offset, length, lent, filled)
+        else:
+            sent = await _read_chunks(fd, offset, length, send)
     except OSError as exc:
         raise from_os_error(exc, path) from exc
     finally:
         os.close(fd)
+    if sized and length is not None and sent < length:
+        raise AgentError(
+            ErrorCode.IO_ERROR,
+            f"{path} shrank while it was read: it ended {sent} of {length} bytes after offset {offset} "
+            f"(it had {st.st_size} bytes when opened); read it again",
+        )
     return file_info
+
+
+async def _read_chunks(
+    fd: int, offset: int, length: int | None, send: Callable[[bytes], Awaitable[None]]
+) -> int:
+    """Up to ``length`` bytes (None: to the end) as DATA frames; how many were sent."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    sent = 0
+    while length is None or sent < length:
+        chunk = os.read(fd, DATA_CHUNK_BYTES if length is None else min(DATA_CHUNK_BYTES, length - sent))
+        if not chunk:
+            break
+        sent += len(chunk)
+        await send(chunk)
+    return sent
+
+
+async def _read_extents(
+    path: str,
+    fd: int,
+    offset: int,
+    length: int,
+    lent: Callable[[], Awaitable[Extent]],
+    filled: Callable[[Extent, int], None],
+) -> int:
+    """Up to ``length`` bytes into the extents the host lends; how many were sent."""
+    reader = extents.FileReader(path, fd, offset)
+    buffer = extents.Buffer()
+    sent = 0
+    try:
+        while sent < length:
+            extent = await lent()
+            size = min(extent.length, SLOT_BYTES, length - sent)
+            read = await extents.run_io(_read_extent, reader, buffer, extent, size)
+            if not read:
+                break
+            filled(extent, read)
+            sent += read
+    finally:
+        reader.close()
+        buffer.close()
+    return sent
+
+
+def _read_extent(reader: extents.FileReader, buffer: extents.Buffer, extent: Extent, size: int) -> int:
+    read = reader.read_into(buffer, size)
+    if read:
+        extents.write_extent(extent, buffer, read)
+    return read
 
 
 def _list_sync(root: str, depth: int) -> list[FileInfo]:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ember.agent import files, image, network, registries, system, watch
+from ember.agent import extents, files, image, network, registries, system, watch
 from ember.agent._errors import AgentError
 from ember.agent.paths import WORKDIR
 from ember.agent.port import SocketPort, VirtioPort, find_port
@@ -223,6 +223,8 @@ class Agent:
             request.length,
             lambda info: context.event("info", info),
             context.data,
+            context.lent_extent if request.extents and extents.available() else None,
+            context.filled,
         )
 
     async def file_list(self, context: RequestContext, request: m.FileList) -> m.FileListing:

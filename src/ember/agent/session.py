@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ember.agent._errors import AgentError, from_os_error
 from ember.protocol.codes import ErrorCode
+from ember.protocol.extents import Extent
 from ember.protocol.framing import (
     AGENT_SYNC_MAGIC,
     DATA_CHUNK_BYTES,
@@ -27,6 +28,7 @@ from ember.protocol.framing import (
     ProtocolError,
     SyncScanner,
     encode_credit,
+    encode_extent,
     encode_frame,
     encode_message,
 )
@@ -54,15 +56,22 @@ Handler = Callable[["RequestContext", Request], Awaitable[WireModel | None]]
 
 
 class RequestContext:
-    """What a handler sees of its request's stream: send events and data, read its body."""
+    """What a handler sees of its request's stream: send events and data, read its body.
 
-    def __init__(self, session: Session, stream_id: int, expects_body: bool) -> None:
+    A request that moves a file (``bulk``) may have its body come as extents of the
+    transfer disk, or be lent extents to fill with its output (``ember.protocol.extents``).
+    """
+
+    def __init__(self, session: Session, stream_id: int, expects_body: bool, bulk: bool = False) -> None:
         self.stream_id = stream_id
         self._session = session
         self._generation = session.generation
         self._output_window = SendWindow(stream_id)
         self._expects_body = expects_body
-        self._body: deque[bytes] = deque()
+        self._bulk = bulk
+        self._body: deque[bytes | Extent] = deque()
+        self._lent: deque[Extent] = deque()
+        self._lent_pulse = Pulse()
         self._body_ended = False
         self._body_pulse = Pulse()
         self._body_window = ReceiveWindow(stream_id)
@@ -84,11 +93,16 @@ class RequestContext:
     async def data(self, data: bytes) -> None:
         await self._send_raw(FrameKind.DATA, data)
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """The request's DATA frames until the host's END, returning credit as they are used."""
+    async def body(self) -> AsyncIterator[bytes | Extent]:
+        """The request's DATA frames (and extents) until the host's END, returning credit as
+        they are used: an extent's, once the handler asks for the next piece."""
         while True:
             if self._body:
                 chunk = self._body.popleft()
+                if isinstance(chunk, Extent):
+                    yield chunk
+                    self._send(encode_extent(self.stream_id, chunk.offset, chunk.length))
+                    continue
                 if credit := self._body_window.consume(len(chunk)):
                     self._send(encode_credit(self.stream_id, credit))
                 yield chunk
@@ -110,6 +124,16 @@ class RequestContext:
             self._send(encode_frame(kind, self.stream_id, bytes(view[:size])))
             view = view[size:]
 
+    async def lent_extent(self) -> Extent:
+        """An extent the host lent for output (a download), waiting for one."""
+        while not self._lent:
+            await self._lent_pulse.wait()
+        return self._lent.popleft()
+
+    def filled(self, extent: Extent, size_bytes: int) -> None:
+        """The next ``size_bytes`` of the output are in ``extent``: it goes back to the host."""
+        self._send(encode_extent(self.stream_id, extent.offset, size_bytes))
+
     def add_credit(self, amount: int) -> None:
         self._output_window.grant(amount)
 
@@ -128,6 +152,20 @@ class RequestContext:
             self._body_window.receive(len(frame.payload))
             self._body.append(frame.payload)
         self._body_pulse.fire()
+
+    def feed_extent(self, frame: Frame) -> None:
+        """An extent from the host: the next piece of the body, or one lent for output."""
+        if not self._bulk:
+            raise ProtocolError(f"unexpected extent on stream {self.stream_id}")
+        extent = Extent(*frame.extent())
+        if not self._expects_body:
+            self._lent.append(extent)
+            self._lent_pulse.fire()
+        elif self._body_ended:
+            raise ProtocolError(f"an extent after the end of the body on stream {self.stream_id}")
+        else:
+            self._body.append(extent)
+            self._body_pulse.fire()
 
 
 class Session:
@@ -192,6 +230,9 @@ class Session:
         if frame.kind in (FrameKind.DATA, FrameKind.END):
             if context is not None:
                 context.feed_body(frame)
+        elif frame.kind == FrameKind.EXTENT:
+            if context is not None:
+                context.feed_extent(frame)
         elif frame.kind == FrameKind.CREDIT:
             if context is not None:
                 context.add_credit(frame.credit())
@@ -210,9 +251,22 @@ class Session:
         except (ProtocolError, WireError) as exc:
             self.enqueue(encode_message(stream_id, error_message(exc.code, str(exc))))
             return
-        context = RequestContext(self, stream_id, request.has_body)
+        context = RequestContext(self, stream_id, request.has_body, request.bulk)
         self._requests[stream_id] = context
         context.task = asyncio.create_task(self._serve(context, request), name=f"req-{request.op}")
+        context.task.add_done_callback(lambda task: self._cancelled_unstarted(context, task))
+
+    def _cancelled_unstarted(self, context: RequestContext, task: asyncio.Task[None]) -> None:
+        """A request cancelled before its task first ran never entered ``_serve``, which answers
+        every other one: the host still gets its answer (until then it keeps the call's
+        transfer lane from other calls)."""
+        if not task.cancelled():
+            return
+        context._send(
+            encode_message(context.stream_id, error_message(ErrorCode.CANCELLED, "request cancelled"))
+        )
+        if self._requests.get(context.stream_id) is context:
+            del self._requests[context.stream_id]
 
     async def _serve(self, context: RequestContext, request: Request) -> None:
         try:

@@ -1,5 +1,6 @@
 """What the benchmark reads of this host, where the daemon runs: a sandbox's QEMU
-process, its CPU time and PSS, the CPU every process of the host used, and KSM."""
+process, its CPU time and PSS, its probe port's socket, the CPU every process of the
+host used, and KSM."""
 
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ def qemu_cpu_s(sandbox_id: str) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) * _TICK_S if fields else None
+
+
+def probe_socket(sandbox_id: str) -> str | None:
+    """The unix socket of the sandbox's probe port, when its QEMU runs on this host."""
+    process = qemu_process(sandbox_id)
+    try:
+        arguments = (process / "cmdline").read_bytes().decode().split("\0") if process else []
+    except OSError:
+        return None
+    for argument in arguments:
+        if argument.startswith("socket,id=probe,"):
+            return argument.split("path=", 1)[1].split(",", 1)[0]
+    return None
 
 
 def pss_mib(process: Path | None) -> float | None:

@@ -9,9 +9,11 @@ so when it is missing. Every sandbox the suite makes is closed before it ends.
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +28,13 @@ from ember.bench.stats import Row, timed
 from ember.client import Sandbox
 from ember.client._config import resolve_config
 from ember.errors import EmberError
+from ember.protocol.framing import PROBE_PORT_NAME
 
 Progress = Callable[[str], None]
 _CLI_NOTE = "the floor: 200 ms over its baseline (the cell's own time)"
+_TO_GUEST = "agent channel ceiling, host to guest (raw virtio-serial)"
+_FROM_GUEST = "agent channel ceiling, guest to host (raw virtio-serial)"
+_FILES_NOTE = "files go on the transfer disk, not the channel: the ratio may pass 1"
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class Suite:
                 self._round_trips(source)
                 self._noisy_neighbour(source)
                 self._restore_and_fork(source)
+                self._channel_ceiling(source)
                 self._transfer(source)
                 self._fork_after_transfer(source)
             self._creates()
@@ -187,6 +194,45 @@ class Suite:
                 note = f"its quota: {vcpus} vCPUs' worth, of {os.cpu_count()} host CPUs"
                 self._add(Row("noisy neighbour's CPU", [cores], unit="CPUs", note=note))
 
+    def _channel_ceiling(self, sandbox: Sandbox) -> None:
+        """The agent channel's own ceiling: bytes through a virtio-serial port of the same
+        device (the VM's probe port), no framing, a guest ``dd`` at the other end. Timed on
+        the host, from the first byte to the last (one socket buffer early, host to guest)."""
+        size = self.plan.transfer_mb
+        path = host.probe_socket(sandbox.id)
+        if path is None:
+            for way in (_TO_GUEST, _FROM_GUEST):
+                self._add(Row(way, note="n/a: the daemon runs on another host"))
+            return
+        found = sandbox.commands.run(f"grep -lx {PROBE_PORT_NAME} /sys/class/virtio-ports/*/name")
+        port = "/dev/" + found.stdout.strip().split("/")[-2]
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)
+            time.sleep(0.2)  # the guest learns that the host is there (else its reads end at once)
+            reader = sandbox.commands.run(
+                f"dd if={port} of=/dev/null bs=1M count={size} iflag=fullblock", background=True
+            )
+            chunk = bytes(1 << 20)
+            started = time.perf_counter()
+            for _ in range(size):
+                probe.sendall(chunk)
+            self._add(Row(_TO_GUEST, [size / (time.perf_counter() - started)], unit="MB/s"))
+            reader.wait()
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)
+            time.sleep(0.2)
+            writer = threading.Thread(
+                target=sandbox.commands.run, args=(f"dd if=/dev/zero of={port} bs=1M count={size}",)
+            )
+            writer.start()
+            received, started = 0, None
+            while received < size << 20 and (data := probe.recv(1 << 20)):
+                started = started or time.perf_counter()
+                received += len(data)
+            seconds = time.perf_counter() - (started or 0)
+            writer.join()
+        self._add(Row(_FROM_GUEST, [size / seconds], unit="MB/s"))
+
     def _transfer(self, sandbox: Sandbox) -> None:
         size = self.plan.transfer_mb
         data = os.urandom(size << 20)
@@ -198,8 +244,8 @@ class Suite:
         down = time.perf_counter() - started
         if back != data:
             raise EmberError("the downloaded file differs from the uploaded one")
-        self._add(Row(f"upload {size} MB", [size / up], unit="MB/s"))
-        self._add(Row(f"download {size} MB", [size / down], unit="MB/s"))
+        self._add(Row(f"upload {size} MB", [size / up], unit="MB/s", baseline=_TO_GUEST, note=_FILES_NOTE))
+        self._add(Row(f"download {size} MB", [size / down], unit="MB/s", baseline=_FROM_GUEST))
         sandbox.files.remove("/app/bench.bin")
 
     def _restore_and_fork(self, source: Sandbox) -> None:

@@ -27,10 +27,13 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from ember import errors
 from ember.engine._reader import GuestReader
+from ember.engine.extents import Lane, TransferDisk
+from ember.protocol.extents import MIN_EXTENT_BODY_BYTES, SLOT_BYTES
 from ember.protocol.framing import (
     DATA_CHUNK_BYTES,
     HOST_SYNC_MAGIC,
@@ -41,6 +44,7 @@ from ember.protocol.framing import (
     FrameKind,
     ProtocolError,
     encode_credit,
+    encode_extent,
     encode_frame,
     encode_message,
 )
@@ -94,6 +98,14 @@ class Chunk:
 _RAW_STREAMS = {FrameKind.STDOUT: "stdout", FrameKind.STDERR: "stderr", FrameKind.DATA: "data"}
 
 
+@dataclass(frozen=True, slots=True)
+class _Extent:
+    """Bytes of the output waiting on the transfer disk; read when the consumer gets to them."""
+
+    offset: int
+    length: int
+
+
 class _Run:
     """Raw bytes of one stream waiting for the consumer: adjacent frames merge into one."""
 
@@ -106,10 +118,15 @@ class _Run:
 
 @dataclass(slots=True)
 class _Allowance:
-    """What a guest may still send to a stream nobody waits for, in bytes and in frames."""
+    """What a guest may still send to a stream nobody waits for, in bytes and in frames.
+
+    A cancelled call's transfer lane waits here for the guest's last word on it: until
+    then the guest may still be writing its extents, and no other call may have them.
+    """
 
     bytes_left: int
     frames_left: int
+    lane: Lane | None = None
 
     def charge(self, size: int) -> bool:
         self.bytes_left -= size
@@ -118,12 +135,22 @@ class _Allowance:
 
 
 class AgentCall:
-    """One request in flight. Iterate it for events and output; ``result()`` ends it."""
+    """One request in flight. Iterate it for events and output; ``result()`` ends it.
 
-    def __init__(self, client: AgentClient, stream_id: int) -> None:
+    A call with a transfer lane moves its body, or its output, as extents of the
+    transfer disk (``ember.engine.extents``); the lane is given back when the call
+    is over, and for its output, once the consumer has read it.
+    """
+
+    def __init__(
+        self, client: AgentClient, stream_id: int, lane: Lane | None = None, lane_output: bool = False
+    ) -> None:
         self.stream_id = stream_id
         self._client = client
-        self._items: deque[Event | _Run] = deque()
+        self._lane = lane
+        #: The lane carries the guest's output (a download), not the host's body.
+        self._lane_output = lane_output
+        self._items: deque[Event | _Run | _Extent] = deque()
         self._queued_events = 0
         self._queued_event_bytes = 0
         self._pulse = Pulse()
@@ -146,11 +173,16 @@ class AgentCall:
                 if isinstance(item, _Run):
                     self._consumed(len(item.data))
                     yield Chunk(item.stream, bytes(item.data))
+                elif isinstance(item, _Extent):
+                    data = self._read_extent(item)
+                    if data is not None:
+                        yield Chunk("data", data)
                 else:
                     self._queued_events -= 1
                     self._queued_event_bytes -= item.size_bytes
                     yield item
             elif self.finished:
+                self._release_lane()
                 return
             else:
                 await self._pulse.wait()
@@ -163,6 +195,78 @@ class AgentCall:
             raise self._failure
         assert self._outcome is not None
         return self._outcome
+
+    async def send_body(self, body: bytes | AsyncIterable[bytes]) -> None:
+        """The request's whole body: on the transfer disk if the call has a lane, else as DATA
+        frames (the caller ends it with ``end``)."""
+        if self._lane is not None:
+            await self._send_extents(_chunks(body))
+        elif isinstance(body, bytes):
+            await self.send(body)
+        else:
+            async for chunk in body:
+                await self.send(chunk)
+
+    async def _send_extents(self, body: AsyncIterable[bytes]) -> None:
+        """Fill the lane's slots with the body, lending each to the guest as it fills."""
+        lane = self._lane
+        assert lane is not None
+        slot, filled = None, 0
+        async for chunk in body:
+            view = memoryview(chunk)
+            while view:
+                if slot is None:
+                    slot, filled = await lane.hold(), 0
+                    if slot is None:  # the call ended while this waited for a slot
+                        self._raise_if_failed()
+                        return
+                if lane.released:  # the call ended while this waited for the body
+                    self._raise_if_failed()
+                    return
+                size = min(len(view), SLOT_BYTES - filled)
+                try:
+                    lane.write(slot, filled, view[:size])
+                except OSError as exc:
+                    what = f"{self._client.name}: writing the transfer disk failed: {exc}"
+                    raise errors.IOError(what) from exc
+                filled, view = filled + size, view[size:]
+                if filled == SLOT_BYTES:
+                    await self._lend(slot, filled)
+                    slot = None
+        if slot is not None:
+            await self._lend(slot, filled)
+
+    async def _lend(self, offset: int, length: int) -> None:
+        assert self._lane is not None
+        self._lane.lend(offset, length)
+        await self._client._write(encode_extent(self.stream_id, offset, length))
+
+    def _lend_all(self) -> None:
+        """Every slot of the lane goes to the guest to fill with output."""
+        assert self._lane is not None
+        while (offset := self._lane.holds_any()) is not None:
+            self._lane.lend(offset, SLOT_BYTES)
+            self._client._write_nowait(encode_extent(self.stream_id, offset, SLOT_BYTES))
+
+    def _read_extent(self, extent: _Extent) -> bytes | None:
+        """The output bytes of an extent the guest filled (None once the call failed: its
+        lane is gone), and the slot goes back to the guest."""
+        lane = self._lane
+        if lane is None:
+            return None
+        try:
+            data = lane.read(extent.offset, extent.length)
+        except OSError as exc:
+            raise errors.IOError(f"{self._client.name}: reading the transfer disk failed: {exc}") from exc
+        lane.restore(extent.offset)
+        if not self.finished:
+            self._lend_all()
+        return data
+
+    def _release_lane(self) -> None:
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            lane.release()
 
     async def send(self, data: bytes) -> None:
         """Body bytes for the request, paced by the guest's flow-control credit."""
@@ -181,8 +285,10 @@ class AgentCall:
     async def cancel(self) -> None:
         """Abandon the call: the guest is told to stop, and what it still sends is dropped."""
         if self.finished:
+            self._release_lane()
             return
-        self._client._abandon(self)
+        lane, self._lane = self._lane, None
+        self._client._abandon(self, lane)
         self._items.clear()
         self._fail(errors.CancelledError(f"call {self.stream_id} cancelled by the host"))
         with contextlib.suppress(errors.EmberError):
@@ -253,16 +359,30 @@ class AgentCall:
         self._pulse.fire()
         if self.finished:
             self._body_window.close()
+            if not self._lane_output:
+                self._release_lane()
 
     def _on_credit(self, amount: int) -> None:
         # Credit returns what the guest consumed of what the host sent: never more.
         self._body_window.grant(amount)
+
+    def _on_extent(self, offset: int, length: int) -> None:
+        """The guest gives back an extent it was lent: filled with output, or read (a body's)."""
+        if self._lane is None:
+            raise ProtocolError(f"it sent an extent on stream {self.stream_id}, which has no transfer lane")
+        self._lane.take_back(offset, length)
+        if self._lane_output:
+            self._queue(_Extent(offset, length))
+            self._pulse.fire()
+        else:
+            self._lane.restore(offset)
 
     def _fail(self, error: errors.EmberError) -> None:
         if not self.finished:
             self._failure = error
         self._pulse.fire()
         self._body_window.close()
+        self._release_lane()
 
 
 class _ChannelProtocol(asyncio.Protocol):
@@ -329,8 +449,15 @@ class AgentClient:
     ``closed`` is set while the connection is failed or closed.
     """
 
-    def __init__(self, name: str = "agent", on_violation: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "agent",
+        on_violation: Callable[[str], None] | None = None,
+        transfer_disk: Path | None = None,
+    ) -> None:
         self.name = name
+        self.transfer_disk = transfer_disk
+        self._disk: TransferDisk | None = None
         self.state = ChannelState.IDLE
         self.closed = asyncio.Event()
         self._on_violation = on_violation
@@ -380,6 +507,7 @@ class AgentClient:
         self._protocol = None
         self._failure = None
         self._cancelled.clear()
+        self._close_disk()
         self._strays = _Allowance(_STRAY_ALLOWANCE_BYTES, _STRAY_ALLOWANCE_FRAMES)
 
         def make_protocol() -> _ChannelProtocol:
@@ -399,6 +527,11 @@ class AgentClient:
             transport.abort()
             self._require(ChannelState.OPENING)
         self._transport = transport
+        if self.transfer_disk is not None:
+            try:
+                self._disk = TransferDisk(self.transfer_disk)
+            except OSError as exc:  # files still move, through the channel
+                log.warning("%s: no transfer disk (%s): files go through the channel", self.name, exc)
         self._enter(ChannelState.SYNCING)
 
     async def connect(self, socket_path: str) -> None:
@@ -438,12 +571,35 @@ class AgentClient:
         self._protocol = None
         self._reader.stop()
         self._fail_all(errors.AgentUnavailableError(f"{self.name}: connection closed"))
+        self._close_disk()
         if transport is not None:
             transport.abort()
         self._enter(ChannelState.CLOSED)
 
-    def start(self, request: Request) -> AgentCall:
-        """Send a request and return its call; the caller iterates or awaits it."""
+    def _close_disk(self) -> None:
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
+
+    def transfer_lane(self) -> Lane | None:
+        """A lane of the transfer disk for one call that moves a file, if one is free."""
+        return self._disk.lane() if self._disk is not None and self.connected else None
+
+    def start(self, request: Request, lane: Lane | None = None) -> AgentCall:
+        """Send a request and return its call; the caller iterates or awaits it.
+
+        With a ``lane`` (``transfer_lane``), the request's body, or its output when it
+        has none, moves on the transfer disk: for output, the lane's slots are lent to
+        the guest at once. The lane is given back if the request cannot be sent.
+        """
+        try:
+            return self._start(request, lane)
+        except BaseException:
+            if lane is not None:
+                lane.release()
+            raise
+
+    def _start(self, request: Request, lane: Lane | None) -> AgentCall:
         self._require(ChannelState.CONNECTED)
         stream_id = self._next_id
         try:
@@ -455,23 +611,30 @@ class AgentClient:
                 f"the request is too large for the agent channel ({exc})"
             ) from None
         self._next_id = self._next_id + 1 if self._next_id < 0xFFFFFFFF else 1
-        call = AgentCall(self, stream_id)
+        call = AgentCall(self, stream_id, lane, lane_output=not request.has_body)
         self._pending[stream_id] = call
         self._write_nowait(frame)
+        if lane is not None and not request.has_body:
+            call._lend_all()
         return call
 
     async def request(
         self, request: Request, body: bytes | AsyncIterable[bytes] | None = None
     ) -> dict[str, Any]:
-        """Send a request (and its body) and return its result, raising its error."""
-        call = self.start(request)
+        """Send a request (and its body) and return its result, raising its error.
+
+        A large body of a request that moves a file goes on the transfer disk when a
+        lane is free.
+        """
+        lane = None
+        if request.has_body and request.bulk and body is not None:
+            body, large = await _measure(body, MIN_EXTENT_BODY_BYTES)
+            lane = self.transfer_lane() if large else None
+        call = self.start(request, lane)
         try:
             if request.has_body:
-                if isinstance(body, bytes):
-                    await call.send(body)
-                elif body is not None:
-                    async for chunk in body:
-                        await call.send(chunk)
+                if body is not None:
+                    await call.send_body(body)
                 await call.end()
             return await call.result()
         except BaseException:
@@ -482,13 +645,20 @@ class AgentClient:
     def _forget(self, call: AgentCall) -> None:
         self._pending.pop(call.stream_id, None)
 
-    def _abandon(self, call: AgentCall) -> None:
-        """A cancelled call: what the guest still sends for it is counted, then dropped."""
+    def _abandon(self, call: AgentCall, lane: Lane | None) -> None:
+        """A cancelled call: what the guest still sends for it is counted, then dropped; its
+        lane waits for the guest's last message on it."""
         if self._pending.pop(call.stream_id, None) is None:
+            if lane is not None:
+                lane.release()
             return
         if len(self._cancelled) >= _MAX_CANCELLED:  # the oldest are long over
-            del self._cancelled[next(iter(self._cancelled))]
-        self._cancelled[call.stream_id] = _Allowance(_CANCELLED_ALLOWANCE_BYTES, _CANCELLED_ALLOWANCE_FRAMES)
+            oldest = self._cancelled.pop(next(iter(self._cancelled)))
+            if oldest.lane is not None:
+                oldest.lane.release()
+        self._cancelled[call.stream_id] = _Allowance(
+            _CANCELLED_ALLOWANCE_BYTES, _CANCELLED_ALLOWANCE_FRAMES, lane
+        )
 
     def _write_nowait(self, frame: bytes) -> None:
         self._require(ChannelState.CONNECTED)
@@ -526,6 +696,7 @@ class AgentClient:
         self._failure = error
         self._reader.stop()
         self._fail_all(error)
+        self._close_disk()
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
@@ -542,6 +713,8 @@ class AgentClient:
             call._on_message(frame.json(), len(frame.payload))
         elif frame.kind == FrameKind.CREDIT:
             call._on_credit(frame.credit())
+        elif frame.kind == FrameKind.EXTENT:
+            call._on_extent(*frame.extent())
         else:
             call._on_raw(_RAW_STREAMS[frame.kind], frame.payload)
 
@@ -553,6 +726,14 @@ class AgentClient:
                 raise ProtocolError(
                     f"it sent more to stream {frame.stream_id} after its cancel than its window allows"
                 )
+            # Its last message: the guest is done with the call's extents.
+            if (
+                allowance.lane is not None
+                and frame.kind == FrameKind.MESSAGE
+                and frame.json().get("type") in ("result", "error")
+            ):
+                allowance.lane.release()
+                allowance.lane = None
         elif not self._strays.charge(len(frame.payload)):
             raise ProtocolError(
                 f"it sent more than {_STRAY_ALLOWANCE_FRAMES} frames or {_STRAY_ALLOWANCE_BYTES} bytes"
@@ -565,4 +746,38 @@ class AgentClient:
             call._fail(error)
 
 
-_GUEST_KINDS = frozenset({*_RAW_STREAMS, FrameKind.MESSAGE, FrameKind.CREDIT})
+_GUEST_KINDS = frozenset({*_RAW_STREAMS, FrameKind.MESSAGE, FrameKind.CREDIT, FrameKind.EXTENT})
+
+
+async def _chunks(body: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(body, bytes):
+        yield body
+    else:
+        async for chunk in body:
+            yield chunk
+
+
+async def _measure(
+    body: bytes | AsyncIterable[bytes], limit_bytes: int
+) -> tuple[bytes | AsyncIterable[bytes], bool]:
+    """The body as it was (a stream's first chunks read ahead), and whether it holds at
+    least ``limit_bytes``."""
+    if isinstance(body, bytes):
+        return body, len(body) >= limit_bytes
+    chunks = aiter(body)
+    head: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        head.append(chunk)
+        size += len(chunk)
+        if size >= limit_bytes:
+            break
+
+    async def rejoined() -> AsyncIterator[bytes]:
+        for chunk in head:
+            yield chunk
+        if size >= limit_bytes:
+            async for chunk in chunks:
+                yield chunk
+
+    return rejoined(), size >= limit_bytes

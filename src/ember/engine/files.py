@@ -38,9 +38,15 @@ class Files:
     async def read_stream(
         self, path: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The file's bytes as they arrive; an error (not found, ...) raises before the first."""
+        """The file's bytes as they arrive; an error (not found, ...) raises before the first.
+
+        They come on the transfer disk when a lane of it is free (the guest sends a small
+        file through the channel all the same).
+        """
         async with self._sandbox.agent_call() as agent:
-            call = agent.start(m.FileRead(path=path, offset=offset, length=length))
+            lane = agent.transfer_lane()
+            request = m.FileRead(path=path, offset=offset, length=length, extents=lane is not None)
+            call = agent.start(request, lane)
             try:
                 async for item in call:
                     if isinstance(item, Chunk):

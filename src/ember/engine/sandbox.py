@@ -92,7 +92,9 @@ class Sandbox:
         self.agent_info: AgentInfo | None = None
         self.last_active = time.monotonic()
         self._store = store
-        self._agent = AgentClient(f"sandbox {record.id}", on_violation=self._agent_broke_protocol)
+        self._agent = AgentClient(
+            f"sandbox {record.id}", on_violation=self._agent_broke_protocol, transfer_disk=vm.transfer_disk
+        )
         self._watch: asyncio.Task[None] | None = None
         self._snapshot_lock = asyncio.Lock()
         self.code = Code(self)

@@ -11,6 +11,10 @@ and the receiver returns CREDIT frames as it consumes them (``ember.protocol.win
 used by both ends). Neither side's reader ever blocks, so one slow consumer cannot
 stall the other streams.
 
+A file's bytes may travel beside the stream instead, on the VM's transfer disk
+(``ember.protocol.extents``): an EXTENT frame (``u64 offset | u32 length``) stands
+for that many bytes of the stream's body or output, in their place in its order.
+
 Because a host may reconnect while a frame was half-written, a connection starts
 with a sync preamble: a fixed 16-byte magic plus a 16-byte nonce. The agent
 watches its input for the host's magic at any offset and restarts the session
@@ -32,6 +36,7 @@ from ember.protocol.wire import WireError
 
 HEADER = struct.Struct(">IBI")
 CREDIT = struct.Struct(">I")
+EXTENT = struct.Struct(">QI")
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 DATA_CHUNK_BYTES = 256 * 1024
 INITIAL_WINDOW = 4 * 1024 * 1024
@@ -39,6 +44,9 @@ HOST_SYNC_MAGIC = hashlib.sha256(b"ember host sync v1").digest()[:16]
 AGENT_SYNC_MAGIC = hashlib.sha256(b"ember agent sync v1").digest()[:16]
 NONCE_BYTES = 16
 SYNC_BYTES = len(HOST_SYNC_MAGIC) + NONCE_BYTES
+#: A second virtio-serial port beside the agent's, for measuring the channel itself
+#: (``ember bench``): bytes with no framing between a guest command and its socket.
+PROBE_PORT_NAME = "ember.probe"
 
 
 class FrameKind(enum.IntEnum):
@@ -49,6 +57,7 @@ class FrameKind(enum.IntEnum):
     END = 5
     CREDIT = 6
     CANCEL = 7
+    EXTENT = 8
 
 
 RAW_KINDS = frozenset({FrameKind.STDOUT, FrameKind.STDERR, FrameKind.DATA})
@@ -86,6 +95,15 @@ class Frame:
             raise ProtocolError("CREDIT frame must carry exactly 4 bytes")
         return CREDIT.unpack(self.payload)[0]
 
+    def extent(self) -> tuple[int, int]:
+        """``(offset, length)`` of an EXTENT frame; a length of 0 is a protocol error."""
+        if len(self.payload) != EXTENT.size:
+            raise ProtocolError(f"EXTENT frame must carry exactly {EXTENT.size} bytes")
+        offset, length = EXTENT.unpack(self.payload)
+        if not length:
+            raise ProtocolError(f"an empty extent on stream {self.stream_id}")
+        return offset, length
+
 
 def encode_frame(kind: FrameKind, stream_id: int, payload: bytes = b"") -> bytes:
     if HEADER.size - 4 + len(payload) > MAX_FRAME_BYTES:
@@ -104,6 +122,10 @@ def encode_message(stream_id: int, message: dict[str, Any]) -> bytes:
 
 def encode_credit(stream_id: int, amount: int) -> bytes:
     return encode_frame(FrameKind.CREDIT, stream_id, CREDIT.pack(amount))
+
+
+def encode_extent(stream_id: int, offset: int, length: int) -> bytes:
+    return encode_frame(FrameKind.EXTENT, stream_id, EXTENT.pack(offset, length))
 
 
 class FrameDecoder:

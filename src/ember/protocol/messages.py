@@ -24,6 +24,8 @@ class Request(WireModel):
     op: ClassVar[str]
     #: True when the host follows the request with DATA frames and an END frame.
     has_body: ClassVar[bool] = False
+    #: True when its body, or its output, may come as EXTENT frames (``ember.protocol.extents``).
+    bulk: ClassVar[bool] = False
 
     def to_message(self) -> dict[str, Any]:
         return {"op": self.op, **self.to_wire()}
@@ -326,6 +328,7 @@ class FileInfo(WireModel):
 class FileWrite(Request):
     op: ClassVar[str] = "file_write"
     has_body: ClassVar[bool] = True
+    bulk: ClassVar[bool] = True
     path: str
     mode: int | None = None
     append: bool = False
@@ -335,12 +338,16 @@ class FileWrite(Request):
 @_request
 @dataclass
 class FileRead(Request):
-    """Answers with a ``FileInfo`` event, the bytes as DATA frames, then the result."""
+    """Answers with a ``FileInfo`` event, the bytes as DATA frames (or, with ``extents``, in the
+    transfer disk's extents the host lends), then the result. A regular file gives the
+    size its ``FileInfo`` says, or ends in ``io_error`` if it shrank under the read."""
 
     op: ClassVar[str] = "file_read"
+    bulk: ClassVar[bool] = True
     path: str
     offset: int = 0
     length: int | None = None
+    extents: bool = False
 
 
 @dataclass

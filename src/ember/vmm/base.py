@@ -78,6 +78,11 @@ class VirtualMachine(abc.ABC):
     def pid(self) -> int | None: ...
 
     @property
+    def transfer_disk(self) -> Path | None:
+        """The transfer disk's file (``ember.protocol.extents``), if the VM has one."""
+        return None
+
+    @property
     @abc.abstractmethod
     def disk(self) -> Path:
         """The disk layer the VM writes now (a ``save`` moves it on to the next one)."""

@@ -46,7 +46,8 @@ class QemuDriver:
     #: another one cannot be loaded. Change it whenever ``command_line``'s devices change.
     #: 4: TCG guests boot with the host's TSC frequency (``ember.vmm.clock``), and
     #: saved states hold devices only, without the configuration section.
-    machine_abi = "qemu-microvm-4"
+    #: 5: the transfer disk, the probe port, and TCG's CPU without ERMS/FSRM.
+    machine_abi = "qemu-microvm-5"
 
     def __init__(self, settings: Settings, accel: Acceleration) -> None:
         self.settings = settings
