@@ -17,7 +17,7 @@ def sysfs(tmp_path):
 
 
 def test_ksmd_runs_from_start_to_stop_and_then_is_as_it_was(sysfs):
-    ksm = HostKsm(sysfs)
+    ksm = HostKsm(sysfs, sysfs / "holders")
     assert not ksm.active and ksm.describe() == "KSM off"
     ksm.start()
     assert ksm.active and (sysfs / "run").read_text() == "1\n"
@@ -28,22 +28,41 @@ def test_ksmd_runs_from_start_to_stop_and_then_is_as_it_was(sysfs):
 
 def test_a_ksmd_already_running_is_left_running(sysfs):
     (sysfs / "run").write_text("1\n")
-    ksm = HostKsm(sysfs)
+    ksm = HostKsm(sysfs, sysfs / "holders")
     ksm.start()
     ksm.stop()
     assert (sysfs / "run").read_text() == "1\n"
 
 
 def test_a_change_made_by_someone_else_meanwhile_is_kept(sysfs):
-    ksm = HostKsm(sysfs)
+    ksm = HostKsm(sysfs, sysfs / "holders")
     ksm.start()
     (sysfs / "run").write_text("2\n")  # the host's owner unmerged everything
     ksm.stop()
     assert (sysfs / "run").read_text() == "2\n"
 
 
+def test_ksmd_stops_only_with_the_last_daemon_that_runs_it(sysfs):
+    first, second = HostKsm(sysfs, sysfs / "holders"), HostKsm(sysfs, sysfs / "holders")
+    first.start()
+    second.start()
+    first.stop()
+    assert (sysfs / "run").read_text() == "1\n", "the other daemon's sandboxes still merge"
+    second.stop()
+    assert (sysfs / "run").read_text() == "0\n"
+
+
+def test_a_killed_daemon_holds_ksmd_no_longer(sysfs):
+    dead = sysfs / "holders" / f"{2**22 + 1}.dead"  # above pid_max: no such process
+    ksm = HostKsm(sysfs, sysfs / "holders")
+    ksm.start()
+    dead.touch()
+    ksm.stop()
+    assert (sysfs / "run").read_text() == "0\n" and not dead.exists()
+
+
 def test_a_host_without_ksm_runs_sandboxes_unmerged(tmp_path, caplog):
-    ksm = HostKsm(tmp_path / "missing")
+    ksm = HostKsm(tmp_path / "missing", tmp_path / "holders")
     ksm.start()
     assert not ksm.active and "cannot be started" in caplog.text
     ksm.stop()
