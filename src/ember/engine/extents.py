@@ -71,11 +71,6 @@ class Lane:
         self._pulse = Pulse()
         self.released = False
 
-    @property
-    def held(self) -> int:
-        """Slots the host holds now."""
-        return len(self._held)
-
     async def hold(self) -> int | None:
         """A slot the host holds (the offset of its first byte), waiting while all are lent;
         None once the lane is released."""

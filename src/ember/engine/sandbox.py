@@ -35,7 +35,7 @@ from ember.engine.store import SandboxRecord, SnapshotRecord, Store
 from ember.network.networks import Lease, Networks
 from ember.network.policy import NetworkPolicy
 from ember.network.policy import parse as parse_policy
-from ember.protocol.messages import AgentInfo, Configure, PackageRegistries
+from ember.protocol.messages import AgentInfo, Configure
 from ember.tasks import cancel_and_wait
 from ember.vmm.base import VirtualMachine, VmSpec, VmState
 
@@ -256,7 +256,7 @@ class Sandbox:
             entropy_b64=base64.b64encode(secrets.token_bytes(64)).decode(),
             # The agent remembers what its interface has and skips a repeat (agent/network.py).
             network=self.lease.guest_config() if self.lease is not None else {},
-            registries=_registries(self.lease),
+            registries=self.lease.guest_registries() if self.lease is not None else None,
         )
 
     @staticmethod
@@ -275,7 +275,7 @@ class Sandbox:
                 try:
                     async with self.agent_call() as agent:
                         await agent.request(
-                            Configure(network=lease.guest_config(), registries=_registries(lease))
+                            Configure(network=lease.guest_config(), registries=lease.guest_registries())
                         )
                 except BaseException:
                     await self._detach_network()
@@ -289,7 +289,7 @@ class Sandbox:
                 await self._networks.update(self.lease, policy)
                 if self.lease.registries is not None and self.lease.registries != before:
                     async with self.agent_call() as agent:
-                        await agent.request(Configure(registries=_registries(self.lease)))
+                        await agent.request(Configure(registries=self.lease.guest_registries()))
             self.record.network = policy.to_dict()
             if not policy.enabled:
                 self.record.ports = {}
@@ -434,20 +434,6 @@ _LIVE = (SandboxState.BOOTING, SandboxState.RUNNING, SandboxState.POOLED)
 def _check_port(port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise errors.InvalidRequestError(f"a port is a number from 1 to 65535, not {port!r}")
-
-
-def _registries(lease: Lease | None) -> PackageRegistries | None:
-    """What the guest's pip, npm and apt are pointed at: the host's registries, with ``packages``."""
-    sources = lease.registries if lease is not None else None
-    if sources is None:
-        return None
-    return PackageRegistries(
-        pip_index_url=sources.pip_index_url,
-        pip_extra_index_urls=list(sources.pip_extra_index_urls),
-        pip_trusted_hosts=list(sources.pip_trusted_hosts),
-        npm_registry=sources.npm_registry,
-        debian_mirror=sources.debian_mirror,
-    )
 
 
 def vm_spec(record: SandboxRecord) -> VmSpec:

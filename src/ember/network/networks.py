@@ -26,6 +26,7 @@ from ember.network.packages import PackageSources, host_package_sources
 from ember.network.policy import DomainRules, NetworkPolicy
 from ember.network.services import rules_to_wire
 from ember.network.services_client import Launcher, ServicesClient
+from ember.protocol.messages import PackageRegistries
 from ember.settings import Settings
 
 log = logging.getLogger("ember.network")
@@ -57,6 +58,20 @@ class Lease:
     def guest_config(self) -> dict[str, str]:
         """What the agent configures in the guest (its interface, route and resolver)."""
         return {"address": f"{self.addressing.guest_ip}/30", "gateway": self.addressing.gateway}
+
+    def guest_registries(self) -> PackageRegistries | None:
+        """What the guest's pip, npm and apt are pointed at: the host's registries, with
+        the ``packages`` switch (None without)."""
+        sources = self.registries
+        if sources is None:
+            return None
+        return PackageRegistries(
+            pip_index_url=sources.pip_index_url,
+            pip_extra_index_urls=list(sources.pip_extra_index_urls),
+            pip_trusted_hosts=list(sources.pip_trusted_hosts),
+            npm_registry=sources.npm_registry,
+            debian_mirror=sources.debian_mirror,
+        )
 
 
 class Networks:
