@@ -9,6 +9,7 @@ import pty
 import select
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -31,6 +32,30 @@ def test_failing_code_prints_the_traceback_and_exits_one(daemon: Daemon) -> None
     assert done.returncode == 1
     assert done.stdout == "before\n"
     assert "ZeroDivisionError" in done.stderr and "Traceback" not in done.stdout
+
+
+def test_execute_cut_short_kills_its_sandbox(daemon: Daemon) -> None:
+    """SIGTERM in the middle of a cell (its response still streaming) ends the command with
+    130, and the sandbox it made is killed on the way out, not left to its lifetime."""
+    command = [
+        sys.executable,
+        "-m",
+        "ember",
+        "execute",
+        "-c",
+        "print('started', flush=True); import time; time.sleep(120)",
+    ]
+    with subprocess.Popen(
+        command, env=daemon.cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as cli:
+        assert cli.stdout is not None
+        assert cli.stdout.readline() == "started\n"
+        assert len(Sandbox.list(base_url=daemon.url, api_key=daemon.api_key)) == 1
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=60) == 130, cli.stderr.read() if cli.stderr else ""
+    assert Sandbox.list(base_url=daemon.url, api_key=daemon.api_key) == [], (
+        "the cut-short run left its sandbox"
+    )
 
 
 def test_sys_exit_in_the_cell_is_the_commands_exit_status(

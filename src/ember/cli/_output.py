@@ -1,29 +1,56 @@
-"""Where the CLI writes: results to stdout, diagnostics and errors to stderr."""
+"""Where the CLI writes: results to stdout, diagnostics and errors to stderr.
+
+The rich consoles ``stdout`` and ``stderr`` are made on first use: importing rich
+costs ~35 ms, which ``ember execute`` (plain writes, and colour only for an error)
+does not pay.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, TypeVar
 
 from ember.errors import EmberError
 from ember.protocol.wire import WireModel
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    stdout: Console
+    stderr: Console
+
 Item = TypeVar("Item", bound=WireModel)
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def __getattr__(name: str) -> Console:
+    if name in ("stdout", "stderr"):
+        return _console(name == "stderr")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _console(to_stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=to_stderr, highlight=False, soft_wrap=True)
 
 
 def print_error(error: EmberError) -> None:
     """``error: <message> [<code>]`` in red: what happened, and the stable code to search for."""
-    stderr.print(f"[red]error: {escape(error.message)} \\[{escape(error.code)}][/]")
+    from rich.markup import escape
+
+    _console(True).print(f"[red]error: {escape(error.message)} \\[{escape(error.code)}][/]")
+
+
+def print_failure(message: str) -> None:
+    """``error: <message>`` in red, for a failure that is not an EmberError (no code)."""
+    from rich.markup import escape
+
+    _console(True).print(f"[red]error: {escape(message)}[/]")
 
 
 def write_stdout(text: str) -> None:
@@ -54,16 +81,18 @@ def print_listing(
 ) -> None:
     """A listing as a plain table (one row per item) or, with ``--json``, as the items themselves."""
     if as_json:
-        stdout.print_json(json.dumps([item.to_wire() for item in items]))
+        _console(False).print_json(json.dumps([item.to_wire() for item in items]))
         return
     print_rows(columns, [row(item) for item in items])
 
 
 def print_rows(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A plain table: a bold header, then the rows."""
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in columns:
         table.add_column(column)
     for cells in rows:
         table.add_row(*cells)
-    stdout.print(table)
+    _console(False).print(table)

@@ -10,13 +10,16 @@ with the script's own status.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ember.cli._output import stderr, write_stderr, write_stdout
-from ember.client import Execution, Sandbox
+from ember.cli._output import print_failure, write_stderr, write_stdout
+from ember.client._models import Execution
+from ember.client._oneshot import OneShot
 
 _LANGUAGE_BY_SUFFIX = {".py": "python", ".sh": "bash", ".bash": "bash"}
 _DEFAULT_LIFETIME_S = 300.0
@@ -49,7 +52,7 @@ def run(
     """Run a local Python (.py) or shell (.sh) file in a sandbox, like `execute`."""
     language = _LANGUAGE_BY_SUFFIX.get(file.suffix)
     if language is None:
-        stderr.print(f"[red]error: cannot tell the language of {file.name}: use a .py or .sh file[/]")
+        print_failure(f"cannot tell the language of {file.name}: use a .py or .sh file")
         raise typer.Exit(1)
     if language == "bash":
         raise typer.Exit(run_script(file.read_text(), timeout, template, sandbox))
@@ -60,27 +63,39 @@ def run_cell(
     code: str, language: str, timeout: float | None, template: str | None, sandbox_id: str | None
 ) -> int:
     """Run one REPL cell, stream its output, and return the exit status for the shell."""
-    with _sandbox(timeout, template, sandbox_id) as sandbox:
-        execution = sandbox.run_code(
-            code, language=language, timeout=timeout, on_stdout=write_stdout, on_stderr=write_stderr
-        )
+    body = {"code": code, "language": language, "timeout": timeout}
+    with OneShot() as client, _sandbox(client, timeout, template, sandbox_id) as target:
+        execution = client.run_code(target, body, write_stdout, write_stderr)
     return _report(execution)
 
 
 def run_script(script: str, timeout: float | None, template: str | None, sandbox_id: str | None) -> int:
     """Run a shell script as one command; its exit status becomes ours (1 if a signal ended it)."""
-    with _sandbox(timeout, template, sandbox_id) as sandbox:
-        result = sandbox.commands.run(script, timeout=timeout, on_stdout=write_stdout, on_stderr=write_stderr)
+    body = {"cmd": script, "timeout": timeout}
+    with OneShot() as client, _sandbox(client, timeout, template, sandbox_id) as target:
+        result = client.run_command(target, body, write_stdout, write_stderr)
     if result.timed_out:
-        stderr.print("[red]error: the script ran out of time (--timeout)[/]")
+        print_failure("the script ran out of time (--timeout)")
     return 1 if result.exit_code is None or result.timed_out else result.exit_code
 
 
-def _sandbox(timeout: float | None, template: str | None, sandbox_id: str | None) -> Sandbox:
-    """The named sandbox (left running afterwards), or a new one (killed when closed)."""
+@contextmanager
+def _sandbox(
+    client: OneShot, timeout: float | None, template: str | None, sandbox_id: str | None
+) -> Iterator[str]:
+    """The named sandbox's id (left running afterwards), or a new one's (killed at the end,
+    also when the run is cut short)."""
     if sandbox_id is not None:
-        return Sandbox.connect(sandbox_id)
-    return Sandbox(template=template, timeout=max(_DEFAULT_LIFETIME_S, (timeout or 0) + 60))
+        yield sandbox_id
+        return
+    spec = {"timeout": max(_DEFAULT_LIFETIME_S, (timeout or 0) + 60)}
+    if template is not None:
+        spec["template"] = template
+    created = client.create(spec)
+    try:
+        yield created
+    finally:
+        client.kill(created)
 
 
 def _report(execution: Execution) -> int:
@@ -88,7 +103,7 @@ def _report(execution: Execution) -> int:
         if result.text is not None:
             write_stdout(result.text + "\n")
         else:
-            stderr.print(f"\\[result without text: {', '.join(result.data)}]")
+            write_stderr(f"[result without text: {', '.join(result.data)}]\n")
     if execution.error is not None:
         error = execution.error
         if error.name == "SystemExit":
@@ -97,7 +112,7 @@ def _report(execution: Execution) -> int:
         write_stderr(text if text.endswith("\n") else text + "\n")
         return 1
     if execution.timed_out:
-        stderr.print("[red]error: the code ran out of time (--timeout)[/]")
+        print_failure("the code ran out of time (--timeout)")
         return 1
     if execution.exit_code not in (None, 0):
         return 1

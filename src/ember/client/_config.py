@@ -13,8 +13,6 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import httpx
-
 from ember.client._credentials import load_key, normalize_url
 
 DEFAULT_URL = "http://127.0.0.1:7070"
@@ -34,6 +32,8 @@ def tls_verify(base_url: str) -> ssl.SSLContext | bool:
 
 @functools.cache
 def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    import httpx  # here: a command on a plain-http daemon never needs it (ember.client._oneshot)
+
     return httpx.create_ssl_context()
 
 

@@ -42,8 +42,15 @@ def unreachable(base_url: str, detail: str) -> DaemonUnreachableError:
     )
 
 
-def error_from_response(status: int, body: bytes, reason: str = "") -> EmberError:
-    """The exception for an HTTP error answer."""
+def error_from_response(status: int, body: bytes, reason: str = "", keyless: bool = False) -> EmberError:
+    """The exception for an HTTP error answer (``keyless``: the request carried no API key)."""
+    error = _error_of_answer(status, body, reason)
+    if keyless and isinstance(error, errors.AuthenticationError):
+        error.message += " (no API key configured: set EMBER_API_KEY or pass api_key=)"
+    return error
+
+
+def _error_of_answer(status: int, body: bytes, reason: str) -> EmberError:
     try:
         data: Any = json.loads(body) if body else None
     except ValueError:

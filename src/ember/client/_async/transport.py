@@ -162,7 +162,5 @@ def _auth(api_key: str | None) -> dict[str, str]:
 
 
 def _error_of(response: httpx.Response) -> errors.EmberError:
-    error = error_from_response(response.status_code, response.content, response.reason_phrase)
-    if isinstance(error, errors.AuthenticationError) and "Authorization" not in response.request.headers:
-        error.message += " (no API key configured: set EMBER_API_KEY or pass api_key=)"
-    return error
+    keyless = "Authorization" not in response.request.headers
+    return error_from_response(response.status_code, response.content, response.reason_phrase, keyless)
