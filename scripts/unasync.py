@@ -32,7 +32,7 @@ SUBS: list[tuple[str, str]] = [
     (r"\benter_async_context\b", "enter_context"),
     (r"\bawait ", ""),
     (r"\b__a(enter|exit)__\b", r"__\1__"),
-    (r"\baiter_(bytes|lines|body|file)\b", r"iter_\1"),
+    (r"\baiter_(bytes|lines|body|chunks|file)\b", r"iter_\1"),
     (r"\ba(read|close|emit|save|run_blocking)\b", r"\1"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from e2e_support import AsyncSandboxFactory, Daemon
@@ -39,6 +40,9 @@ async def test_async_sandbox_runs_code_commands_files_and_a_terminal(
     chunks = [chunk async for chunk in sandbox.files.iter_read("/app/async.txt")]
     assert b"".join(chunks) == b"async bytes"
     assert await sandbox.files.exists("/app/async.txt")
+    large = os.urandom(5 << 20)  # over the SDK's chunk: sent in pieces, its length said up front
+    assert (await sandbox.files.write("/app/large.bin", large)).size == len(large)
+    assert await sandbox.files.read("/app/large.bin") == large
 
     output = bytearray()
     terminal = await sandbox.pty.create(cols=90, rows=20, on_data=output.extend)

@@ -124,6 +124,20 @@ def iter_body(data: Body) -> bytes | Iterator[bytes]:
     return iter(data)
 
 
+async def aiter_chunks(data: bytes) -> AsyncIterator[memoryview]:
+    """`data` in pieces of CHUNK_BYTES, without copying it."""
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK_BYTES):
+        yield view[start : start + CHUNK_BYTES]
+
+
+def iter_chunks(data: bytes) -> Iterator[memoryview]:
+    """`data` in pieces of CHUNK_BYTES, without copying it."""
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK_BYTES):
+        yield view[start : start + CHUNK_BYTES]
+
+
 async def _aiter_reader(reader: BinaryIO) -> AsyncIterator[bytes]:
     while chunk := await asyncio.to_thread(reader.read, CHUNK_BYTES):
         yield chunk
