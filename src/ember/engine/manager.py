@@ -294,7 +294,7 @@ class SandboxManager:
                 await self.collect()
         if pooled:
             try:
-                await sandbox.park()
+                await sandbox.park(self.settings.pool_warmup)
             except BaseException:
                 await self.end(sandbox, "could not join the warm pool", dead=True)
                 raise

@@ -172,19 +172,23 @@ class Sandbox:
         self.record.boot_seconds = time.perf_counter() - started
         self._set_state(SandboxState.RUNNING)
 
-    async def park(self) -> None:
+    async def park(self, warmup: tuple[str, ...]) -> None:
         """Put a freshly restored sandbox in the warm pool: running, but nobody's yet.
 
         Under TCG a restored guest starts with no translated code, so its first
-        requests are slow. A cell (a scratch one: the user's REPL keeps no variable
-        and no execution count of it) and a command run once here, off the clock:
-        the code they run is the code the user's first calls run. Then the
-        guest gets its name, clock and entropy again, now that the path is warm
-        (on a cold guest the clock lands tens of ms late), and keeps them.
+        requests are slow. What ``warmup`` names runs once here, off the clock: a
+        cell (``code``, a scratch one: the user's REPL keeps no variable and no
+        execution count of it), a command (``command``). The code they run is the
+        code the user's first calls run, and its translation stays in the VMM's
+        memory (``Settings.pool_warmup``). Then the guest gets its name, clock and
+        entropy again, now that the path is warm (on a cold guest the clock lands
+        tens of ms late), and keeps them.
         """
-        with contextlib.suppress(errors.PythonUnavailableError):  # an image without Python
-            await self.code.run("print(1)\n1 + 1", scratch=True)
-        await self.commands.run("true")
+        if "code" in warmup:
+            with contextlib.suppress(errors.PythonUnavailableError):  # an image without Python
+                await self.code.run("print(1)\n1 + 1", scratch=True)
+        if "command" in warmup:
+            await self.commands.run("true")
         await self._reidentify()
         self._set_state(SandboxState.POOLED)
 
