@@ -7,6 +7,7 @@ status of its class in ``ember.errors``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,6 +91,10 @@ def create_app(service_: Service) -> FastAPI:
         await service_.manager.start()
         timeout = httpx.Timeout(None, connect=ports.CONNECT_TIMEOUT_S)
         app.state.port_client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        # What the daemon loaded to start (modules, the app, its routes and models) lives as
+        # long as it does: out of the cyclic collector's passes, which otherwise walked all of
+        # it in each full collection (~55 ms of a fork(8)'s CPU, measured with perf).
+        gc.freeze()
         try:
             yield
         finally:

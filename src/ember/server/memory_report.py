@@ -6,7 +6,8 @@ event loop. It holds the daemon's resident memory (/proc/self/smaps_rollup); wha
 glibc's malloc holds in use and holds free (free memory malloc keeps is resident
 memory that no object explains: fragmentation, or an arena's high-water mark);
 what SQLite holds (its page cache grows with the state database, to its bound);
-Python's allocated blocks; its objects counted by type after a collection; its
+Python's allocated blocks; its objects counted by type after a collection (those frozen at
+the daemon's start, ``gc.freeze``, only counted); its
 threads, loggers and asyncio tasks. With ``EMBER_MEMORY_TRACE=N`` it also traces
 allocations (tracemalloc, N frames a trace: slow, and the daemon's memory doubles)
 and dumps a snapshot into ``memory.trace``, which ``tracemalloc.Snapshot.load``
@@ -89,6 +90,8 @@ def report() -> dict[str, Any]:
         "sqlite_bytes": _sqlite_bytes(),
         "python_blocks": sys.getallocatedblocks(),
         "objects": sum(types.values()),
+        #: Objects the daemon froze at its start (``gc.freeze``): neither collected nor in ``types``.
+        "frozen_objects": gc.get_freeze_count(),
         "types": types,
         "threads": sorted(thread.name for thread in threading.enumerate()),
         "loggers": len(logging.Logger.manager.loggerDict),
