@@ -153,3 +153,10 @@ def test_no_daemon_is_daemon_unreachable_with_what_to_do(server: _Server) -> Non
     with OneShot(config) as client, pytest.raises(DaemonUnreachableError) as raised:
         client.create({})
     assert "ember serve" in raised.value.message
+
+
+def test_a_sandbox_id_is_quoted_whole(server: _Server) -> None:
+    """An id with spaces, ``?`` or ``#`` names one sandbox: it reaches the daemon as one path segment."""
+    with _client(server) as client, pytest.raises(errors.EmberError):
+        client.run_code("a b?c#d", {"code": "1"}, print, print)
+    assert server.seen[0]["path"] == "/v1/sandboxes/a%20b%3Fc%23d/code?stream=true"

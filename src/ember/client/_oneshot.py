@@ -15,7 +15,7 @@ import json
 import socket
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from ember import errors
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, ClientConfig, resolve_config, tls_verify
@@ -46,7 +46,7 @@ class OneShot:
         a run cut short (Ctrl-C) leaves the old one in the middle of a response."""
         self.close()
         try:
-            self._json("DELETE", f"/v1/sandboxes/{sandbox_id}", None)
+            self._json("DELETE", _sandbox_path(sandbox_id), None)
         except (errors.SandboxNotFoundError, errors.SandboxNotRunningError):
             pass
 
@@ -54,14 +54,14 @@ class OneShot:
         self, sandbox_id: str, body: dict[str, Any], on_stdout: TextCallback, on_stderr: TextCallback
     ) -> Execution:
         """A REPL cell (the body of ``POST .../code``), its output streamed to the callbacks."""
-        output, event = self._events(f"/v1/sandboxes/{sandbox_id}/code", body, on_stdout, on_stderr)
+        output, event = self._events(f"{_sandbox_path(sandbox_id)}/code", body, on_stdout, on_stderr)
         return parse(Execution, output.fill(result_of(event, "execution")))
 
     def run_command(
         self, sandbox_id: str, body: dict[str, Any], on_stdout: TextCallback, on_stderr: TextCallback
     ) -> CommandResult:
         """A command (the body of ``POST .../commands``), its output streamed to the callbacks."""
-        output, event = self._events(f"/v1/sandboxes/{sandbox_id}/commands", body, on_stdout, on_stderr)
+        output, event = self._events(f"{_sandbox_path(sandbox_id)}/commands", body, on_stdout, on_stderr)
         return parse(CommandResult, output.fill(result_of(event, "command")))
 
     def close(self) -> None:
@@ -161,3 +161,8 @@ class OneShot:
             if self._connection.sock is not None:
                 self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._connection
+
+
+def _sandbox_path(sandbox_id: str) -> str:
+    """The sandbox's URL path, its id quoted whole: an id is never a path of its own."""
+    return f"/v1/sandboxes/{quote(sandbox_id, safe='')}"
