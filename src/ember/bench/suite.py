@@ -263,10 +263,16 @@ class Suite:
             self._add(restore)
         finally:
             Sandbox.delete_snapshot(snapshot.id, base_url=self.url, api_key=self.key)
-        runs = {}
-        for count in self.plan.fork_counts:
-            row = Row(f"fork({count})", baseline=_bound_name(count) if count > 1 else None)
-            runs[count] = self._forks(source, count, row)
+        counts = self.plan.fork_counts
+        rows = {n: Row(f"fork({n})", baseline=_bound_name(n) if n > 1 else None) for n in counts}
+        runs: dict[int, list[ForkRun]] = {n: [] for n in counts}
+        # Rounds of every count in turn: each fork leaves its source's disk chain a layer
+        # deeper (its children open one more), so that C (from fork(1)) and each fork(n)
+        # are measured at the same depths.
+        for _ in range(self.plan.forks):
+            for count in counts:
+                runs[count].append(self._fork(source, count, rows[count]))
+        for row in rows.values():
             self._add(row)
         self._fork_bounds(runs)
         self._add(
@@ -281,7 +287,8 @@ class Suite:
         (in the pause) and writes every page the guest wrote since its restore."""
         name = f"after {self.plan.transfer_mb} MB each way"
         row = Row(f"fork(1) {name}", baseline="fork(1)")
-        self._forks(source, 1, row)
+        for _ in range(self.plan.forks):
+            self._fork(source, 1, row)
         self._add(row)
         self._add(
             self._source_during_fork(
@@ -289,17 +296,14 @@ class Suite:
             )
         )
 
-    def _forks(self, source: Sandbox, count: int, row: Row) -> list[ForkRun]:
-        """fork(count) ``plan.forks`` times: each one's time into ``row``, and how it went."""
-        runs = []
-        for _ in range(self.plan.forks):
-            self._wait_for_pool(full=True)
-            run, children = fork_once(self.http, self.key, source.id, count)
-            row.samples.append(run.wall_s)
-            runs.append(run)
-            for child in children:
-                Sandbox.connect(child, base_url=self.url, api_key=self.key).kill()
-        return runs
+    def _fork(self, source: Sandbox, count: int, row: Row) -> ForkRun:
+        """One fork(count): its time into ``row``, and how it went; its children are killed."""
+        self._wait_for_pool(full=True)
+        run, children = fork_once(self.http, self.key, source.id, count)
+        row.samples.append(run.wall_s)
+        for child in children:
+            Sandbox.connect(child, base_url=self.url, api_key=self.key).kill()
+        return run
 
     def _fork_bounds(self, runs: dict[int, list[ForkRun]]) -> None:
         """T, C and each fork(n)'s bound ``T + n·C / cores`` (the ratio column of fork(n))."""
