@@ -25,6 +25,10 @@ class _Server(ThreadingHTTPServer):
     seen: list[dict[str, Any]]
 
 
+#: Where an answer's body is cut: the connection closes there, in the middle of a chunked body.
+CUT = b"<cut>"
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -37,6 +41,13 @@ class _Handler(BaseHTTPRequestHandler):
         )
         status, lines = self.server.answers.get((self.command, self.path), (404, [b'{"code": "not_found"}']))
         self.send_response(status)
+        if CUT in lines:  # chunked, as the daemon streams, and closed before the last chunk
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in lines[: lines.index(CUT)]:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.close_connection = True
+            return
         self.send_header("Content-Length", str(sum(len(line) for line in lines)))
         self.end_headers()
         for line in lines:
@@ -135,6 +146,17 @@ def test_a_broken_stream_raises_a_coded_error(server: _Server, lines: list[bytes
     server.answers[("POST", "/v1/sandboxes/sb/code?stream=true")] = (200, lines)
     with _client(server) as client, pytest.raises(error):
         client.run_code("sb", {"code": "1"}, lambda text: None, lambda text: None)
+
+
+def test_a_stream_cut_by_the_daemon_is_a_coded_error_after_what_streamed(server: _Server) -> None:
+    """The daemon dies (or the connection drops) in the middle of a cell: what had streamed
+    is delivered, then a coded error, never a traceback."""
+    lines = [*_lines({"type": "stdout", "text": "partial\n"}), CUT]
+    server.answers[("POST", "/v1/sandboxes/sb/code?stream=true")] = (200, lines)
+    out: list[str] = []
+    with _client(server) as client, pytest.raises(errors.ProtocolError, match="without a result"):
+        client.run_code("sb", {"code": "1"}, out.append, out.append)
+    assert out == ["partial\n"]
 
 
 def test_a_create_answer_without_an_id_is_a_protocol_error(server: _Server) -> None:

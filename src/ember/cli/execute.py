@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from ember.cli._output import print_failure, write_stderr, write_stdout
-from ember.client._models import Execution
+from ember.client import Execution
 from ember.client._oneshot import OneShot
 
 _LANGUAGE_BY_SUFFIX = {".py": "python", ".sh": "bash", ".bash": "bash"}
@@ -88,7 +88,7 @@ def _sandbox(
     if sandbox_id is not None:
         yield sandbox_id
         return
-    spec = {"timeout": max(_DEFAULT_LIFETIME_S, (timeout or 0) + 60)}
+    spec: dict[str, object] = {"timeout": max(_DEFAULT_LIFETIME_S, (timeout or 0) + 60)}
     if template is not None:
         spec["template"] = template
     created = client.create(spec)

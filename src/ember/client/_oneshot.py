@@ -81,17 +81,23 @@ class OneShot:
         """Follow an NDJSON stream to its result line, handing output text to the callbacks."""
         output = StreamedOutput()
         response = self._send("POST", f"{path}?{urlencode({'stream': 'true'})}", body, waits=True)
-        for raw in response:
-            event = parse_line(raw.decode("utf-8", "replace"))
-            if event is None:
-                continue
-            if event["type"] == "result":
-                response.read()  # the rest, so that the connection can carry the next request
-                return output, event
-            text = output.add(event)
-            if text is not None:
-                (on_stdout if event["type"] == "stdout" else on_stderr)(text)
-        raise errors.ProtocolError(f"POST {path}: the stream ended without a result")
+        try:
+            for raw in response:
+                event = parse_line(raw.decode("utf-8", "replace"))
+                if event is None:
+                    continue
+                if event["type"] == "result":
+                    response.read()  # the rest, so that the connection can carry the next request
+                    return output, event
+                text = output.add(event)
+                if text is not None:
+                    (on_stdout if event["type"] == "stdout" else on_stderr)(text)
+        except (OSError, http.client.HTTPException) as exc:
+            raise unreachable(self.config.base_url, f"the stream broke off: {exc!r}") from exc
+        raise errors.ProtocolError(
+            f"POST {path}: the daemon's stream ended without a result (if the daemon stopped, its "
+            "log says why; a sandbox that outlived it is still there: ember ls)"
+        )
 
     def _json(self, method: str, path: str, body: Any, waits: bool = False) -> Any:
         data = self._send(method, path, body, waits).read()
@@ -150,16 +156,18 @@ class OneShot:
             port = url.port or (443 if url.scheme == "https" else 80)
             timeout = self.config.request_timeout_s
             context = tls_verify(self.config.base_url)
+            connection: http.client.HTTPConnection
             if url.scheme == "https":
                 assert not isinstance(context, bool)
-                self._connection = http.client.HTTPSConnection(
+                connection = http.client.HTTPSConnection(
                     url.hostname or "", port, timeout=timeout, context=context
                 )
             else:
-                self._connection = http.client.HTTPConnection(url.hostname or "", port, timeout=timeout)
-            self._connection.connect()
-            if self._connection.sock is not None:
-                self._connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection = http.client.HTTPConnection(url.hostname or "", port, timeout=timeout)
+            connection.connect()
+            if connection.sock is not None:
+                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._connection = connection
         return self._connection
 
 
