@@ -21,7 +21,7 @@ from ember import errors
 from ember.client._config import DEFAULT_REQUEST_TIMEOUT_S, ClientConfig, resolve_config, tls_verify
 from ember.client._errors import error_from_response, unreachable
 from ember.client._models import CommandResult, Execution, parse
-from ember.client._stream import StreamedOutput, parse_line, result_of
+from ember.client._stream import StreamedOutput, ended_without_result, parse_line, result_of
 
 TextCallback = Callable[[str], Any]
 
@@ -94,10 +94,7 @@ class OneShot:
                     (on_stdout if event["type"] == "stdout" else on_stderr)(text)
         except (OSError, http.client.HTTPException) as exc:
             raise unreachable(self.config.base_url, f"the stream broke off: {exc!r}") from exc
-        raise errors.ProtocolError(
-            f"POST {path}: the daemon's stream ended without a result (if the daemon stopped, its "
-            "log says why; a sandbox that outlived it is still there: ember ls)"
-        )
+        raise ended_without_result("POST", path)
 
     def _json(self, method: str, path: str, body: Any, waits: bool = False) -> Any:
         data = self._send(method, path, body, waits).read()

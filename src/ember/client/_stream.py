@@ -62,3 +62,12 @@ def result_of(event: dict[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(f"result line without {key!r}")
     return value
+
+
+def ended_without_result(method: str, path: str) -> ProtocolError:
+    """The error for a stream that stopped before its result line: the daemon went away, most
+    often, so say where to look."""
+    return ProtocolError(
+        f"{method} {path}: the daemon's stream ended without a result (if the daemon stopped, its "
+        "log says why; a sandbox that outlived it is still there: ember ls)"
+    )

@@ -19,7 +19,7 @@ from ember.client._backends import CHUNK_BYTES, aemit, aiter_chunks, arun_blocki
 from ember.client._config import ClientConfig, tls_verify
 from ember.client._errors import error_from_response, unreachable
 from ember.client._local import ensure_local_daemon
-from ember.client._stream import StreamedOutput, parse_line
+from ember.client._stream import StreamedOutput, ended_without_result, parse_line
 
 TextCallback = Callable[[str], Any]
 
@@ -107,7 +107,7 @@ class AsyncTransport:
                     await aemit(on_stdout if event["type"] == "stdout" else on_stderr, text)
                 else:
                     await aemit(on_event, event)
-        raise errors.ProtocolError(f"{method} {path}: the stream ended without a result")
+        raise ended_without_result(method, path)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -20,7 +20,7 @@ from ember.client._backends import CHUNK_BYTES, emit, iter_chunks, run_blocking
 from ember.client._config import ClientConfig, tls_verify
 from ember.client._errors import error_from_response, unreachable
 from ember.client._local import ensure_local_daemon
-from ember.client._stream import StreamedOutput, parse_line
+from ember.client._stream import StreamedOutput, ended_without_result, parse_line
 
 TextCallback = Callable[[str], Any]
 
@@ -108,7 +108,7 @@ class Transport:
                     emit(on_stdout if event["type"] == "stdout" else on_stderr, text)
                 else:
                     emit(on_event, event)
-        raise errors.ProtocolError(f"{method} {path}: the stream ended without a result")
+        raise ended_without_result(method, path)
 
     def close(self) -> None:
         self._client.close()
