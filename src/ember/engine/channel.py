@@ -33,7 +33,7 @@ from typing import Any, cast
 from ember import errors
 from ember.engine._reader import GuestReader
 from ember.engine.extents import Lane, TransferDisk
-from ember.protocol.extents import MIN_EXTENT_BODY_BYTES, SLOT_BYTES
+from ember.protocol.extents import MIN_EXTENT_BODY_BYTES, SLOT_BYTES, Extent
 from ember.protocol.framing import (
     DATA_CHUNK_BYTES,
     HOST_SYNC_MAGIC,
@@ -98,14 +98,6 @@ class Chunk:
 _RAW_STREAMS = {FrameKind.STDOUT: "stdout", FrameKind.STDERR: "stderr", FrameKind.DATA: "data"}
 
 
-@dataclass(frozen=True, slots=True)
-class _Extent:
-    """Bytes of the output waiting on the transfer disk; read when the consumer gets to them."""
-
-    offset: int
-    length: int
-
-
 class _Run:
     """Raw bytes of one stream waiting for the consumer: adjacent frames merge into one."""
 
@@ -150,7 +142,7 @@ class AgentCall:
         self._lane = lane
         #: The lane carries the guest's output (a download), not the host's body.
         self._lane_output = lane_output
-        self._items: deque[Event | _Run | _Extent] = deque()
+        self._items: deque[Event | _Run | Extent] = deque()
         self._queued_events = 0
         self._queued_event_bytes = 0
         self._pulse = Pulse()
@@ -173,7 +165,7 @@ class AgentCall:
                 if isinstance(item, _Run):
                     self._consumed(len(item.data))
                     yield Chunk(item.stream, bytes(item.data))
-                elif isinstance(item, _Extent):
+                elif isinstance(item, Extent):
                     data = self._read_extent(item)
                     if data is not None:
                         yield Chunk("data", data)
@@ -201,10 +193,8 @@ class AgentCall:
         frames (the caller ends it with ``end``)."""
         if self._lane is not None:
             await self._send_extents(_chunks(body))
-        elif isinstance(body, bytes):
-            await self.send(body)
         else:
-            async for chunk in body:
+            async for chunk in _chunks(body):
                 await self.send(chunk)
 
     async def _send_extents(self, body: AsyncIterable[bytes]) -> None:
@@ -248,7 +238,7 @@ class AgentCall:
             self._lane.lend(offset, SLOT_BYTES)
             self._client._write_nowait(encode_extent(self.stream_id, offset, SLOT_BYTES))
 
-    def _read_extent(self, extent: _Extent) -> bytes | None:
+    def _read_extent(self, extent: Extent) -> bytes | None:
         """The output bytes of an extent the guest filled (None once the call failed: its
         lane is gone), and the slot goes back to the guest."""
         lane = self._lane
@@ -372,7 +362,7 @@ class AgentCall:
             raise ProtocolError(f"it sent an extent on stream {self.stream_id}, which has no transfer lane")
         self._lane.take_back(offset, length)
         if self._lane_output:
-            self._queue(_Extent(offset, length))
+            self._queue(Extent(offset, length))
             self._pulse.fire()
         else:
             self._lane.restore(offset)

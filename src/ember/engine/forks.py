@@ -37,8 +37,11 @@ class ForkTiming:
 
     def server_timing(self) -> str:
         """As an HTTP ``Server-Timing`` header (durations in ms)."""
-        parts = {"snapshot": self.snapshot_s, "snapshot-cpu": self.snapshot_cpu_s}
-        parts["children-cpu"] = self.children_cpu_s
+        parts = {
+            "snapshot": self.snapshot_s,
+            "snapshot-cpu": self.snapshot_cpu_s,
+            "children-cpu": self.children_cpu_s,
+        }
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in parts.items())
 
 
